@@ -1,0 +1,116 @@
+#pragma once
+// Collectives, phases, tensor roles and placements: the vocabulary of the plan.
+//
+// Each transition between placements implies one collective (as in DTensor):
+//   Shard(d) -> Replicate   all_gather        (backward dual: reduce_scatter)
+//   Partial  -> Shard(d)    reduce_scatter    (backward dual: all_gather)
+//   Partial  -> Replicate   all_reduce        (backward dual: identity / all_reduce)
+//   Shard(a) -> Shard(b)    all_to_all        (backward dual: the inverse all_to_all)
+#include <string_view>
+
+#include "axis.hpp"
+
+namespace veomni {
+
+enum class phase { forward, backward, optimizer };
+enum class collective { all_gather, reduce_scatter, all_reduce, all_to_all };
+
+constexpr std::string_view to_string(phase p) {
+  switch (p) {
+    case phase::forward: return "forward";
+    case phase::backward: return "backward";
+    case phase::optimizer: return "optimizer";
+  }
+  return "?";
+}
+constexpr std::string_view to_string(collective c) {
+  switch (c) {
+    case collective::all_gather: return "all_gather";
+    case collective::reduce_scatter: return "reduce_scatter";
+    case collective::all_reduce: return "all_reduce";
+    case collective::all_to_all: return "all_to_all";
+  }
+  return "?";
+}
+
+// The collective whose backward undoes (transposes) a forward collective.
+constexpr collective dual(collective c) {
+  switch (c) {
+    case collective::all_gather: return collective::reduce_scatter;
+    case collective::reduce_scatter: return collective::all_gather;
+    case collective::all_reduce: return collective::all_reduce;
+    case collective::all_to_all: return collective::all_to_all;
+  }
+  return c;
+}
+
+// What a collective moves. Sizes follow from the role and the layer's geometry:
+//   params / grads                 the unit's dense parameters (elements P)
+//   expert_params / expert_grads   the unit's local experts (E/ep of them)
+//   q, k, v, attn_out              tokens x q_width (k, v: kv_width)
+//   dispatch, combine              tokens x top_k x width (routed copies)
+//   scalar                         one element (loss, grad-norm)
+enum class tensor_role {
+  params, grads, expert_params, expert_grads,
+  q, k, v, attn_out, dispatch, combine, kv_block, scalar,
+};
+
+constexpr std::string_view to_string(tensor_role t) {
+  switch (t) {
+    case tensor_role::params: return "params";
+    case tensor_role::grads: return "grads";
+    case tensor_role::expert_params: return "expert_params";
+    case tensor_role::expert_grads: return "expert_grads";
+    case tensor_role::q: return "q";
+    case tensor_role::k: return "k";
+    case tensor_role::v: return "v";
+    case tensor_role::attn_out: return "attn_out";
+    case tensor_role::dispatch: return "dispatch";
+    case tensor_role::combine: return "combine";
+    case tensor_role::kv_block: return "kv_block";
+    case tensor_role::scalar: return "scalar";
+  }
+  return "?";
+}
+
+// The tensor whose gradient a backward collective carries.
+constexpr tensor_role grad_of(tensor_role t) {
+  switch (t) {
+    case tensor_role::params: return tensor_role::grads;
+    case tensor_role::expert_params: return tensor_role::expert_grads;
+    default: return t;  // activations: the backward moves d(activation), same shape
+  }
+}
+
+// DTensor-style placements of a tensor over one set of axes.
+enum class placement_kind { shard, replicate, partial };
+
+struct placement {
+  placement_kind kind = placement_kind::replicate;
+  int dim = -1;  // for shard
+  static constexpr placement shard(int d) { return {placement_kind::shard, d}; }
+  static constexpr placement replicate() { return {placement_kind::replicate, -1}; }
+  static constexpr placement partial() { return {placement_kind::partial, -1}; }
+  friend constexpr bool operator==(const placement&, const placement&) = default;
+};
+
+// Tensors a policy places, the unit of the "one tensor dim, one axis" rule.
+enum class placed_tensor { params, expert_params, activations };
+
+constexpr std::string_view to_string(placed_tensor t) {
+  switch (t) {
+    case placed_tensor::params: return "params";
+    case placed_tensor::expert_params: return "expert_params";
+    case placed_tensor::activations: return "activations";
+  }
+  return "?";
+}
+
+// "This policy places `tensor` as `how` over `over`."
+struct placement_decl {
+  placed_tensor tensor;
+  placement how;
+  axis_set over;
+};
+
+}  // namespace veomni

@@ -1,0 +1,233 @@
+#pragma once
+// The cost model: what each plan op costs one rank per training step, for
+// runtime dims, mesh sizes and token counts, and what parameters, gradients
+// and optimizer state each rank holds. Everything is constexpr.
+//
+// Two byte counts per op:
+//   payload  bytes handed to the communicator per call (what comm/ counters
+//            record): all_gather its input shard, reduce_scatter its full
+//            padded input, all_reduce and all_to_all their buffer;
+//   wire     bytes a rank sends under ring / pairwise algorithms:
+//            all_gather, reduce_scatter  ceil(S/n) * (n-1)
+//            all_reduce                  2 * S * (n-1) / n
+//            all_to_all                  B * (n-1) / n
+// On a group of size 1 every collective is a no-op and costs nothing.
+//
+// Worked example (DDP vs ZeRO-3 for P parameters over n ranks, wire):
+//   DDP  all_reduce(grads)                      2 P (n-1)/n
+//   FSDP all_gather x2 + reduce_scatter          3 P (n-1)/n   -> 1.5x DDP
+#include <array>
+#include <cstddef>
+#include <string_view>
+
+#include "plan.hpp"
+#include "static_vector.hpp"
+
+namespace veomni {
+
+struct precision {
+  long param_bytes = 4;   // parameters as stored and gathered
+  long grad_bytes = 4;    // gradient reduction
+  long comm_bytes = 4;    // activations exchanged (Ulysses, EP)
+  long optimizer_state_bytes = 8;  // AdamW: two fp32 moments per parameter
+  long master_bytes = 0;  // fp32 master copy when params are not fp32 (4), else 0
+};
+
+// Tokens each rank processes per micro-step, by node (its modality's tokens:
+// text tokens for the language model, patches for a vision encoder, ...).
+struct workload {
+  struct node_tokens { std::string_view node; long tokens = 0; };
+  long default_tokens = 0;
+  std::array<node_tokens, 8> per_node{};
+  long micro_batches = 1;
+
+  constexpr workload& with(std::string_view node, long tokens) {
+    for (auto& e : per_node)
+      if (e.node.empty() || e.node == node) { e = {node, tokens}; return *this; }
+    return *this;
+  }
+  constexpr long tokens_for(std::string_view node) const {
+    for (const auto& e : per_node)
+      if (!e.node.empty() && e.node == node) return e.tokens;
+    return default_tokens;
+  }
+};
+
+struct op_cost {
+  long group = 1;          // ranks in the op's group
+  long calls = 0;          // per step (0 when the group has one rank)
+  long elements = 0;       // logical elements of the tensor per call
+  long payload_bytes = 0;  // per call
+  double wire_bytes = 0;   // per call
+  constexpr long step_payload() const { return calls * payload_bytes; }
+  constexpr double step_wire() const { return static_cast<double>(calls) * wire_bytes; }
+};
+
+constexpr long ceil_div(long a, long b) { return b <= 0 ? 0 : (a + b - 1) / b; }
+
+namespace detail {
+template <Component C>
+constexpr long op_elements(const plan_op& o, const typename C::dims& d, const mesh_shape& m, long tokens) {
+  if (o.target.is_unit) {
+    const bool experts = o.tensor == tensor_role::expert_params || o.tensor == tensor_role::expert_grads;
+    long s = experts ? unit_expert_params<C>(d, o.target.unit) / m[axis::ep::name]
+                     : unit_params<C>(d, o.target.unit, !o.experts_separate);
+    if (!o.pre_sharded.empty()) s = ceil_div(s, m.size(o.pre_sharded));
+    return s;
+  }
+  const geometry g = C::shape(o.target.layer, d);
+  switch (o.tensor) {
+    case tensor_role::q:
+    case tensor_role::attn_out: return tokens * g.q_width;
+    case tensor_role::k:
+    case tensor_role::v: return tokens * g.kv_width;
+    case tensor_role::kv_block: return tokens * 2 * g.kv_width;
+    case tensor_role::dispatch:
+    case tensor_role::combine: return tokens * g.top_k * g.width;
+    case tensor_role::scalar: return 1;
+    default: return g.params;
+  }
+}
+
+constexpr long element_bytes(tensor_role t, const precision& p) {
+  switch (t) {
+    case tensor_role::params:
+    case tensor_role::expert_params: return p.param_bytes;
+    case tensor_role::grads:
+    case tensor_role::expert_grads: return p.grad_bytes;
+    case tensor_role::scalar: return 4;
+    default: return p.comm_bytes;
+  }
+}
+}  // namespace detail
+
+// Cost of one plan op of plan P.
+template <class P>
+constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, const mesh_shape& m,
+                          const workload& w, const precision& prec = {}) {
+  using G = typename P::model;
+  op_cost c;
+  c.group = m.size(o.over);
+  for_each_node<G>([&](auto I) {
+    if (I.value != o.node_index) return;
+    using C = typename G::template component_at<I.value>;
+    const auto& nd = std::get<I.value>(d);
+    const long reps = o.repeat == scope::block ? C::blocks(nd) : 1;
+    c.calls = c.group > 1 ? reps * w.micro_batches : 0;
+    c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
+  });
+  const long b = detail::element_bytes(o.tensor, prec);
+  const long n = c.group;
+  const long shard = ceil_div(c.elements, n);
+  switch (o.coll) {
+    case collective::all_gather:
+      c.payload_bytes = shard * b;
+      c.wire_bytes = static_cast<double>(shard * (n - 1) * b);
+      break;
+    case collective::reduce_scatter:
+      c.payload_bytes = shard * n * b;
+      c.wire_bytes = static_cast<double>(shard * (n - 1) * b);
+      break;
+    case collective::all_reduce:
+      c.payload_bytes = c.elements * b;
+      c.wire_bytes = 2.0 * static_cast<double>(c.elements * b) * static_cast<double>(n - 1) / static_cast<double>(n);
+      break;
+    case collective::all_to_all:
+      c.payload_bytes = c.elements * b;
+      c.wire_bytes = static_cast<double>(c.elements * b) * static_cast<double>(n - 1) / static_cast<double>(n);
+      break;
+  }
+  if (n <= 1) c.payload_bytes = 0, c.wire_bytes = 0;
+  return c;
+}
+
+struct axis_traffic {
+  axis_set over;
+  long calls = 0;
+  long payload_bytes = 0;
+  double wire_bytes = 0;
+};
+
+struct step_traffic {
+  static_vector<axis_traffic, 16> by_axis;
+  long calls = 0;
+  long payload_bytes = 0;
+  double wire_bytes = 0;
+
+  constexpr const axis_traffic* find(const axis_set& a) const {
+    for (const auto& t : by_axis)
+      if (t.over == a) return &t;
+    return nullptr;
+  }
+};
+
+// Bytes per rank per step, grouped by the axis set each op runs over.
+template <class P>
+constexpr step_traffic traffic(const typename P::model::dims& d, const mesh_shape& m, const workload& w,
+                               const precision& prec = {}) {
+  step_traffic t;
+  for (const auto& o : P::ops) {
+    const op_cost c = cost_of<P>(o, d, m, w, prec);
+    axis_traffic* slot = nullptr;
+    for (std::size_t i = 0; i < t.by_axis.size(); ++i)
+      if (t.by_axis[i].over == o.over) slot = &t.by_axis[i];
+    if (!slot) {
+      t.by_axis.push_back({o.over, 0, 0, 0});
+      slot = &t.by_axis[t.by_axis.size() - 1];
+    }
+    slot->calls += c.calls;
+    slot->payload_bytes += c.step_payload();
+    slot->wire_bytes += c.step_wire();
+    t.calls += c.calls;
+    t.payload_bytes += c.step_payload();
+    t.wire_bytes += c.step_wire();
+  }
+  return t;
+}
+
+struct memory_per_rank {
+  long params = 0;     // bytes
+  long grads = 0;
+  long optimizer = 0;  // moments + master copy
+  constexpr long total() const { return params + grads + optimizer; }
+};
+
+// Parameter, gradient and optimizer-state bytes one rank holds. A unit's
+// dense params are divided (with padding) by the group of the axes its
+// policies shard them over; experts first by ep (whole experts), then by the
+// axes that shard expert_params' flat dim (ep_dp).
+template <class P>
+constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {}) {
+  using G = typename P::model;
+  long elements = 0;
+  for_each_node<G>([&](auto I) {
+    using C = typename G::template component_at<I.value>;
+    const auto& nd = std::get<I.value>(d);
+    long dense_group = 1, ep_group = 1, expert_flat_group = 1;
+    for (const auto& pl : P::placements[I.value]) {
+      if (pl.how.kind != placement_kind::shard) continue;
+      const long g = m.size(pl.over);
+      if (pl.tensor == placed_tensor::params) dense_group *= g;
+      if (pl.tensor == placed_tensor::expert_params && pl.how.dim == 0) ep_group *= g;
+      if (pl.tensor == placed_tensor::expert_params && pl.how.dim != 0) expert_flat_group *= g;
+    }
+    bool experts_separate = false;
+    for (const auto& pl : P::placements[I.value])
+      experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
+    for (scope s : {scope::model, scope::block}) {
+      if (!has_scope<C>(s)) continue;
+      const long reps = s == scope::block ? C::blocks(nd) : 1;
+      const long dense = unit_params<C>(nd, s, !experts_separate);
+      long per_rank = ceil_div(dense, dense_group);
+      if (experts_separate) per_rank += ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat_group);
+      elements += reps * per_rank;
+    }
+  });
+  memory_per_rank r;
+  r.params = elements * prec.param_bytes;
+  r.grads = elements * prec.grad_bytes;
+  r.optimizer = elements * (prec.optimizer_state_bytes + prec.master_bytes);
+  return r;
+}
+
+}  // namespace veomni

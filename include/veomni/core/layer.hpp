@@ -1,0 +1,65 @@
+#pragma once
+// Layers: what a component is made of, as the planner sees it. Kinds are
+// compile-time (policies decide what they touch from them); sizes come from
+// the component's runtime dims through `geometry`.
+#include <cstddef>
+#include <string_view>
+
+namespace veomni {
+
+enum class layer_kind {
+  embedding,    // token ids -> hidden
+  patch_embed,  // image patches -> hidden
+  conv,         // audio front end (log-mel frames -> hidden)
+  norm,
+  attention,
+  mlp,
+  moe,
+  merger,       // 2x2 patch merger
+  projector,    // encoder hidden -> language-model hidden
+  head,         // hidden -> vocabulary (or codebook) logits
+  vq_decoder,   // codebook indices -> pixels
+};
+
+constexpr std::string_view to_string(layer_kind k) {
+  switch (k) {
+    case layer_kind::embedding: return "embedding";
+    case layer_kind::patch_embed: return "patch_embed";
+    case layer_kind::conv: return "conv";
+    case layer_kind::norm: return "norm";
+    case layer_kind::attention: return "attention";
+    case layer_kind::mlp: return "mlp";
+    case layer_kind::moe: return "moe";
+    case layer_kind::merger: return "merger";
+    case layer_kind::projector: return "projector";
+    case layer_kind::head: return "head";
+    case layer_kind::vq_decoder: return "vq_decoder";
+  }
+  return "?";
+}
+
+// Where a layer lives: once per component, or once per block (repeated
+// `blocks(dims)` times). One block is one FSDP unit.
+enum class scope { model, block };
+
+struct layer {
+  std::string_view name;
+  layer_kind kind;
+  scope where = scope::block;
+};
+
+// Sizes of one instance of a layer, for given dims. Elements, not bytes.
+struct geometry {
+  long params = 0;         // dense parameters
+  long expert_params = 0;  // parameters of all experts together (moe)
+  long width = 0;          // activation width per token entering the layer
+  long q_width = 0;        // attention: heads * head_dim
+  long kv_width = 0;       // attention: kv_heads * head_dim
+  long heads = 0;
+  long kv_heads = 0;
+  long experts = 0;        // moe
+  long top_k = 0;          // moe
+  long flops_per_token = 0;  // forward FLOPs per token of the dense math (2 per MAC)
+};
+
+}  // namespace veomni

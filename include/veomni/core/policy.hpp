@@ -1,0 +1,198 @@
+#pragma once
+// Policies: what a parallel recipe does to one node of the model.
+//
+// A policy is a type with
+//   name        how describe prints it ("Shard<FSDP>")
+//   touches     the layer kinds it acts on (empty: every layer)
+//   placements<Ctx>()  what it shards or replicates, over which axes
+//   ops<Ctx>()         the collectives it adds, each tied to an axis set, a
+//                      tensor role, a phase, and a unit (block/root) or layer
+// `Ctx` is a node_context: the node's name and component, and what the other
+// policies on the node do. Any type that provides these models `Policy`,
+// also a user's own (see examples/custom_policy.cpp); the category templates
+// Shard<Impl>, Split<Impl> and Experts<Impl> wrap an implementation and
+// check that it places only what its category may place.
+#include <array>
+#include <concepts>
+#include <algorithm>
+#include <cstddef>
+#include <initializer_list>
+#include <string_view>
+
+#include "axis.hpp"
+#include "collective.hpp"
+#include "component.hpp"
+#include "layer.hpp"
+#include "static_vector.hpp"
+
+namespace veomni {
+
+// Where an op acts: a whole unit (all layers of a scope: one block, or the
+// component's root), or one layer (repeated per block if it is a block layer).
+struct op_target {
+  bool is_unit = true;
+  scope unit = scope::block;  // when is_unit
+  std::size_t layer = 0;      // when !is_unit: index into Component::layers
+  friend constexpr bool operator==(const op_target&, const op_target&) = default;
+};
+
+struct op_spec {
+  op_target target;
+  phase ph = phase::forward;
+  collective coll = collective::all_gather;
+  axis_set over;
+  tensor_role tensor = tensor_role::params;
+  // The tensor arrives already sharded over these axes (HSDP's all-reduce of
+  // gradient shards): its size is divided by their group size.
+  axis_set pre_sharded{};
+};
+
+constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_role t, axis_set pre = {}) {
+  return {{true, s, 0}, p, c, over, t, pre};
+}
+constexpr op_spec layer_op(std::size_t layer, phase p, collective c, axis_set over, tensor_role t) {
+  return {{false, scope::block, layer}, p, c, over, t, {}};
+}
+
+inline constexpr std::size_t max_ops_per_policy = 256;
+inline constexpr std::size_t max_placements_per_policy = 16;
+using op_list = static_vector<op_spec, max_ops_per_policy>;
+using placement_list = static_vector<placement_decl, max_placements_per_policy>;
+
+// What a policy sees of the node it is applied to.
+template <Component C, bool ExpertsSplit = false>
+struct node_context {
+  using component = C;
+  // Another policy on this node shards the experts (Experts<EP>): parameter
+  // sharding then treats expert weights separately, over ep_dp.
+  static constexpr bool experts_split = ExpertsSplit;
+};
+
+namespace detail {
+// A component with one layer of every kind, to probe a policy's interface.
+struct probe_component {
+  static constexpr modality mod = modality::text;
+  using inputs = ports<>;
+  using outputs = ports<>;
+  struct dims {};
+  static constexpr std::array layers{
+      layer{"embed", layer_kind::embedding, scope::model}, layer{"attn", layer_kind::attention},
+      layer{"mlp", layer_kind::mlp}, layer{"moe", layer_kind::moe}, layer{"head", layer_kind::head, scope::model}};
+  static constexpr long blocks(const dims&) { return 1; }
+  static constexpr geometry shape(std::size_t, const dims&) { return {}; }
+};
+
+template <class T, std::size_t N>
+constexpr bool is_kind_array(const std::array<T, N>*) { return std::is_same_v<T, layer_kind>; }
+constexpr bool is_kind_array(...) { return false; }
+
+// Compile-time string concatenation for policy names: "Shard<" + "FSDP" + ">".
+template <const std::string_view&... S>
+struct concat {
+  static constexpr auto storage = [] {
+    std::array<char, (S.size() + ... + 0) + 1> a{};
+    std::size_t i = 0;
+    ((std::copy(S.begin(), S.end(), a.begin() + i), i += S.size()), ...);
+    return a;
+  }();
+  static constexpr std::string_view value{storage.data(), storage.size() - 1};
+};
+inline constexpr std::string_view lt = "<";
+inline constexpr std::string_view gt = ">";
+}  // namespace detail
+
+template <class P>
+concept Policy = requires {
+  { P::name } -> std::convertible_to<std::string_view>;
+  requires detail::is_kind_array(&P::touches);
+  { P::template placements<node_context<detail::probe_component>>() } -> std::same_as<placement_list>;
+  { P::template ops<node_context<detail::probe_component>>() } -> std::same_as<op_list>;
+};
+
+// Does policy P act on at least one layer of component C?
+template <class P, Component C>
+constexpr bool touches_component() {
+  if constexpr (P::touches.size() == 0) {
+    return C::layers.size() > 0;
+  } else {
+    for (const auto& l : C::layers)
+      for (layer_kind k : P::touches)
+        if (l.kind == k) return true;
+    return false;
+  }
+}
+
+// ---- categories -----------------------------------------------------------
+
+namespace detail {
+template <class Impl>
+constexpr bool places_only(std::initializer_list<placed_tensor> allowed) {
+  const auto pl = Impl::template placements<node_context<probe_component, true>>();
+  for (const auto& d : pl) {
+    bool ok = false;
+    for (auto a : allowed) ok = ok || d.tensor == a;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+template <class Impl, const std::string_view& Category>
+struct category_base {
+  static_assert(Policy<Impl>,
+                "veomni: the implementation inside Shard<>/Split<>/Experts<> must model veomni::Policy "
+                "(name, touches, placements<Ctx>(), ops<Ctx>())");
+  static constexpr std::string_view name = concat<Category, lt, Impl::name, gt>::value;
+  static constexpr auto touches = Impl::touches;
+  template <class Ctx>
+  static constexpr placement_list placements() { return Impl::template placements<Ctx>(); }
+  template <class Ctx>
+  static constexpr op_list ops() { return Impl::template ops<Ctx>(); }
+  using implementation = Impl;
+};
+inline constexpr std::string_view shard_name = "Shard";
+inline constexpr std::string_view split_name = "Split";
+inline constexpr std::string_view experts_name = "Experts";
+}  // namespace detail
+
+// Shard<Impl>: shards or replicates parameters (FSDP, HSDP, DDP).
+template <class Impl>
+struct Shard : detail::category_base<Impl, detail::shard_name> {
+  static_assert(detail::places_only<Impl>({placed_tensor::params, placed_tensor::expert_params}),
+                "veomni::Shard<Impl>: a Shard policy may place only params and expert_params");
+};
+
+// Split<Impl>: splits activations along the sequence (Ulysses, Ring).
+template <class Impl>
+struct Split : detail::category_base<Impl, detail::split_name> {
+  static_assert(detail::places_only<Impl>({placed_tensor::activations}),
+                "veomni::Split<Impl>: a Split policy may place only activations");
+};
+
+// Experts<Impl>: distributes the experts of MoE layers (EP).
+template <class Impl>
+struct Experts : detail::category_base<Impl, detail::experts_name> {
+  static_assert(detail::places_only<Impl>({placed_tensor::expert_params}),
+                "veomni::Experts<Impl>: an Experts policy may place only expert_params");
+};
+
+// Helpers for policy authors: visit layers of a kind / scopes present.
+template <Component C, class F>
+constexpr void for_each_layer_of(layer_kind k, F&& f) {
+  for (std::size_t i = 0; i < C::layers.size(); ++i)
+    if (C::layers[i].kind == k) f(i);
+}
+
+template <Component C, class F>
+constexpr void for_each_unit(F&& f) {
+  if (has_scope<C>(scope::model)) f(scope::model);
+  if (has_scope<C>(scope::block)) f(scope::block);
+}
+
+template <Component C>
+constexpr bool scope_has_kind(scope s, layer_kind k) {
+  for (const auto& l : C::layers)
+    if (l.where == s && l.kind == k) return true;
+  return false;
+}
+
+}  // namespace veomni

@@ -1,0 +1,3 @@
+#pragma once
+// <veomni/veomni.hpp>: everything (needs LibTorch).
+#include "core.hpp"

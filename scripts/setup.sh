@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what veomni needs on Debian bookworm (root, apt). Idempotent: it asks
+# apt only for packages that are missing, and runs `apt-get update` only then.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache git
+  libtorch-dev            # LibTorch 1.13.1 (CPU) with c10d Gloo and TCPStore
+  libopenblas0-openmp     # without it LibTorch falls back to netlib's reference BLAS (~60x slower GEMM)
+  python3-torch           # /usr/bin/torchrun, and PyTorch for the side-by-side benchmarks
+  libboost-dev            # Boost.Hana
+  doctest-dev libbenchmark-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "veomni setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "veomni setup: all packages present"
+fi
