@@ -17,21 +17,30 @@ function(veomni_add_doctest)
 endfunction()
 
 # A compile-fail case is one source compiled twice: as is it must compile
-# (so the failure below is caused by the one guarded line, not a typo), and
-# with VEOMNI_COMPILE_FAIL defined it must fail with a message matching REGEX.
-#   veomni_add_compile_fail(NAME n SOURCE f.cpp REGEX re LABEL l LIBS ...)
+# (so the failure is caused by the one guarded line, not a typo elsewhere),
+# and with VEOMNI_COMPILE_FAIL defined it must fail with a diagnostic that
+# contains each of MESSAGES (plain substrings). GCC_MESSAGES are checked too
+# when the compiler is GCC, which prints string template arguments readably
+# (the node's name, say).
+#   veomni_add_compile_fail(NAME n SOURCE f.cpp LABEL l MESSAGES m... [GCC_MESSAGES m...] [LIBS ...])
+set(VEOMNI_COMPILE_FAIL_SCRIPT ${CMAKE_CURRENT_LIST_DIR}/compile_fail.cmake)
 function(veomni_add_compile_fail)
-  cmake_parse_arguments(T "" "NAME;SOURCE;REGEX;LABEL" "LIBS" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;SOURCE;LABEL" "MESSAGES;GCC_MESSAGES;LIBS" ${ARGN})
   add_library(${T_NAME}_ok OBJECT ${T_SOURCE})
   target_link_libraries(${T_NAME}_ok PRIVATE ${T_LIBS})
   add_library(${T_NAME}_fail OBJECT EXCLUDE_FROM_ALL ${T_SOURCE})
   target_link_libraries(${T_NAME}_fail PRIVATE ${T_LIBS})
   target_compile_definitions(${T_NAME}_fail PRIVATE VEOMNI_COMPILE_FAIL=1)
+  set(patterns ${T_MESSAGES})
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    list(APPEND patterns ${T_GCC_MESSAGES})
+  endif()
+  string(REPLACE ";" "|" patterns "${patterns}")
   add_test(NAME ${T_LABEL}.compile_fail.${T_NAME}
-    COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target ${T_NAME}_fail)
+    COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${CMAKE_BINARY_DIR} -DTARGET=${T_NAME}_fail
+            "-DPATTERNS=${patterns}" -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
   set_tests_properties(${T_LABEL}.compile_fail.${T_NAME} PROPERTIES
     LABELS "${T_LABEL};compile_fail"
-    PASS_REGULAR_EXPRESSION "${T_REGEX}"
-    # several compile-fail builds in parallel would race on the build tree
+    # compile-fail builds share the build tree's ninja lock
     RESOURCE_LOCK veomni_build_tree)
 endfunction()

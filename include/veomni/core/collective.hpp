@@ -95,12 +95,16 @@ struct placement {
 };
 
 // Tensors a policy places, the unit of the "one tensor dim, one axis" rule.
-enum class placed_tensor { params, expert_params, activations };
+// Gradients and optimizer state follow the parameters' placement unless a
+// policy places them itself (ZeRO-1/2 shard them while parameters stay whole).
+enum class placed_tensor { params, expert_params, grads, optimizer_state, activations };
 
 constexpr std::string_view to_string(placed_tensor t) {
   switch (t) {
     case placed_tensor::params: return "params";
     case placed_tensor::expert_params: return "expert_params";
+    case placed_tensor::grads: return "grads";
+    case placed_tensor::optimizer_state: return "optimizer_state";
     case placed_tensor::activations: return "activations";
   }
   return "?";

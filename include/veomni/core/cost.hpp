@@ -195,38 +195,45 @@ struct memory_per_rank {
 // Parameter, gradient and optimizer-state bytes one rank holds. A unit's
 // dense params are divided (with padding) by the group of the axes its
 // policies shard them over; experts first by ep (whole experts), then by the
-// axes that shard expert_params' flat dim (ep_dp).
+// axes that shard expert_params' flat dim (ep_dp). Gradients and optimizer
+// state follow the params unless a policy places them (ZeRO-2).
 template <class P>
 constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {}) {
   using G = typename P::model;
-  long elements = 0;
+  long param_el = 0, grad_el = 0, opt_el = 0;
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
     const auto& nd = std::get<I.value>(d);
-    long dense_group = 1, ep_group = 1, expert_flat_group = 1;
+    long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
+    bool experts_separate = false;
     for (const auto& pl : P::placements[I.value]) {
+      experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
       if (pl.how.kind != placement_kind::shard) continue;
       const long g = m.size(pl.over);
-      if (pl.tensor == placed_tensor::params) dense_group *= g;
-      if (pl.tensor == placed_tensor::expert_params && pl.how.dim == 0) ep_group *= g;
-      if (pl.tensor == placed_tensor::expert_params && pl.how.dim != 0) expert_flat_group *= g;
+      switch (pl.tensor) {
+        case placed_tensor::params: dense *= g; break;
+        case placed_tensor::grads: grads = (grads ? grads : 1) * g; break;
+        case placed_tensor::optimizer_state: opt = (opt ? opt : 1) * g; break;
+        case placed_tensor::expert_params: (pl.how.dim == 0 ? ep_group : expert_flat) *= g; break;
+        default: break;
+      }
     }
-    bool experts_separate = false;
-    for (const auto& pl : P::placements[I.value])
-      experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
+    if (!grads) grads = dense;
+    if (!opt) opt = dense;
     for (scope s : {scope::model, scope::block}) {
       if (!has_scope<C>(s)) continue;
       const long reps = s == scope::block ? C::blocks(nd) : 1;
-      const long dense = unit_params<C>(nd, s, !experts_separate);
-      long per_rank = ceil_div(dense, dense_group);
-      if (experts_separate) per_rank += ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat_group);
-      elements += reps * per_rank;
+      const long p = unit_params<C>(nd, s, !experts_separate);
+      const long e = experts_separate ? ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat) : 0;
+      param_el += reps * (ceil_div(p, dense) + e);
+      grad_el += reps * (ceil_div(p, grads) + e);
+      opt_el += reps * (ceil_div(p, opt) + e);
     }
   });
   memory_per_rank r;
-  r.params = elements * prec.param_bytes;
-  r.grads = elements * prec.grad_bytes;
-  r.optimizer = elements * (prec.optimizer_state_bytes + prec.master_bytes);
+  r.params = param_el * prec.param_bytes;
+  r.grads = grad_el * prec.grad_bytes;
+  r.optimizer = opt_el * (prec.optimizer_state_bytes + prec.master_bytes);
   return r;
 }
 

@@ -153,8 +153,11 @@ struct graph<nodes<N...>, edges<E...>> {
   // Kahn's algorithm; returns size+1 in slot 0 when there is a cycle.
   static constexpr std::array<std::size_t, size> topo() {
     std::array<std::size_t, size> indeg{}, out{};
-    for (auto [f, t] : links)
-      if (edges_ok) ++indeg[t];
+    if (!edges_ok) {  // already reported; keep the declared order to avoid a second error
+      for (std::size_t i = 0; i < size; ++i) out[i] = i;
+      return out;
+    }
+    for (auto [f, t] : links) ++indeg[t];
     std::array<bool, size> done{};
     std::size_t n = 0;
     while (n < size) {

@@ -136,7 +136,13 @@ struct check_apply {
     static constexpr bool value =
         (check_policy_on_node<A, P, C, Ctx>::ok && ... && true) && check_placements<A, C, Ctx, std::tuple<P...>>::ok;
   };
-  static constexpr bool ok = ni < G::size && unique && A::policies_ok && each<typename A::policies>::value;
+  // Later checks run only when the earlier ones pass: one error, not a cascade.
+  static constexpr bool ok = [] {
+    if constexpr (ni < G::size && unique && A::policies_ok)
+      return each<typename A::policies>::value;
+    else
+      return false;
+  }();
 };
 
 template <Model G, Recipe R>
@@ -195,7 +201,8 @@ struct node_ops<G, R, I, std::tuple<P...>> {
       out[n++] = p;
     }
   }
-  static constexpr void collect(plan_op* out, std::size_t& n, long* pos) {
+  static constexpr void collect([[maybe_unused]] plan_op* out, [[maybe_unused]] std::size_t& n,
+                               [[maybe_unused]] long* pos) {
     (add<P>(out, n, pos), ...);
   }
 };
@@ -260,15 +267,22 @@ template <Model G, Recipe R>
 struct plan {
   using model = G;
   using recipe_type = R;
+  // A failed check has already stopped compilation with its own message; an
+  // invalid (model, recipe) then gets an empty plan instead of more errors.
   static constexpr bool valid = detail::check_recipe<G, R>::ok;
-  static_assert(valid);
-  static constexpr std::size_t size = detail::plan_builder<G, R>::size;
-  static constexpr std::array<plan_op, size> ops = detail::plan_builder<G, R>::build();
+  static constexpr std::size_t size = [] {
+    if constexpr (valid) return detail::plan_builder<G, R>::size;
+    else return std::size_t{0};
+  }();
+  static constexpr std::array<plan_op, size> ops = [] {
+    if constexpr (valid) return detail::plan_builder<G, R>::build();
+    else return std::array<plan_op, 0>{};
+  }();
 
   // What the recipe's policies place on each node (indexed like G::names).
   static constexpr std::array<placement_list, G::size> placements = [] {
     std::array<placement_list, G::size> out{};
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
+    if constexpr (valid) [&]<std::size_t... I>(std::index_sequence<I...>) {
       (detail::collect_placements<G, R, I, typename detail::node_policies<G, R, I>::type>(out[I]), ...);
     }(std::make_index_sequence<G::size>{});
     return out;

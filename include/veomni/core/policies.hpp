@@ -65,9 +65,9 @@ struct fsdp_impl {
 };
 }  // namespace detail
 
-template <fsdp_options O = {}>
+template <fsdp_options O = fsdp_options{}>
 struct fsdp : detail::fsdp_impl<O, false> {};
-template <fsdp_options O = {}>
+template <fsdp_options O = fsdp_options{}>
 struct hsdp : detail::fsdp_impl<O, true> {};
 using FSDP = fsdp<>;
 using HSDP = hsdp<>;

@@ -157,8 +157,10 @@ inline constexpr std::string_view experts_name = "Experts";
 // Shard<Impl>: shards or replicates parameters (FSDP, HSDP, DDP).
 template <class Impl>
 struct Shard : detail::category_base<Impl, detail::shard_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::params, placed_tensor::expert_params}),
-                "veomni::Shard<Impl>: a Shard policy may place only params and expert_params");
+  static_assert(detail::places_only<Impl>({placed_tensor::params, placed_tensor::expert_params,
+                                           placed_tensor::grads, placed_tensor::optimizer_state}),
+                "veomni::Shard<Impl>: a Shard policy may place only params, expert_params, grads and "
+                "optimizer_state");
 };
 
 // Split<Impl>: splits activations along the sequence (Ulysses, Ring).

@@ -1,0 +1,17 @@
+# ctest driver for a compile-fail case: the build of TARGET must fail, and its
+# output must contain every pattern in PATTERNS (a |-separated list).
+#   cmake -DBUILD_DIR=... -DTARGET=... -DPATTERNS=a|b -P compile_fail.cmake
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${BUILD_DIR} --target ${TARGET}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(log "${out}${err}")
+if(rc EQUAL 0)
+  message(FATAL_ERROR "compile-fail: ${TARGET} compiled, but it must not")
+endif()
+string(REPLACE "|" ";" patterns "${PATTERNS}")
+foreach(p IN LISTS patterns)
+  string(FIND "${log}" "${p}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "compile-fail: ${TARGET} failed, but its diagnostic lacks \"${p}\":\n${log}")
+  endif()
+endforeach()
+message(STATUS "compile-fail: ${TARGET} failed as expected with: ${PATTERNS}")

@@ -1,0 +1,60 @@
+// A user-defined policy that plugs into veomni without editing the library:
+// ZeRO-2 style sharding (parameters replicated, gradients reduce-scattered,
+// each rank updates its shard of the optimizer state and the updated
+// parameters are all-gathered in the optimizer phase).
+//
+//   per unit:  backward   reduce_scatter(grads)   over dp_shard x sp
+//              optimizer  all_gather(params)      over dp_shard x sp
+#include <cstdio>
+
+#include "models.hpp"
+
+namespace user {
+
+using namespace veomni;
+
+struct ZeRO2 {
+  static constexpr std::string_view name = "ZeRO2";
+  static constexpr std::array<layer_kind, 0> touches{};  // every layer
+  static constexpr axis_set over = axes<axis::dp_shard, axis::sp>;
+
+  template <class Ctx>
+  static constexpr placement_list placements() {
+    placement_list out;
+    out.push_back({placed_tensor::params, placement::replicate(), over});
+    out.push_back({placed_tensor::grads, placement::shard(0), over});
+    out.push_back({placed_tensor::optimizer_state, placement::shard(0), over});
+    return out;
+  }
+  template <class Ctx>
+  static constexpr op_list ops() {
+    op_list out;
+    for_each_unit<typename Ctx::component>([&](scope s) {
+      out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, tensor_role::grads));
+      out.push_back(unit_op(s, phase::optimizer, collective::all_gather, over, tensor_role::params));
+    });
+    return out;
+  }
+};
+
+}  // namespace user
+
+using namespace veomni;
+using dense = graph<nodes<node<"lm", text_decoder>>>;
+using zero2_recipe = recipe<apply<"lm", Shard<user::ZeRO2>>>;
+using P = plan<dense, zero2_recipe>;
+
+static_assert(Policy<Shard<user::ZeRO2>>);
+static_assert(Shard<user::ZeRO2>::name == "Shard<ZeRO2>");
+// root unit + block unit: one reduce_scatter and one optimizer all_gather each
+static_assert(P::count(phase::backward, collective::reduce_scatter) == 2);
+static_assert(P::count(phase::optimizer, collective::all_gather) == 2);
+static_assert(P::count(phase::forward, collective::all_gather) == 0);
+
+int main() {
+  dense::dims d;
+  d.at<"lm">() = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .ffn = 128};
+  workload w;
+  w.default_tokens = 512;
+  std::printf("%s", describe<P>(d, mesh_shape{.dp_shard = 2}, w).c_str());
+}

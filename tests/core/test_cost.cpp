@@ -1,0 +1,161 @@
+// The cost model against the published formulas and against hand counts.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "../../examples/models.hpp"
+
+using namespace veomni;
+using namespace veomni::examples;
+
+namespace {
+using dense = graph<nodes<node<"lm", text_decoder>>>;
+using moe_only = graph<nodes<node<"lm", moe_text_decoder>>>;
+
+constexpr dense::dims dense_dims() {
+  dense::dims d;
+  d.at<"lm">() = {.vocab = 1024, .hidden = 256, .layers = 4, .heads = 4, .kv_heads = 4, .head_dim = 64, .ffn = 1024};
+  return d;
+}
+constexpr workload tokens(long t) {
+  workload w;
+  w.default_tokens = t;
+  return w;
+}
+}  // namespace
+
+TEST_CASE("cost: ZeRO-3 (FSDP) moves 1.5x the bytes of DDP on the wire") {
+  using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
+  using D = plan<dense, recipe<apply<"lm", Shard<DDP>>>>;
+  for (long n : {2L, 4L, 8L}) {
+    const mesh_shape m{.dp_shard = n};
+    const double fsdp = traffic<F>(dense_dims(), m, tokens(512)).wire_bytes;
+    const double ddp = traffic<D>(dense_dims(), m, tokens(512)).wire_bytes;
+    // units divide evenly by n here, so FSDP needs no padding: exactly 1.5
+    CHECK(fsdp / ddp == doctest::Approx(1.5).epsilon(1e-12));
+  }
+  static_assert(unit_params<text_decoder>(dense_dims().at<"lm">(), scope::block, true) % 8 == 0);
+  static_assert(unit_params<text_decoder>(dense_dims().at<"lm">(), scope::model, true) % 8 == 0);
+}
+
+TEST_CASE("cost: Ulysses moves 4Nh/P per rank per attention layer (times (P-1)/P)") {
+  using U = plan<dense, recipe<apply<"lm", Split<Ulysses>>>>;
+  const long N = 8192, h = 256, b = 4;
+  for (long P : {2L, 4L, 8L}) {
+    const mesh_shape m{.dp_shard = 1, .sp = P};
+    const auto t = traffic<U>(dense_dims(), m, tokens(N / P));
+    const double forward_per_layer = t.wire_bytes / 2.0 / 4.0;  // half is backward; 4 layers
+    CHECK(forward_per_layer == doctest::Approx(4.0 * N * h * b / P * (P - 1) / P));
+  }
+}
+
+TEST_CASE("cost: EP dispatch sends T*k*h*(E-1)/E per rank under uniform routing") {
+  using E = plan<moe_only, recipe<apply<"lm", Experts<EP>>>>;
+  moe_only::dims d;
+  d.at<"lm">() = {.vocab = 512, .hidden = 128, .layers = 1, .heads = 4, .kv_heads = 4, .head_dim = 32,
+                  .experts = 8, .top_k = 2, .expert_ffn = 256};
+  const long T = 1000, k = 2, h = 128, b = 4;
+  for (long ep : {2L, 4L, 8L}) {
+    const mesh_shape m{.dp_shard = ep, .ep = ep};
+    const op_cost c = cost_of<E>(E::ops[0], d, m, tokens(T));
+    CHECK(E::ops[0].tensor == tensor_role::dispatch);
+    CHECK(c.payload_bytes == T * k * h * b);
+    CHECK(c.wire_bytes == doctest::Approx(double(T * k * h * b) * (ep - 1) / ep));
+  }
+}
+
+TEST_CASE("cost: payload bytes follow the communicator's definition, with padding") {
+  using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
+  const auto d = dense_dims();
+  const long block = unit_params<text_decoder>(d.at<"lm">(), scope::block, true);
+  const mesh_shape m{.dp_shard = 3};  // does not divide the block: padding shows
+  const long shard = (block + 2) / 3;
+  for (const auto& o : F::ops) {
+    if (o.where != "block") continue;
+    const op_cost c = cost_of<F>(o, d, m, tokens(1));
+    CHECK(c.calls == 4);  // four blocks
+    if (o.coll == collective::all_gather) CHECK(c.payload_bytes == shard * 4);
+    if (o.coll == collective::reduce_scatter) CHECK(c.payload_bytes == 3 * shard * 4);
+    CHECK(c.wire_bytes == doctest::Approx(double(shard * 2 * 4)));
+  }
+}
+
+TEST_CASE("cost: an axis of size 1 makes its collectives free") {
+  using P = plan<omni_moe, omni_fsdp_sp_ep>;
+  const auto t = traffic<P>(omni_moe_dims(), mesh_shape{}, tokens(256));
+  CHECK(t.calls == 0);
+  CHECK(t.payload_bytes == 0);
+  CHECK(t.wire_bytes == 0.0);
+  // only sp = 2: only the Ulysses ops run
+  const auto s = traffic<P>(omni_moe_dims(), mesh_shape{.sp = 2}, tokens(256));
+  CHECK(s.find(axes<axis::sp>)->calls == 16);  // 2 blocks x (4 + 4)
+  CHECK(s.find(axes<axis::ep>)->calls == 0);
+}
+
+TEST_CASE("cost: gradient accumulation multiplies calls per step") {
+  using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
+  workload w = tokens(64);
+  const auto one = traffic<F>(dense_dims(), mesh_shape{.dp_shard = 2}, w);
+  w.micro_batches = 4;
+  const auto four = traffic<F>(dense_dims(), mesh_shape{.dp_shard = 2}, w);
+  CHECK(four.calls == 4 * one.calls);
+  CHECK(four.payload_bytes == 4 * one.payload_bytes);
+}
+
+TEST_CASE("cost: memory per rank shrinks to about 1/N under FSDP and stays whole under DDP") {
+  using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
+  using D = plan<dense, recipe<apply<"lm", Shard<DDP>>>>;
+  const auto d = dense_dims();
+  const long P = total_params<text_decoder>(d.at<"lm">());
+  const auto one = memory<F>(d, mesh_shape{});
+  CHECK(one.params == P * 4);
+  CHECK(one.grads == P * 4);
+  CHECK(one.optimizer == P * 8);
+  for (long n : {2L, 4L, 8L}) {
+    const auto f = memory<F>(d, mesh_shape{.dp_shard = n});
+    CHECK(double(f.params) / double(one.params) == doctest::Approx(1.0 / n).epsilon(1e-3));
+    CHECK(memory<D>(d, mesh_shape{.dp_shard = n}).params == P * 4);
+  }
+  // bf16 parameters with an fp32 master copy
+  const precision bf16{.param_bytes = 2, .grad_bytes = 4, .comm_bytes = 2, .optimizer_state_bytes = 8,
+                       .master_bytes = 4};
+  CHECK(memory<F>(d, mesh_shape{}, bf16).total() == P * (2 + 4 + 12));
+}
+
+TEST_CASE("cost: experts under EP are divided by ep, then flat-sharded over ep_dp") {
+  using P = plan<moe_only, recipe<apply<"lm", Shard<FSDP>, Experts<EP>>>>;
+  const auto md = omni_moe_dims().at<"lm">();
+  moe_only::dims d;
+  d.at<"lm">() = md;
+  const long experts = md.layers * unit_expert_params<moe_text_decoder>(md, scope::block);
+  const long dense_root = unit_params<moe_text_decoder>(md, scope::model, false);
+  const long dense_block = unit_params<moe_text_decoder>(md, scope::block, false);
+  const mesh_shape m{.dp_shard = 4, .ep = 2};  // ep_dp = 2
+  const auto mem = memory<P>(d, m);
+  const long expect = ceil_div(dense_root, 4) + md.layers * ceil_div(dense_block, 4) + experts / 2 / 2;
+  CHECK(mem.params == expect * 4);
+}
+
+TEST_CASE("cost: HSDP's replicate all_reduce carries the gradient shard") {
+  using H = plan<dense, recipe<apply<"lm", Shard<HSDP>>>>;
+  const auto d = dense_dims();
+  const mesh_shape m{.dp_replicate = 2, .dp_shard = 2};
+  const long block = unit_params<text_decoder>(d.at<"lm">(), scope::block, true);
+  for (const auto& o : H::ops)
+    if (o.coll == collective::all_reduce && o.where == "block") {
+      const op_cost c = cost_of<H>(o, d, m, tokens(1));
+      CHECK(c.payload_bytes == ceil_div(block, 2) * 4);
+      CHECK(c.group == 2);
+    }
+}
+
+TEST_CASE("cost: the whole model is priced at compile time") {
+  using P = plan<omni_moe, omni_fsdp_sp_ep>;
+  constexpr workload w = tokens(128);
+  constexpr auto t = traffic<P>(omni_moe_dims(), mesh_shape{.dp_shard = 2, .sp = 2, .ep = 2}, w);
+  static_assert(t.payload_bytes > 0);
+  static_assert(t.by_axis.size() == 4);
+  constexpr auto mem = memory<P>(omni_moe_dims(), mesh_shape{.dp_shard = 2, .sp = 2, .ep = 2});
+  static_assert(mem.params < memory<P>(omni_moe_dims(), mesh_shape{}).params);
+  CHECK(t.calls > 0);
+}

@@ -1,0 +1,26 @@
+# Installs veomni from BUILD_DIR into a fresh prefix, then configures, builds
+# and runs a consumer that uses find_package(veomni CONFIG).
+set(prefix ${WORK_DIR}/prefix)
+file(REMOVE_RECURSE ${WORK_DIR})
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "deploy: install failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -G Ninja
+                        -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_CXX_COMPILER=${CXX}
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "deploy: configuring the consumer failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "deploy: building the consumer failed")
+endif()
+execute_process(COMMAND ${WORK_DIR}/build/consumer RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "plan: 14 ops")
+  message(FATAL_ERROR "deploy: the consumer did not print its plan:\n${out}")
+endif()
+if(EXISTS ${WORK_DIR}/build/consumer_full)
+  message(STATUS "deploy: consumer_full linked against veomni::veomni")
+endif()
+message(STATUS "deploy: consumer built against the installed package and printed its plan")
