@@ -44,3 +44,17 @@ function(veomni_add_compile_fail)
     # compile-fail builds share the build tree's ninja lock
     RESOURCE_LOCK veomni_build_tree)
 endfunction()
+
+# Torch translation units cost ~10 s and 1 GB each: targets that include
+# <torch/torch.h> share one precompiled header.
+#   veomni_use_torch_pch(target)
+function(veomni_use_torch_pch target)
+  if(NOT TARGET veomni_torch_pch)
+    file(CONFIGURE OUTPUT ${CMAKE_BINARY_DIR}/veomni_torch_pch.cpp CONTENT "int veomni_torch_pch_anchor;\n")
+    add_library(veomni_torch_pch STATIC ${CMAKE_BINARY_DIR}/veomni_torch_pch.cpp)
+    target_link_libraries(veomni_torch_pch PUBLIC veomni::veomni)
+    target_compile_options(veomni_torch_pch PRIVATE -Wall -Wextra)
+    target_precompile_headers(veomni_torch_pch PRIVATE <torch/torch.h>)
+  endif()
+  target_precompile_headers(${target} REUSE_FROM veomni_torch_pch)
+endfunction()
