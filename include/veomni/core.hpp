@@ -15,3 +15,4 @@
 #include "core/policy.hpp"
 #include "core/recipe.hpp"
 #include "core/static_vector.hpp"
+#include "models/zoo.hpp"

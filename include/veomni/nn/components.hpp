@@ -1,0 +1,371 @@
+#pragma once
+// The math of the standard components (core/components.hpp declares their
+// ports, layers and sizes). For each component C, nn::impl<C> gives
+//   root_specs(d), block_specs(d, i)  parameter specs, in flat-buffer order
+//   pre(d, root, ctx, inputs)         what runs before the blocks
+//   block(d, params, x, ctx, seq)     one block (one FSDP unit)
+//   post(d, root, x, ctx, inputs)     what runs after them; returns outputs by port
+// Parameters are handed in as tensors in spec order; where they come from
+// (local, gathered, checkpointed) is the executor's and the policies' business.
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "../core/components.hpp"
+#include "functional.hpp"
+#include "init.hpp"
+
+namespace veomni::nn {
+
+using tensors = std::vector<at::Tensor>;
+using port_map = std::map<std::string, at::Tensor>;
+
+// A packed multimodal micro-batch.
+struct batch {
+  at::Tensor tokens;        // [T] int64 token ids, samples back to back
+  at::Tensor targets;       // [T] next-token targets, -100 where no loss
+  at::Tensor position_ids;  // [T] positions restarting at 0 per sample
+  at::Tensor cu_seqlens;    // [S+1] cumulative sample lengths
+  at::Tensor pixels;        // [N, C, H, W] input images (undefined: none)
+  at::Tensor mel;           // [N, F, M] input audio clips as log-mel frames (undefined: none)
+  at::Tensor code_targets;  // [T] VQ code to predict from each position, -100 elsewhere (undefined: none)
+  int64_t image_token = -1;  // placeholder id replaced by image embeddings
+  int64_t audio_token = -1;  // placeholder id replaced by audio embeddings
+};
+
+// Sequence layout of the rows a component works on.
+struct seq_layout {
+  at::Tensor cu_seqlens;
+  at::Tensor position_ids;
+  bool causal = true;
+};
+
+// Where parallel policies interpose on the math.
+struct hooks {
+  // attention core on local tokens with all heads: q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]
+  std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const seq_layout&)> attention =
+      [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const seq_layout& s) {
+        return varlen_attention(q, k, v, s.cu_seqlens, s.causal);
+      };
+  // experts on routed tokens: x [T, H] -> weighted sum of the chosen experts' outputs [T, H]
+  std::function<at::Tensor(const at::Tensor&, const routing&, const expert_weights&)> experts =
+      [](const at::Tensor& x, const routing& r, const expert_weights& w) {
+        const dispatch_order d = sort_by_expert(r, w.count());
+        const at::Tensor y = grouped_experts(x.index_select(0, d.token_of), d.counts, w);
+        return at::zeros_like(x).index_add(0, d.token_of, y * d.weight_of.unsqueeze(1));
+      };
+  // sums router statistics over the ranks that share a batch (identity alone)
+  std::function<at::Tensor(const at::Tensor&)> reduce_router_stats = [](const at::Tensor& t) { return t; };
+};
+
+// A loss as (sum, count) so that the global mean divides by the global count.
+struct loss_term {
+  std::string name;
+  at::Tensor sum;
+  at::Tensor count;
+};
+
+struct context {
+  const batch* data = nullptr;
+  hooks h;
+  std::vector<loss_term> losses;
+  std::vector<at::Tensor> aux_losses;  // already normalised (MoE load balancing)
+  bool renormalize_topk = true;
+};
+
+template <class C>
+struct impl;
+
+namespace detail {
+inline std::string block_name(const std::string& prefix, int64_t i, const char* rest) {
+  return prefix + "layers." + std::to_string(i) + "." + rest;
+}
+inline param_spec weight(std::string name, std::vector<int64_t> shape) {
+  return {std::move(name), std::move(shape), init_kind::normal, 0.02, true, false};
+}
+inline param_spec norm_weight(std::string name, int64_t n) {
+  return {std::move(name), {n}, init_kind::ones, 0.0, false, false};
+}
+inline param_spec bias(std::string name, int64_t n) { return {std::move(name), {n}, init_kind::zeros, 0.0, false, false}; }
+
+// Pre-norm transformer block with RoPE attention: shared by the decoders and encoders.
+inline at::Tensor attention_sublayer(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& wq,
+                                     const at::Tensor& wk, const at::Tensor& wv, const at::Tensor& wo, int64_t heads,
+                                     int64_t kv_heads, int64_t head_dim, const seq_layout& s, context& ctx) {
+  const int64_t t = x.size(0);
+  const at::Tensor h = rms_norm(x, norm);
+  at::Tensor q = at::matmul(h, wq.t()).view({t, heads, head_dim});
+  at::Tensor k = at::matmul(h, wk.t()).view({t, kv_heads, head_dim});
+  const at::Tensor v = at::matmul(h, wv.t()).view({t, kv_heads, head_dim});
+  q = rope(q, s.position_ids);
+  k = rope(k, s.position_ids);
+  const at::Tensor o = ctx.h.attention(q, k, v, s).reshape({t, heads * head_dim});
+  return x + at::matmul(o, wo.t());
+}
+
+inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hidden, int64_t heads, int64_t kv_heads,
+                                               int64_t head_dim, const char* norm) {
+  return {norm_weight(p + norm, hidden), weight(p + "self_attn.q_proj.weight", {heads * head_dim, hidden}),
+          weight(p + "self_attn.k_proj.weight", {kv_heads * head_dim, hidden}),
+          weight(p + "self_attn.v_proj.weight", {kv_heads * head_dim, hidden}),
+          weight(p + "self_attn.o_proj.weight", {hidden, heads * head_dim})};
+}
+inline std::vector<param_spec> mlp_specs(const std::string& p, int64_t hidden, int64_t ffn, const char* norm) {
+  return {norm_weight(p + norm, hidden), weight(p + "mlp.gate_proj.weight", {ffn, hidden}),
+          weight(p + "mlp.up_proj.weight", {ffn, hidden}), weight(p + "mlp.down_proj.weight", {hidden, ffn})};
+}
+inline void append(std::vector<param_spec>& a, std::vector<param_spec> b) {
+  for (auto& s : b) a.push_back(std::move(s));
+}
+
+// Token embeddings with placeholder rows replaced by encoder outputs, in order.
+inline at::Tensor embed_with_media(const at::Tensor& table, const batch& b, const port_map& in) {
+  at::Tensor x = table.index_select(0, b.tokens);
+  auto scatter = [&](const char* port, int64_t token) {
+    auto it = in.find(port);
+    if (it == in.end() || !it->second.defined() || token < 0) return;
+    const at::Tensor idx = b.tokens.eq(token).nonzero().reshape({-1});
+    TORCH_CHECK(idx.numel() == it->second.size(0), "veomni::nn: the batch has ", idx.numel(), " '", port,
+                "' placeholder tokens but the encoder produced ", it->second.size(0), " embeddings");
+    if (idx.numel() > 0) x = x.index_copy(0, idx, it->second.to(x.scalar_type()));
+  };
+  scatter("image_embeds", b.image_token);
+  scatter("audio_embeds", b.audio_token);
+  return x;
+}
+
+inline seq_layout text_layout(const batch& b) { return {b.cu_seqlens, b.position_ids, true}; }
+
+// n segments of equal length L: cu = [0, L, 2L, ...], positions 0..L-1 each.
+inline seq_layout uniform_layout(int64_t n, int64_t len, bool causal) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  return {at::arange(0, n + 1, opts) * len, at::arange(0, len, opts).repeat({n}), causal};
+}
+}  // namespace detail
+
+// ---- language models ------------------------------------------------------------
+
+template <>
+struct impl<text_decoder> {
+  using dims = text_decoder::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "model.embed_tokens.weight", {d.vocab, d.hidden}),
+            detail::norm_weight(p + "model.norm.weight", d.hidden), detail::weight(p + "lm_head.weight", {d.vocab, d.hidden})};
+  }
+  static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
+    const std::string b = detail::block_name(p + "model.", i, "");
+    auto s = detail::attention_specs(b, d.hidden, d.heads, d.kv_heads, d.head_dim, "input_layernorm.weight");
+    detail::append(s, detail::mlp_specs(b, d.hidden, d.ffn, "post_attention_layernorm.weight"));
+    return s;
+  }
+  static at::Tensor pre(const dims&, const tensors& root, context& ctx, const port_map& in) {
+    return detail::embed_with_media(root[0], *ctx.data, in);
+  }
+  static seq_layout layout(const dims&, context& ctx, const port_map&) { return detail::text_layout(*ctx.data); }
+  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
+    const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
+    return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+  }
+  static port_map post(const dims&, const tensors& root, const at::Tensor& x, context& ctx, const port_map&) {
+    const at::Tensor h = rms_norm(x, root[1]);
+    const batch& b = *ctx.data;
+    ctx.losses.push_back({"lm", lm_loss_sum(h, root[2], b.targets), b.targets.ne(-100).sum()});
+    return {{"hidden", h}};
+  }
+};
+
+template <>
+struct impl<moe_text_decoder> {
+  using dims = moe_text_decoder::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "model.embed_tokens.weight", {d.vocab, d.hidden}),
+            detail::norm_weight(p + "model.norm.weight", d.hidden), detail::weight(p + "lm_head.weight", {d.vocab, d.hidden})};
+  }
+  // Dense block parameters first, then the experts [E, ...] (marked expert).
+  static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
+    const std::string b = detail::block_name(p + "model.", i, "");
+    auto s = detail::attention_specs(b, d.hidden, d.heads, d.kv_heads, d.head_dim, "input_layernorm.weight");
+    s.push_back(detail::norm_weight(b + "post_attention_layernorm.weight", d.hidden));
+    s.push_back(detail::weight(b + "mlp.gate.weight", {d.experts, d.hidden}));
+    for (auto [n, shape] : {std::pair{"mlp.experts.gate_proj", std::vector<int64_t>{d.experts, d.expert_ffn, d.hidden}},
+                            std::pair{"mlp.experts.up_proj", std::vector<int64_t>{d.experts, d.expert_ffn, d.hidden}},
+                            std::pair{"mlp.experts.down_proj", std::vector<int64_t>{d.experts, d.hidden, d.expert_ffn}}}) {
+      param_spec e = detail::weight(b + n, shape);
+      e.expert = true;
+      s.push_back(e);
+    }
+    return s;
+  }
+  static at::Tensor pre(const dims&, const tensors& root, context& ctx, const port_map& in) {
+    return detail::embed_with_media(root[0], *ctx.data, in);
+  }
+  static seq_layout layout(const dims&, context& ctx, const port_map&) { return detail::text_layout(*ctx.data); }
+  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
+    const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
+    const at::Tensor h = rms_norm(a, w[5]);
+    const routing r = route(h, w[6], d.top_k, ctx.renormalize_topk);
+    // load balancing from statistics summed over the ranks sharing the batch
+    const at::Tensor counts = at::bincount(r.experts.reshape({-1}), {}, d.experts).to(h.scalar_type());
+    const at::Tensor stats = ctx.h.reduce_router_stats(
+        at::cat({counts, r.probs.sum(0), at::full({1}, static_cast<double>(h.size(0)), h.options())}));
+    ctx.aux_losses.push_back(load_balancing_loss(stats.narrow(0, 0, d.experts), stats.narrow(0, d.experts, d.experts),
+                                                 stats[2 * d.experts], d.top_k));
+    return a + ctx.h.experts(h, r, expert_weights{w[7], w[8], w[9]});
+  }
+  static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map& in) {
+    return impl<text_decoder>::post({d.vocab, d.hidden}, root, x, ctx, in);
+  }
+};
+
+// ---- encoders ----------------------------------------------------------------------
+
+namespace detail {
+inline std::vector<param_spec> encoder_block_specs(const std::string& b, int64_t hidden, int64_t heads, int64_t ffn) {
+  auto s = attention_specs(b, hidden, heads, heads, hidden / heads, "norm1.weight");
+  append(s, mlp_specs(b, hidden, ffn, "norm2.weight"));
+  return s;
+}
+inline at::Tensor encoder_block(int64_t hidden, int64_t heads, const tensors& w, const at::Tensor& x, context& ctx,
+                                const seq_layout& s) {
+  const at::Tensor a = attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], heads, heads, hidden / heads, s, ctx);
+  return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+}
+}  // namespace detail
+
+// Images [N, C, H, W] -> patches -> ViT blocks (each image attends to itself)
+// -> 2x2 merge -> [N * (H/2p) * (W/2p), hidden].
+template <>
+struct impl<vision_encoder> {
+  using dims = vision_encoder::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "patch_embed.weight", {d.hidden, d.channels * d.patch * d.patch}),
+            detail::bias(p + "patch_embed.bias", d.hidden),
+            detail::weight(p + "merger.weight", {d.hidden, 4 * d.hidden}), detail::bias(p + "merger.bias", d.hidden)};
+  }
+  static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
+    return detail::encoder_block_specs(detail::block_name(p, i, ""), d.hidden, d.heads, d.ffn);
+  }
+  static at::Tensor pixels(const context& ctx, const dims& d) {
+    const at::Tensor& px = ctx.data->pixels;
+    return px.defined() ? px : at::zeros({0, d.channels, 2 * d.patch, 2 * d.patch});
+  }
+  static at::Tensor pre(const dims& d, const tensors& root, context& ctx, const port_map&) {
+    const at::Tensor px = pixels(ctx, d);
+    const int64_t n = px.size(0), gh = px.size(2) / d.patch, gw = px.size(3) / d.patch;
+    TORCH_CHECK(px.size(2) % (2 * d.patch) == 0 && px.size(3) % (2 * d.patch) == 0, "veomni::nn::vision_encoder: image ",
+                px.size(2), "x", px.size(3), " is not a multiple of 2 x patch size ", d.patch);
+    // [N, C, gh, p, gw, p] -> [N, gh, gw, C*p*p]
+    const at::Tensor patches = px.reshape({n, d.channels, gh, d.patch, gw, d.patch})
+                                   .permute({0, 2, 4, 1, 3, 5})
+                                   .reshape({n * gh * gw, d.channels * d.patch * d.patch});
+    return at::matmul(patches, root[0].t()) + root[1];
+  }
+  static seq_layout layout(const dims& d, context& ctx, const port_map&) {
+    const at::Tensor px = pixels(ctx, d);
+    return detail::uniform_layout(px.size(0), (px.size(2) / d.patch) * (px.size(3) / d.patch), false);
+  }
+  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
+    return detail::encoder_block(d.hidden, d.heads, w, x, ctx, s);
+  }
+  static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map&) {
+    const at::Tensor px = pixels(ctx, d);
+    const int64_t n = px.size(0), gh = px.size(2) / d.patch, gw = px.size(3) / d.patch;
+    // 2x2 neighbourhoods: [N, gh/2, 2, gw/2, 2, H] -> [N * gh/2 * gw/2, 4H]
+    const at::Tensor merged = x.reshape({n, gh / 2, 2, gw / 2, 2, d.hidden})
+                                  .permute({0, 1, 3, 2, 4, 5})
+                                  .reshape({n * (gh / 2) * (gw / 2), 4 * d.hidden});
+    return {{"embeds", at::matmul(merged, root[2].t()) + root[3]}};
+  }
+};
+
+// Log-mel clips [N, F, M] -> conv1d (k) -> GELU -> conv1d (k, stride 2) -> GELU
+// -> transformer blocks (each clip attends to itself) -> norm -> [N * F', hidden].
+template <>
+struct impl<audio_encoder> {
+  using dims = audio_encoder::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "conv1.weight", {d.hidden, d.mel_bins, d.kernel}), detail::bias(p + "conv1.bias", d.hidden),
+            detail::weight(p + "conv2.weight", {d.hidden, d.hidden, d.kernel}), detail::bias(p + "conv2.bias", d.hidden),
+            detail::norm_weight(p + "norm.weight", d.hidden)};
+  }
+  static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
+    return detail::encoder_block_specs(detail::block_name(p, i, ""), d.hidden, d.heads, d.ffn);
+  }
+  static at::Tensor mel(const context& ctx, const dims& d) {
+    const at::Tensor& m = ctx.data->mel;
+    return m.defined() ? m : at::zeros({0, 2, d.mel_bins});
+  }
+  static int64_t frames_out(int64_t f, int64_t k) { return (f + 2 * (k / 2) - k) / 2 + 1; }
+  static at::Tensor pre(const dims& d, const tensors& root, context& ctx, const port_map&) {
+    const at::Tensor m = mel(ctx, d).transpose(1, 2);  // [N, M, F]
+    if (m.size(0) == 0) return at::zeros({0, d.hidden}) + 0 * (root[0].sum() + root[1].sum() + root[2].sum() + root[3].sum());
+    at::Tensor h = at::gelu(at::conv1d(m, root[0], root[1], 1, d.kernel / 2));
+    h = at::gelu(at::conv1d(h, root[2], root[3], 2, d.kernel / 2));  // [N, H, F']
+    return h.transpose(1, 2).reshape({-1, d.hidden});
+  }
+  static seq_layout layout(const dims& d, context& ctx, const port_map&) {
+    const at::Tensor m = mel(ctx, d);
+    return detail::uniform_layout(m.size(0), frames_out(m.size(1), d.kernel), false);
+  }
+  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
+    return detail::encoder_block(d.hidden, d.heads, w, x, ctx, s);
+  }
+  static port_map post(const dims&, const tensors& root, const at::Tensor& x, context&, const port_map&) {
+    return {{"embeds", rms_norm(x, root[4])}};
+  }
+};
+
+// Two-layer MLP from an encoder's width to the decoder's.
+template <>
+struct impl<projector> {
+  using dims = projector::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "fc1.weight", {d.out, d.in}), detail::bias(p + "fc1.bias", d.out),
+            detail::weight(p + "fc2.weight", {d.out, d.out}), detail::bias(p + "fc2.bias", d.out)};
+  }
+  static std::vector<param_spec> block_specs(const dims&, int64_t, const std::string& = "") { return {}; }
+  static at::Tensor pre(const dims&, const tensors&, context&, const port_map& in) { return in.at("in"); }
+  static seq_layout layout(const dims&, context&, const port_map&) { return {}; }
+  static at::Tensor block(const dims&, const tensors&, const at::Tensor& x, context&, const seq_layout&) { return x; }
+  static port_map post(const dims&, const tensors& w, const at::Tensor& x, context&, const port_map&) {
+    return {{"out", at::matmul(at::gelu(at::matmul(x, w[0].t()) + w[1]), w[2].t()) + w[3]}};
+  }
+};
+
+// Image generation: a head predicting VQ codebook indices from the language
+// model's hidden states, and a small VQ decoder from codes back to pixels.
+template <>
+struct impl<image_token_decoder> {
+  using dims = image_token_decoder::dims;
+  static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
+    return {detail::weight(p + "code_head.weight", {d.codebook, d.hidden}),
+            detail::weight(p + "codebook.weight", {d.codebook, d.code_dim}),
+            detail::weight(p + "to_pixels.weight", {d.channels * d.patch * d.patch, d.code_dim}),
+            detail::bias(p + "to_pixels.bias", d.channels * d.patch * d.patch)};
+  }
+  static std::vector<param_spec> block_specs(const dims&, int64_t, const std::string& = "") { return {}; }
+  static at::Tensor pre(const dims&, const tensors&, context&, const port_map& in) { return in.at("hidden"); }
+  static seq_layout layout(const dims&, context&, const port_map&) { return {}; }
+  static at::Tensor block(const dims&, const tensors&, const at::Tensor& x, context&, const seq_layout&) { return x; }
+  static port_map post(const dims&, const tensors& w, const at::Tensor& x, context& ctx, const port_map&) {
+    const batch& b = *ctx.data;
+    if (b.code_targets.defined())
+      ctx.losses.push_back({"image_codes", lm_loss_sum(x, w[0], b.code_targets), b.code_targets.ne(-100).sum()});
+    else  // keep the head in the graph: a zero loss over no targets
+      ctx.losses.push_back({"image_codes", 0 * w[0].sum(), at::zeros({}, at::kLong)});
+    return {{"codes", at::matmul(x, w[0].t()).argmax(-1)}};
+  }
+  // codes [N, gh, gw] -> pixels [N, C, gh*p, gw*p]
+  static at::Tensor decode(const dims& d, const tensors& w, const at::Tensor& codes) {
+    const int64_t n = codes.size(0), gh = codes.size(1), gw = codes.size(2);
+    const at::Tensor e = w[1].index_select(0, codes.reshape({-1}));
+    const at::Tensor px = at::matmul(e, w[2].t()) + w[3];  // [N*gh*gw, C*p*p]
+    return px.reshape({n, gh, gw, d.channels, d.patch, d.patch}).permute({0, 3, 1, 4, 2, 5}).reshape(
+        {n, d.channels, gh * d.patch, gw * d.patch});
+  }
+};
+
+}  // namespace veomni::nn

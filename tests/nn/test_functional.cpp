@@ -1,0 +1,172 @@
+// Functional pieces against plain reference computations; gradients by
+// finite differences in double precision.
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <veomni/nn.hpp>
+
+using namespace veomni::nn;
+
+namespace {
+const auto f64 = at::TensorOptions().dtype(at::kDouble);
+
+bool close(const at::Tensor& a, const at::Tensor& b, double tol = 1e-10) {
+  return a.sizes() == b.sizes() && (a - b).abs().max().item<double>() <= tol * (1 + b.abs().max().item<double>());
+}
+
+// Central finite differences of a scalar function against autograd, on a few
+// coordinates of each input.
+void check_gradients(const std::function<at::Tensor(const std::vector<at::Tensor>&)>& f, std::vector<at::Tensor> xs) {
+  for (auto& x : xs) x = x.detach().clone().set_requires_grad(true);
+  at::Tensor y = f(xs);
+  const auto grads = torch::autograd::grad({y}, xs, {}, false, false, true);
+  const double h = 1e-6;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const int64_t n = xs[i].numel();
+    for (int64_t j : {int64_t{0}, n / 2, n - 1}) {
+      at::Tensor plus = xs[i].detach().clone(), minus = xs[i].detach().clone();
+      plus.view({-1})[j] += h;
+      minus.view({-1})[j] -= h;
+      auto args_p = xs, args_m = xs;
+      args_p[i] = plus;
+      args_m[i] = minus;
+      const double fd = (f(args_p).item<double>() - f(args_m).item<double>()) / (2 * h);
+      const double ad = grads[i].defined() ? grads[i].view({-1})[j].item<double>() : 0.0;
+      CHECK_MESSAGE(std::abs(fd - ad) <= 1e-6 * (1 + std::abs(fd)), "input ", i, " coord ", j, ": fd ", fd, " vs ", ad);
+    }
+  }
+}
+
+// softmax(QK^T / sqrt(d) + M) V with M the explicit block-diagonal (causal) mask over the whole pack.
+at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::vector<int64_t>& lens, bool causal) {
+  const int64_t t = q.size(0), hq = q.size(1), hkv = k.size(1), d = q.size(2);
+  std::vector<int64_t> seg;
+  for (std::size_t s = 0; s < lens.size(); ++s)
+    for (int64_t i = 0; i < lens[s]; ++i) seg.push_back(static_cast<int64_t>(s));
+  at::Tensor mask = at::zeros({t, t}, f64);
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t j = 0; j < t; ++j)
+      if (seg[i] != seg[j] || (causal && j > i)) mask[i][j] = -INFINITY;
+  const at::Tensor kk = k.repeat_interleave(hq / hkv, 1), vv = v.repeat_interleave(hq / hkv, 1);
+  const at::Tensor s = at::einsum("ihd,jhd->hij", {q, kk}) / std::sqrt(double(d)) + mask;
+  return at::einsum("hij,jhd->ihd", {s.softmax(-1), vv});
+}
+}  // namespace
+
+TEST_CASE("init: values depend only on (seed, name, index); slices equal the whole") {
+  const param_spec s{"layers.0.mlp.up_proj.weight", {8, 6}};
+  const at::Tensor full = materialize(s, 7);
+  CHECK(close(materialize_slice(s, 7, 10, 30), full.view({-1}).slice(0, 10, 30), 0));
+  CHECK(!close(materialize(param_spec{"layers.1.mlp.up_proj.weight", {8, 6}}, 7), full, 0));
+  CHECK(!close(materialize(s, 8), full, 0));
+  const at::Tensor big = materialize(param_spec{"w", {200, 200}}, 1, at::kDouble);
+  CHECK(big.mean().item<double>() == doctest::Approx(0).epsilon(0.001));
+  CHECK(big.std().item<double>() == doctest::Approx(0.02).epsilon(0.01));
+  CHECK(materialize(param_spec{"n", {4}, init_kind::ones}, 1).sum().item<double>() == 4);
+}
+
+TEST_CASE("init: a flat slice over several params, with FSDP padding past the end") {
+  const std::vector<param_spec> specs{{"a", {3, 2}}, {"b", {5}, init_kind::ones}, {"c", {4}}};
+  at::Tensor whole = at::cat({materialize(specs[0], 3).view({-1}), materialize(specs[1], 3), materialize(specs[2], 3)});
+  CHECK(total_numel(specs) == 15);
+  CHECK(close(materialize_flat_slice(specs, 3, 4, 12), whole.slice(0, 4, 12), 0));
+  const at::Tensor tail = materialize_flat_slice(specs, 3, 12, 16);  // 3 real + 1 pad
+  CHECK(close(tail.slice(0, 0, 3), whole.slice(0, 12, 15), 0));
+  CHECK(tail[3].item<float>() == 0);
+  const auto views = unflatten(whole, specs);
+  CHECK(views[0].sizes() == at::IntArrayRef{3, 2});
+  CHECK(close(views[2], materialize(specs[2], 3), 0));
+  CHECK_THROWS_WITH(materialize_slice(specs[0], 3, 0, 7), doctest::Contains("outside parameter 'a'"));
+}
+
+TEST_CASE("rms_norm matches its formula; rope rotates pairs and keeps norms") {
+  const at::Tensor x = at::randn({5, 8}, f64), w = at::randn({8}, f64);
+  CHECK(close(rms_norm(x, w), x / (x.pow(2).mean(-1, true) + 1e-6).sqrt() * w));
+  const at::Tensor q = at::randn({6, 2, 8}, f64);
+  const at::Tensor pos = at::tensor({0, 1, 2, 0, 1, 5}, at::kLong);
+  const at::Tensor r = rope(q, pos);
+  CHECK(close(r.norm(2, -1), q.norm(2, -1)));
+  CHECK(close(r[0], q[0]));  // position 0 is the identity
+  // <rope(q, m), rope(k, n)> depends on m - n only
+  const at::Tensor a = at::randn({1, 1, 8}, f64), b = at::randn({1, 1, 8}, f64);
+  auto dot = [&](int64_t m, int64_t n) {
+    return (rope(a, at::tensor({m}, at::kLong)) * rope(b, at::tensor({n}, at::kLong))).sum().item<double>();
+  };
+  CHECK(dot(3, 1) == doctest::Approx(dot(7, 5)));
+}
+
+TEST_CASE("varlen attention equals softmax(QK^T)V with the explicit block-diagonal causal mask (GQA)") {
+  const std::vector<int64_t> lens{3, 1, 4};
+  const at::Tensor cu = at::tensor({0, 3, 4, 8}, at::kLong);
+  const at::Tensor q = at::randn({8, 4, 8}, f64), k = at::randn({8, 2, 8}, f64), v = at::randn({8, 2, 8}, f64);
+  CHECK(close(varlen_attention(q, k, v, cu, true), reference_attention(q, k, v, lens, true)));
+  CHECK(close(varlen_attention(q, k, v, cu, false), reference_attention(q, k, v, lens, false)));
+  CHECK_THROWS_WITH(varlen_attention(at::randn({8, 3, 8}, f64), k, v, cu, true), doctest::Contains("not a multiple"));
+}
+
+TEST_CASE("moe: a router that sends everything to one expert equals that expert's MLP") {
+  const int64_t t = 6, h = 8, f = 12, e = 4;
+  const at::Tensor x = at::randn({t, h}, f64).abs() + 0.1;  // positive: the router below picks expert 2
+  at::Tensor router = at::zeros({e, h}, f64);
+  router[2].fill_(50.0);
+  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64)};
+  const routing r = route(x, router, 1, true);
+  CHECK((r.experts == 2).all().item<bool>());
+  const at::Tensor y = hooks{}.experts(x, r, w);
+  CHECK(close(y, swiglu(x, w.gate[2], w.up[2], w.down[2])));
+}
+
+TEST_CASE("moe: grouped experts equal a per-token reference with top-k weights") {
+  const int64_t t = 10, h = 6, f = 5, e = 4, k = 2;
+  const at::Tensor x = at::randn({t, h}, f64), router = at::randn({e, h}, f64);
+  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64)};
+  for (bool renorm : {true, false}) {
+    const routing r = route(x, router, k, renorm);
+    at::Tensor ref = at::zeros({t, h}, f64);
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t ex = r.experts[i][j].item<int64_t>();
+        ref[i] += r.weights[i][j] * swiglu(x[i].unsqueeze(0), w.gate[ex], w.up[ex], w.down[ex])[0];
+      }
+    CHECK(close(hooks{}.experts(x, r, w), ref));
+    if (renorm) CHECK(close(r.weights.sum(-1), at::ones({t}, f64)));
+  }
+}
+
+TEST_CASE("moe: the load-balancing loss matches E * sum_e f_e * P_e") {
+  const at::Tensor probs = at::tensor({0.7, 0.2, 0.1, 0.1, 0.6, 0.3}, f64).view({2, 3});
+  const at::Tensor counts = at::tensor({1.0, 1.0, 0.0}, f64);  // top-1 picks: 0 and 1
+  const double f0 = 0.5, f1 = 0.5, p0 = 0.4, p1 = 0.4;
+  const double expect = 3 * (f0 * p0 + f1 * p1);
+  CHECK(load_balancing_loss(counts, probs.sum(0), at::tensor(2.0, f64), 1).item<double>() == doctest::Approx(expect));
+  // perfectly balanced routing gives 1
+  CHECK(load_balancing_loss(at::full({4}, 2.0, f64), at::full({4}, 2.0, f64), at::tensor(8.0, f64), 1)
+            .item<double>() == doctest::Approx(1.0));
+}
+
+TEST_CASE("chunked lm loss equals plain cross-entropy, in value and gradient, for any chunk") {
+  const at::Tensor h = at::randn({7, 5}, f64), w = at::randn({11, 5}, f64);
+  const at::Tensor t = at::tensor({1, -100, 3, 10, 0, -100, 4}, at::kLong);
+  const double plain = at::cross_entropy_loss(at::matmul(h, w.t()), t, {}, at::Reduction::Sum, -100).item<double>();
+  for (int64_t chunk : {1, 3, 7, 100}) CHECK(lm_loss_sum(h, w, t, chunk).item<double>() == doctest::Approx(plain));
+  check_gradients([&](const std::vector<at::Tensor>& a) { return lm_loss_sum(a[0], a[1], t, 3); }, {h, w});
+}
+
+TEST_CASE("gradients: attention, SwiGLU and the MoE layer by finite differences in double") {
+  const at::Tensor cu = at::tensor({0, 2, 5}, at::kLong);
+  check_gradients(
+      [&](const std::vector<at::Tensor>& a) { return varlen_attention(a[0], a[1], a[2], cu, true).pow(2).sum(); },
+      {at::randn({5, 2, 4}, f64), at::randn({5, 1, 4}, f64), at::randn({5, 1, 4}, f64)});
+  check_gradients([&](const std::vector<at::Tensor>& a) { return swiglu(a[0], a[1], a[2], a[3]).sum(); },
+                  {at::randn({3, 4}, f64), at::randn({6, 4}, f64), at::randn({6, 4}, f64), at::randn({4, 6}, f64)});
+  check_gradients(
+      [&](const std::vector<at::Tensor>& a) {
+        const routing r = route(a[0], a[1], 2, true);
+        return hooks{}.experts(a[0], r, expert_weights{a[2], a[3], a[4]}).pow(2).sum();
+      },
+      {at::randn({5, 4}, f64), at::randn({3, 4}, f64), at::randn({3, 6, 4}, f64), at::randn({3, 6, 4}, f64),
+       at::randn({3, 4, 6}, f64)});
+  check_gradients([&](const std::vector<at::Tensor>& a) { return rope(a[0], at::tensor({0, 3, 1}, at::kLong)).sum(); },
+                  {at::randn({3, 2, 4}, f64)});
+}
