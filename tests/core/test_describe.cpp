@@ -39,8 +39,10 @@ TEST_CASE("describe: one row per plan op, and per-axis totals that add up") {
   using P = plan<tiny_vl, tiny_vl_fsdp>;
   std::size_t rows = 0, pos = 0;
   while ((pos = s.find("Shard<FSDP>", pos)) != std::string::npos) ++rows, ++pos;
-  pos = 0;
-  while ((pos = s.find("Split<Ulysses>", pos)) != std::string::npos) ++rows, ++pos;
+  for (const char* policy : {"Split<Ulysses>", "  Step  "}) {
+    pos = 0;
+    while ((pos = s.find(policy, pos)) != std::string::npos) ++rows, ++pos;
+  }
   CHECK(rows == P::size);
   CHECK(s.find("dp_shard*sp") != std::string::npos);
   CHECK(s.find("memory per rank") != std::string::npos);

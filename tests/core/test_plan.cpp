@@ -25,22 +25,48 @@ constexpr std::size_t count(phase p, collective c, std::string_view node, std::s
 }
 }  // namespace
 
-TEST_CASE("plan: FSDP adds per unit one forward all_gather, one backward all_gather and one reduce_scatter") {
+TEST_CASE("plan: FSDP adds per unit one forward all_gather, one backward all_gather (blocks) and one reduce_scatter") {
   using P = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
-  // units: the root (embedding, final norm, head) and the block
-  static_assert(P::size == 6);
-  static_assert(P::count(phase::forward, collective::all_gather) == 2);
-  static_assert(P::count(phase::backward, collective::all_gather) == 2);
-  static_assert(P::count(phase::backward, collective::reduce_scatter) == 2);
+  // units: the root (embedding, final norm, head), which stays gathered until
+  // its backward, and the block, which reshards after forward; plus 2 step ops
+  static_assert(count<P>(phase::forward, collective::all_gather, "lm", "root") == 1);
+  static_assert(count<P>(phase::forward, collective::all_gather, "lm", "block") == 1);
+  static_assert(count<P>(phase::backward, collective::all_gather, "lm", "block") == 1);
+  static_assert(count<P>(phase::backward, collective::all_gather, "lm", "root") == 0);
+  static_assert(count<P>(phase::backward, collective::reduce_scatter, "lm", "root") == 1);
+  static_assert(count<P>(phase::backward, collective::reduce_scatter, "lm", "block") == 1);
+  static_assert(P::size == 5 + 2);
   for (const auto& o : P::ops) {
+    if (o.policy == "Step") continue;
     CHECK(o.over == axes<axis::dp_shard, axis::sp>);
     CHECK(o.policy == "Shard<FSDP>");
   }
   CHECK(P::ops[0].where == "root");   // the root is gathered first
   CHECK(P::ops[1].where == "block");
   CHECK(P::ops[1].repeat == scope::block);
+  CHECK(P::ops[2].tensor == tensor_role::loss_stats);  // global loss after the forward
   CHECK(P::ops[5].coll == collective::reduce_scatter);  // the root's gradients are reduced last
   CHECK(P::ops[5].where == "root");
+  CHECK(P::ops[6].ph == phase::optimizer);
+  CHECK(P::ops[6].tensor == tensor_role::grad_norm);
+}
+
+TEST_CASE("plan: step collectives: global loss, router statistics per MoE layer, gradient norm") {
+  using P = plan<moe_only, recipe<>>;
+  static_assert(P::size == 4);
+  CHECK(P::ops[0].tensor == tensor_role::router_stats);
+  CHECK(P::ops[0].ph == phase::forward);
+  CHECK(P::ops[0].where == "moe");
+  CHECK(P::ops[1].tensor == tensor_role::loss_stats);
+  CHECK(P::ops[2].tensor == tensor_role::router_stats);
+  CHECK(P::ops[2].ph == phase::backward);
+  CHECK(P::ops[3].tensor == tensor_role::grad_norm);
+  for (const auto& o : P::ops) {
+    CHECK(o.coll == collective::all_reduce);
+    CHECK(o.policy == "Step");
+    CHECK(o.over == (o.tensor == tensor_role::grad_norm ? axes<axis::dp_shard, axis::sp>
+                                                         : axes<axis::dp_replicate, axis::dp_shard, axis::sp>));
+  }
 }
 
 TEST_CASE("plan: FSDP without resharding after forward has no backward all_gather") {
@@ -48,14 +74,14 @@ TEST_CASE("plan: FSDP without resharding after forward has no backward all_gathe
   static_assert(P::count(phase::forward, collective::all_gather) == 2);
   static_assert(P::count(phase::backward, collective::all_gather) == 0);
   static_assert(P::count(phase::backward, collective::reduce_scatter) == 2);
-  CHECK(P::size == 4);
+  CHECK(P::size == 4 + 2);
 }
 
 TEST_CASE("plan: HSDP adds an all_reduce of gradient shards over dp_replicate") {
   using P = plan<dense, recipe<apply<"lm", Shard<HSDP>>>>;
   static_assert(P::count(phase::backward, collective::all_reduce) == 2);
   for (const auto& o : P::ops)
-    if (o.coll == collective::all_reduce) {
+    if (o.coll == collective::all_reduce && o.policy == "Shard<HSDP>") {
       CHECK(o.over == axes<axis::dp_replicate>);
       CHECK(o.pre_sharded == axes<axis::dp_shard, axis::sp>);
     }
@@ -63,22 +89,24 @@ TEST_CASE("plan: HSDP adds an all_reduce of gradient shards over dp_replicate") 
 
 TEST_CASE("plan: DDP all-reduces gradients per unit over every data axis and gathers nothing") {
   using P = plan<dense, recipe<apply<"lm", Shard<DDP>>>>;
-  static_assert(P::size == 2);
-  static_assert(P::count(phase::backward, collective::all_reduce) == 2);
+  static_assert(P::size == 2 + 2);
+  static_assert(count<P>(phase::backward, collective::all_reduce, "lm") == 2);
   static_assert(P::count(phase::forward, collective::all_gather) == 0);
   CHECK(P::ops[0].over == axes<axis::dp_replicate, axis::dp_shard, axis::sp>);
 }
 
 TEST_CASE("plan: Ulysses adds four all_to_alls per attention layer in forward and four in backward") {
   using P = plan<dense, recipe<apply<"lm", Split<Ulysses>>>>;
-  static_assert(P::size == 8);
+  static_assert(P::size == 8 + 2);
   static_assert(count<P>(phase::forward, collective::all_to_all, "lm", "attn") == 4);
   static_assert(count<P>(phase::backward, collective::all_to_all, "lm", "attn") == 4);
   // forward q, k, v, then the output back; backward the output's gradient first
   CHECK(P::ops[0].tensor == tensor_role::q);
   CHECK(P::ops[3].tensor == tensor_role::attn_out);
-  CHECK(P::ops[4].tensor == tensor_role::attn_out);
+  CHECK(P::ops[4].tensor == tensor_role::loss_stats);
+  CHECK(P::ops[5].tensor == tensor_role::attn_out);
   for (const auto& o : P::ops) {
+    if (o.policy == "Step") continue;
     CHECK(o.over == axes<axis::sp>);
     CHECK(o.repeat == scope::block);  // once per block
   }
@@ -86,25 +114,28 @@ TEST_CASE("plan: Ulysses adds four all_to_alls per attention layer in forward an
 
 TEST_CASE("plan: EP adds two all_to_alls per MoE layer in forward and two in backward") {
   using P = plan<moe_only, recipe<apply<"lm", Experts<EP>>>>;
-  static_assert(P::size == 4);
+  static_assert(P::size == 4 + 4);
   static_assert(count<P>(phase::forward, collective::all_to_all, "lm", "moe") == 2);
   static_assert(count<P>(phase::backward, collective::all_to_all, "lm", "moe") == 2);
-  CHECK(P::ops[0].tensor == tensor_role::dispatch);
-  CHECK(P::ops[1].tensor == tensor_role::combine);
+  // forward: router statistics, dispatch, combine; backward: combine, dispatch, statistics
+  CHECK(P::ops[0].tensor == tensor_role::router_stats);
+  CHECK(P::ops[1].tensor == tensor_role::dispatch);
   CHECK(P::ops[2].tensor == tensor_role::combine);
-  CHECK(P::ops[3].tensor == tensor_role::dispatch);
+  CHECK(P::ops[4].tensor == tensor_role::combine);
+  CHECK(P::ops[5].tensor == tensor_role::dispatch);
+  CHECK(P::ops[6].tensor == tensor_role::router_stats);
 }
 
 TEST_CASE("plan: FSDP next to EP shards expert weights separately over ep_dp") {
   using P = plan<moe_only, recipe<apply<"lm", Shard<FSDP>, Experts<EP>>>>;
-  static_assert(P::count_if([](const plan_op& o) { return o.tensor == tensor_role::expert_params; }) == 2);
+  static_assert(P::count_if([](const plan_op& o) { return o.tensor == tensor_role::expert_params; }) == 2);  // fwd, bwd
   static_assert(P::count_if([](const plan_op& o) { return o.tensor == tensor_role::expert_grads; }) == 1);
   for (const auto& o : P::ops) {
     if (o.tensor == tensor_role::expert_params || o.tensor == tensor_role::expert_grads) {
       CHECK(o.over == axes<axis::ep_dp>);
       CHECK(o.where == "block");  // only blocks hold MoE layers
     }
-    CHECK(o.experts_separate);
+    if (o.policy != "Step") CHECK(o.experts_separate);
   }
   // without EP the experts are part of the unit's flat shard
   using Q = plan<moe_only, recipe<apply<"lm", Shard<FSDP>>>>;
@@ -120,7 +151,8 @@ TEST_CASE("plan: the omni recipe composes FSDP, Ulysses and EP with the right co
   static_assert(count<P>(phase::forward, collective::all_to_all, "lm", "attn", "Split<Ulysses>") == 4);
   static_assert(count<P>(phase::forward, collective::all_to_all, "lm", "moe", "Experts<EP>") == 2);
   static_assert(count<P>(phase::forward, collective::all_to_all, "vision") == 0);
-  CHECK(P::size == 42);
+  // 42 policy ops less the 6 roots' backward gathers, plus loss, grad-norm and 2 router-statistics ops
+  CHECK(P::size == 42 - 6 + 4);
 }
 
 TEST_CASE("plan: forward runs nodes in topological order and backward in reverse") {
@@ -130,6 +162,7 @@ TEST_CASE("plan: forward runs nodes in topological order and backward in reverse
   std::size_t last_fwd = 0, last_bwd = omni_moe::size;
   bool seen_bwd = false;
   for (const auto& o : P::ops) {
+    if (o.node_index == omni_moe::size) continue;  // step-level ops
     if (o.ph == phase::forward) {
       CHECK(!seen_bwd);
       CHECK(rank[o.node_index] >= last_fwd);
@@ -146,7 +179,8 @@ TEST_CASE("plan: forward runs nodes in topological order and backward in reverse
 TEST_CASE("plan: every forward collective has its backward dual on the same tensor and axes") {
   using P = plan<omni_moe, omni_fsdp_sp_ep>;
   for (const auto& f : P::ops) {
-    if (f.ph != phase::forward) continue;
+    // the step's loss statistics are reduced without gradient: no dual
+    if (f.ph != phase::forward || f.node == "step") continue;
     bool found = false;
     for (const auto& b : P::ops)
       found = found || (b.ph == phase::backward && b.coll == dual(f.coll) && b.tensor == grad_of(f.tensor) &&
@@ -196,8 +230,8 @@ TEST_CASE("policy: what a policy touches decides where it may be applied") {
 
 TEST_CASE("plan: a recipe with no policies for a node adds nothing for it") {
   using P = plan<tiny_vl, recipe<apply<"lm", Shard<FSDP>>>>;
-  for (const auto& o : P::ops) CHECK(o.node == "lm");
-  CHECK(P::size == 6);
+  for (const auto& o : P::ops) CHECK((o.node == "lm" || o.node == "step"));
+  CHECK(P::size == 5 + 2);
   using E = plan<tiny_vl, recipe<>>;
-  CHECK(E::size == 0);
+  CHECK(E::size == 2);  // the step's loss and gradient-norm reductions only
 }

@@ -13,7 +13,7 @@ target_link_libraries(app PRIVATE veomni::core)
 ")
 file(WRITE ${WORK_DIR}/src/app.cpp "#include <veomni/core.hpp>
 using m = veomni::graph<veomni::nodes<veomni::node<\"p\", veomni::projector>>>;
-static_assert(veomni::plan<m, veomni::recipe<veomni::apply<\"p\", veomni::Shard<veomni::FSDP>>>>::size == 3);
+static_assert(veomni::plan<m, veomni::recipe<veomni::apply<\"p\", veomni::Shard<veomni::FSDP>>>>::size == 4);
 int main() {}
 ")
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${WORK_DIR}/src -B ${WORK_DIR}/build -G Ninja

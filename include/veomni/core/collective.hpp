@@ -49,10 +49,14 @@ constexpr collective dual(collective c) {
 //   expert_params / expert_grads   the unit's local experts (E/ep of them)
 //   q, k, v, attn_out              tokens x q_width (k, v: kv_width)
 //   dispatch, combine              tokens x top_k x width (routed copies)
-//   scalar                         one element (loss, grad-norm)
+//   scalar                         one element
+//   loss_stats                     (loss sum, target count) per loss head
+//   router_stats                   a MoE layer's expert counts and probability sums, and its token count: 2E+1
+//   grad_norm                      the squared norm of this rank's gradient shards
 enum class tensor_role {
   params, grads, expert_params, expert_grads,
   q, k, v, attn_out, dispatch, combine, kv_block, scalar,
+  loss_stats, router_stats, grad_norm,
 };
 
 constexpr std::string_view to_string(tensor_role t) {
@@ -69,6 +73,9 @@ constexpr std::string_view to_string(tensor_role t) {
     case tensor_role::combine: return "combine";
     case tensor_role::kv_block: return "kv_block";
     case tensor_role::scalar: return "scalar";
+    case tensor_role::loss_stats: return "loss_stats";
+    case tensor_role::router_stats: return "router_stats";
+    case tensor_role::grad_norm: return "grad_norm";
   }
   return "?";
 }

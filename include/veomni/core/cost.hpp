@@ -85,8 +85,19 @@ constexpr long op_elements(const plan_op& o, const typename C::dims& d, const me
     case tensor_role::dispatch:
     case tensor_role::combine: return tokens * g.top_k * g.width;
     case tensor_role::scalar: return 1;
+    case tensor_role::router_stats: return 2 * g.experts + 1;
     default: return g.params;
   }
+}
+
+// Loss terms a model produces: one per head layer (text, image codes).
+template <Model G>
+constexpr long loss_heads() {
+  long n = 0;
+  for_each_node<G>([&](auto I) {
+    for (const auto& l : G::template component_at<I.value>::layers) n += l.kind == layer_kind::head;
+  });
+  return n;
 }
 
 constexpr long element_bytes(tensor_role t, const precision& p) {
@@ -95,7 +106,10 @@ constexpr long element_bytes(tensor_role t, const precision& p) {
     case tensor_role::expert_params: return p.param_bytes;
     case tensor_role::grads:
     case tensor_role::expert_grads: return p.grad_bytes;
-    case tensor_role::scalar: return 4;
+    case tensor_role::scalar:
+    case tensor_role::loss_stats:
+    case tensor_role::router_stats:
+    case tensor_role::grad_norm: return 4;  // statistics stay fp32
     default: return p.comm_bytes;
   }
 }
@@ -108,12 +122,18 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
   using G = typename P::model;
   op_cost c;
   c.group = m.size(o.over);
+  // optimizer-phase ops run once per step, the others once per micro-batch
+  const long per_step = o.ph == phase::optimizer ? 1 : w.micro_batches;
+  if (o.node_index == G::size) {  // step-level: loss statistics, gradient norm
+    c.calls = c.group > 1 ? per_step : 0;
+    c.elements = o.tensor == tensor_role::loss_stats ? 2 * detail::loss_heads<G>() : 1;
+  }
   for_each_node<G>([&](auto I) {
     if (I.value != o.node_index) return;
     using C = typename G::template component_at<I.value>;
     const auto& nd = std::get<I.value>(d);
     const long reps = o.repeat == scope::block ? C::blocks(nd) : 1;
-    c.calls = c.group > 1 ? reps * w.micro_batches : 0;
+    c.calls = c.group > 1 ? reps * per_step : 0;
     c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
   });
   const long b = detail::element_bytes(o.tensor, prec);

@@ -221,13 +221,77 @@ constexpr void collect_placements(placement_list& out) {
   collect_placements_impl<G, R, I>(out, static_cast<Tuple*>(nullptr));
 }
 
+// Collectives every step needs once data is split over ranks, whatever the
+// policies: the global loss and target counts (forward), the MoE routers'
+// statistics so the load-balancing loss is the single-process one (forward,
+// and its dual in backward), and the squared norm of the gradient shards for
+// clipping (optimizer). They act on the step (node index G::size) or on a
+// node's MoE layers, under the name "Step".
+inline constexpr std::string_view step_policy = "Step";
+inline constexpr axis_set data_axes = axes<axis::dp_replicate, axis::dp_shard, axis::sp>;
+inline constexpr axis_set shard_axes = axes<axis::dp_shard, axis::sp>;
+
+template <Model G>
+constexpr std::size_t moe_layer_count() {
+  std::size_t n = 0;
+  for_each_node<G>([&](auto I) {
+    for (const auto& l : G::template component_at<I.value>::layers) n += l.kind == layer_kind::moe;
+  });
+  return n;
+}
+
+template <Model G>
+constexpr std::size_t step_op_count() { return 2 + 2 * moe_layer_count<G>(); }
+
+template <Model G>
+constexpr void step_ops(plan_op* out, std::size_t& n, long* pos) {
+  auto step = [&](phase p, tensor_role t, axis_set over) {
+    plan_op o;
+    o.node = "step";
+    o.node_index = G::size;
+    o.policy = step_policy;
+    o.where = "step";
+    o.repeat = scope::model;
+    o.ph = p;
+    o.coll = collective::all_reduce;
+    o.over = over;
+    o.tensor = t;
+    pos[n] = 0;
+    out[n++] = o;
+  };
+  step(phase::forward, tensor_role::loss_stats, data_axes);
+  step(phase::optimizer, tensor_role::grad_norm, shard_axes);
+  for_each_node<G>([&](auto I) {
+    using C = typename G::template component_at<I.value>;
+    for (std::size_t i = 0; i < C::layers.size(); ++i) {
+      if (C::layers[i].kind != layer_kind::moe) continue;
+      for (phase p : {phase::forward, phase::backward}) {
+        plan_op o;
+        o.node = G::names[I.value];
+        o.node_index = I.value;
+        o.policy = step_policy;
+        o.target = {false, scope::block, i};
+        o.where = C::layers[i].name;
+        o.repeat = C::layers[i].where;
+        o.ph = p;
+        o.coll = collective::all_reduce;
+        o.over = data_axes;
+        o.tensor = tensor_role::router_stats;
+        // forward: before the layer's own collectives (dispatch); backward: after them
+        pos[n] = 4 * static_cast<long>(i) + (p == phase::forward ? 0 : 1);
+        out[n++] = o;
+      }
+    }
+  });
+}
+
 template <Model G, Recipe R>
 struct plan_builder {
   template <std::size_t... I>
   static constexpr std::size_t count_ops(std::index_sequence<I...>) {
     return (node_ops<G, R, I, typename node_policies<G, R, I>::type>::count + ... + 0);
   }
-  static constexpr std::size_t size = count_ops(std::make_index_sequence<G::size>{});
+  static constexpr std::size_t size = count_ops(std::make_index_sequence<G::size>{}) + step_op_count<G>();
 
   static constexpr std::array<plan_op, size> build() {
     std::array<plan_op, size> raw{};
@@ -236,9 +300,11 @@ struct plan_builder {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (node_ops<G, R, I, typename node_policies<G, R, I>::type>::collect(raw.data(), n, pos.data()), ...);
     }(std::make_index_sequence<G::size>{});
+    step_ops<G>(raw.data(), n, pos.data());
 
-    std::array<std::size_t, G::size> rank{};  // topological rank of each node
+    std::array<std::size_t, G::size + 1> rank{};  // topological rank of each node; the step comes last
     for (std::size_t r = 0; r < G::size; ++r) rank[G::order[r]] = r;
+    rank[G::size] = G::size;
     auto key_less = [&](std::size_t a, std::size_t b) {
       const plan_op &x = raw[a], &y = raw[b];
       if (x.ph != y.ph) return x.ph < y.ph;

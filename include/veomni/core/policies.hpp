@@ -4,7 +4,7 @@
 //
 // Per unit (one block, or the component's root) on a node with Shard<FSDP>:
 //   forward   all_gather(params)      over dp_shard x sp
-//   backward  all_gather(params)      over dp_shard x sp   (if reshard_after_forward)
+//   backward  all_gather(params)      over dp_shard x sp   (blocks, if reshard_after_forward)
 //   backward  reduce_scatter(grads)   over dp_shard x sp
 // Per attention layer with Split<Ulysses> (sequence -> heads and back):
 //   forward   all_to_all(q), (k), (v), (attn_out)   over sp
@@ -48,9 +48,12 @@ struct fsdp_impl {
   static constexpr op_list ops() {
     using C = typename Ctx::component;
     op_list out;
+    // The root unit (embedding, head: used before and after the blocks) stays
+    // gathered from its forward to its backward; blocks reshard if asked.
     auto shard_ops = [&](scope s, axis_set over, tensor_role p) {
       out.push_back(unit_op(s, phase::forward, collective::all_gather, over, p));
-      if (O.reshard_after_forward) out.push_back(unit_op(s, phase::backward, collective::all_gather, over, p));
+      if (O.reshard_after_forward && s == scope::block)
+        out.push_back(unit_op(s, phase::backward, collective::all_gather, over, p));
       out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, grad_of(p)));
       if (Hybrid)
         out.push_back(unit_op(s, phase::backward, collective::all_reduce, replicate_axes, grad_of(p), over));

@@ -5,7 +5,7 @@
 using namespace veomni;
 using my_model = graph<nodes<node<"lm", text_decoder>>>;
 using my_plan = plan<my_model, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>>;
-static_assert(my_plan::size == 14);
+static_assert(my_plan::size == 15);  // FSDP 5, Ulysses 8, step 2
 
 int main() {
   my_model::dims d;
