@@ -18,7 +18,11 @@ namespace veomni {
 
 namespace shapes {
 // Attention with q: heads*head_dim, k and v: kv_heads*head_dim, output projection back.
-constexpr geometry attention(long hidden, long heads, long kv_heads, long head_dim) {
+// Options (all off by default): biases on q, k, v (Qwen2), a bias on the output
+// projection (ViT), per-head RMSNorm on q and k (Qwen3). Worked example, Qwen2-7B:
+//   attention(3584, 28, 4, 128, true) -> 3584*3584*2 + 2*3584*512 + 3584+2*512 = 29,364,736
+constexpr geometry attention(long hidden, long heads, long kv_heads, long head_dim, bool qkv_bias = false,
+                             bool out_bias = false, bool qk_norm = false) {
   geometry g;
   g.width = hidden;
   g.heads = heads;
@@ -27,6 +31,8 @@ constexpr geometry attention(long hidden, long heads, long kv_heads, long head_d
   g.kv_width = kv_heads * head_dim;
   g.params = hidden * g.q_width + 2 * hidden * g.kv_width + g.q_width * hidden;
   g.flops_per_token = 2 * g.params;
+  g.params += (qkv_bias ? g.q_width + 2 * g.kv_width : 0) + (out_bias ? hidden : 0) + (qk_norm ? 2 * head_dim : 0);
+  g.saved_per_token = hidden + 2 * g.q_width + 2 * g.kv_width;  // input, q, k, v, output
   return g;
 }
 // SwiGLU: gate and up (hidden -> ffn), down (ffn -> hidden).
@@ -35,12 +41,24 @@ constexpr geometry swiglu(long hidden, long ffn) {
   g.width = hidden;
   g.params = 3 * hidden * ffn;
   g.flops_per_token = 2 * g.params;
+  g.saved_per_token = hidden + 3 * ffn;  // input, gate, up, silu(gate)*up
   return g;
 }
-constexpr geometry norm(long hidden) {
+// Two-matrix MLP with an elementwise activation (ViT: fc1, GELU, fc2).
+constexpr geometry gelu_mlp(long hidden, long ffn, bool bias = false) {
   geometry g;
   g.width = hidden;
-  g.params = hidden;
+  g.params = 2 * hidden * ffn + (bias ? ffn + hidden : 0);
+  g.flops_per_token = 4 * hidden * ffn;
+  g.saved_per_token = hidden + 2 * ffn;  // input, fc1 output, activation output
+  return g;
+}
+// RMSNorm (weight) or LayerNorm (weight and bias).
+constexpr geometry norm(long hidden, bool with_bias = false) {
+  geometry g;
+  g.width = hidden;
+  g.params = with_bias ? 2 * hidden : hidden;
+  g.saved_per_token = hidden;
   return g;
 }
 constexpr geometry linear(long in, long out, bool bias = false) {
@@ -48,6 +66,7 @@ constexpr geometry linear(long in, long out, bool bias = false) {
   g.width = in;
   g.params = in * out + (bias ? out : 0);
   g.flops_per_token = 2 * in * out;
+  g.saved_per_token = in;
   return g;
 }
 // Router (dense) plus E SwiGLU experts; each token runs top_k of them.
@@ -59,6 +78,9 @@ constexpr geometry moe(long hidden, long experts, long top_k, long expert_ffn) {
   g.params = hidden * experts;
   g.expert_params = experts * 3 * hidden * expert_ffn;
   g.flops_per_token = 2 * (hidden * experts + top_k * 3 * hidden * expert_ffn);
+  // input, router logits, then per routed copy: dispatched input, gate, up,
+  // their product, and the expert output awaiting the weighted combine
+  g.saved_per_token = hidden + experts + top_k * (2 * hidden + 3 * expert_ffn);
   return g;
 }
 }  // namespace shapes
@@ -70,6 +92,7 @@ struct text_decoder {
   using outputs = ports<port<"logits", tensor::logits>, port<"hidden", tensor::embeds>>;
   struct dims {
     long vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
+    bool qkv_bias = false;  // Qwen2 / Qwen2.5: biases on the q, k, v projections
   };
   static constexpr std::array layers{
       layer{"embed", layer_kind::embedding, scope::model}, layer{"attn_norm", layer_kind::norm},
@@ -80,7 +103,7 @@ struct text_decoder {
   static constexpr geometry shape(std::size_t i, const dims& d) {
     switch (i) {
       case 0: { geometry g; g.width = d.hidden; g.params = d.vocab * d.hidden; return g; }
-      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim);
+      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, d.qkv_bias);
       case 4: return shapes::swiglu(d.hidden, d.ffn);
       case 6: return shapes::linear(d.hidden, d.vocab);
       default: return shapes::norm(d.hidden);
@@ -95,6 +118,7 @@ struct moe_text_decoder {
   struct dims {
     long vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
     long experts = 0, top_k = 0, expert_ffn = 0;
+    bool qk_norm = false;  // Qwen3: RMSNorm over each head of q and k
   };
   static constexpr std::array layers{
       layer{"embed", layer_kind::embedding, scope::model}, layer{"attn_norm", layer_kind::norm},
@@ -105,7 +129,7 @@ struct moe_text_decoder {
   static constexpr geometry shape(std::size_t i, const dims& d) {
     switch (i) {
       case 0: { geometry g; g.width = d.hidden; g.params = d.vocab * d.hidden; return g; }
-      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim);
+      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, false, false, d.qk_norm);
       case 4: return shapes::moe(d.hidden, d.experts, d.top_k, d.expert_ffn);
       case 6: return shapes::linear(d.hidden, d.vocab);
       default: return shapes::norm(d.hidden);
@@ -119,6 +143,14 @@ struct vision_encoder {
   using outputs = ports<port<"embeds", tensor::embeds>>;
   struct dims {
     long channels = 3, patch = 0, hidden = 0, layers = 0, heads = 0, ffn = 0;
+    // Qwen2-VL's ViT differs from the default in these (all additive; the
+    // defaults keep the original shapes):
+    long temporal_patch = 1;  // frames per patch (Conv3d depth): patch_embed input = c*t*p*p
+    bool patch_bias = true;   // bias on the patch embedding
+    bool layer_norm = false;  // LayerNorm (weight and bias) instead of RMSNorm in the blocks
+    bool linear_bias = false; // biases on qkv, attention output, fc1, fc2
+    bool gelu_mlp = false;    // fc1 -> GELU -> fc2 instead of SwiGLU
+    long out = 0;             // merger: 0: linear(4h -> h); else LayerNorm, linear(4h -> 4h), linear(4h -> out)
   };
   static constexpr std::array layers{
       layer{"patch_embed", layer_kind::patch_embed, scope::model}, layer{"norm1", layer_kind::norm},
@@ -127,11 +159,22 @@ struct vision_encoder {
   static constexpr long blocks(const dims& d) { return d.layers; }
   static constexpr geometry shape(std::size_t i, const dims& d) {
     switch (i) {
-      case 0: return shapes::linear(d.channels * d.patch * d.patch, d.hidden, true);
-      case 2: return shapes::attention(d.hidden, d.heads, d.heads, d.heads ? d.hidden / d.heads : 0);
-      case 4: return shapes::swiglu(d.hidden, d.ffn);
-      case 5: return shapes::linear(4 * d.hidden, d.hidden, true);  // 2x2 patches concatenated
-      default: return shapes::norm(d.hidden);
+      case 0: return shapes::linear(d.channels * d.temporal_patch * d.patch * d.patch, d.hidden, d.patch_bias);
+      case 2:
+        return shapes::attention(d.hidden, d.heads, d.heads, d.heads ? d.hidden / d.heads : 0, d.linear_bias,
+                                 d.linear_bias);
+      case 4: return d.gelu_mlp ? shapes::gelu_mlp(d.hidden, d.ffn, d.linear_bias) : shapes::swiglu(d.hidden, d.ffn);
+      case 5: {  // 2x2 patches concatenated
+        if (d.out == 0) return shapes::linear(4 * d.hidden, d.hidden, true);
+        // Per patch (the node's token): one merged token per 4 patches.
+        geometry g = shapes::linear(4 * d.hidden, 4 * d.hidden, true);
+        const geometry second = shapes::linear(4 * d.hidden, d.out, true);
+        g.params += second.params + 2 * d.hidden;  // + the LayerNorm before the merge
+        g.flops_per_token = (g.flops_per_token + second.flops_per_token) / 4;
+        g.saved_per_token = 4 * d.hidden;  // norm input, fc1 input, GELU input and output (4h / 4 each)
+        return g;
+      }
+      default: return shapes::norm(d.hidden, d.layer_norm);
     }
   }
 };

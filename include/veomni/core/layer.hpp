@@ -60,6 +60,11 @@ struct geometry {
   long experts = 0;        // moe
   long top_k = 0;          // moe
   long flops_per_token = 0;  // forward FLOPs per token of the dense math (2 per MAC)
+  // Activation elements per token the layer keeps for its backward when
+  // nothing is recomputed: its input, plus what its math saves (attention:
+  // q, k, v and the output, as FlashAttention keeps them, no seq^2 term;
+  // SwiGLU: gate, up and their product). See activation.hpp.
+  long saved_per_token = 0;
 };
 
 }  // namespace veomni
