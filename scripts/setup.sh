@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache git
   libtorch-dev            # LibTorch 1.13.1 (CPU) with c10d Gloo and TCPStore
+  libgloo-dev             # gloo headers: Debian's libtorch-dev includes ProcessGroupGloo.hpp but not gloo/
+  libcli11-dev            # command-line parsing for tools/ (veomni-launch)
   libopenblas0-openmp     # without it LibTorch falls back to netlib's reference BLAS (~60x slower GEMM)
   python3-torch           # /usr/bin/torchrun, and PyTorch for the side-by-side benchmarks
   libboost-dev            # Boost.Hana

@@ -1,0 +1,112 @@
+#pragma once
+// <veomni/comm/torch_compat.hpp>: the one place that knows which LibTorch it
+// is built against. Everything else in comm/ includes c10d through here.
+//
+//                          Debian libtorch 1.13.1        PyTorch wheel 2.x
+//   ProcessGroupGloo base  c10d::ProcessGroup            c10d::Backend
+//   gloo headers           libgloo-dev (/usr/include)    inside the wheel
+//   reduce_scatter, flat   missing                       present since 2.1 (we
+//   all_gather on Gloo                                   use our own path on both)
+//   TCPStoreOptions        port/isServer/numWorkers/     + useLibUV (2.2+)
+//                          waitWorkers/timeout
+//   CUDA current stream    (no CUDA build)               c10::cuda::getCurrentCUDAStream
+// Both declare ProcessGroupGloo only under USE_C10D_GLOO, which the wheels'
+// CMake config does not define for consumers.
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO 1
+#endif
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#if defined(VEOMNI_TORCH_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
+#include <c10/cuda/CUDAStream.h>
+#define VEOMNI_HAS_C10_CUDA 1
+#endif
+
+namespace veomni::comm::compat {
+
+#if defined(TORCH_VERSION_MAJOR)
+inline constexpr int torch_major = TORCH_VERSION_MAJOR;
+inline constexpr int torch_minor = TORCH_VERSION_MINOR;
+#else
+inline constexpr int torch_major = 1;  // Debian's 1.13 ships no torch/version.h
+inline constexpr int torch_minor = 13;
+#endif
+
+using store_ptr = c10::intrusive_ptr<c10d::Store>;
+using gloo_group_ptr = c10::intrusive_ptr<c10d::ProcessGroupGloo>;
+using work_ptr = c10::intrusive_ptr<c10d::Work>;
+
+// c10d reads a timeout of 0 as "wait forever"; never hand it one.
+inline std::chrono::milliseconds positive(std::chrono::milliseconds t) {
+  return t.count() > 0 ? t : std::chrono::milliseconds(1);
+}
+
+inline store_ptr make_tcp_store(const std::string& host, std::uint16_t port, bool is_server, int world_size,
+                                std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions o;
+  o.port = port;
+  o.isServer = is_server;
+  o.numWorkers = static_cast<std::size_t>(world_size);
+  o.waitWorkers = true;
+  o.timeout = positive(timeout);
+  return c10::make_intrusive<c10d::TCPStore>(host, o);
+}
+
+inline store_ptr make_hash_store() { return c10::make_intrusive<c10d::HashStore>(); }
+
+inline store_ptr make_prefix_store(const std::string& prefix, store_ptr base) {
+  return c10::make_intrusive<c10d::PrefixStore>(prefix, std::move(base));
+}
+
+// The Gloo transport device. On loopback it binds 127.0.0.1 so a test job
+// never listens on outside interfaces; GLOO_SOCKET_IFNAME picks an interface
+// (as in PyTorch); otherwise the device of this host's name.
+inline auto gloo_device(const std::string& master_addr) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  const bool loopback = master_addr == "localhost" || master_addr == "::1" || master_addr.rfind("127.", 0) == 0;
+  if (loopback) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
+inline gloo_group_ptr make_gloo_group(store_ptr store, int rank, int size, const std::string& master_addr,
+                                      std::chrono::milliseconds timeout) {
+  auto o = c10d::ProcessGroupGloo::Options::create(positive(timeout));
+  o->devices.push_back(gloo_device(master_addr));
+  o->threads = 2;
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(std::move(store), rank, size, o);
+}
+
+// The stream CUDA work of the caller is ordered on: torch's current stream
+// when built against a CUDA LibTorch (VEOMNI_TORCH_CUDA), else the legacy
+// default stream (nullptr). A cudaStream_t, as void* to keep CUDA types out.
+inline void* current_cuda_stream([[maybe_unused]] int device) {
+#if defined(VEOMNI_HAS_C10_CUDA)
+  return c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+#else
+  return nullptr;
+#endif
+}
+
+// The reason of an engine exception without c10's appended backtrace.
+inline std::string reason(const std::exception& e) {
+  if (auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
+  return e.what();
+}
+
+}  // namespace veomni::comm::compat

@@ -1,0 +1,138 @@
+// comm_worker: one rank of a multi-process comm test, started by
+// veomni-launch or torchrun (tests.cpp drives it). Each scenario checks its
+// results against a local computation of what every rank sent, prints
+// "<scenario> ok" and exits 0, or prints why and exits non-zero.
+//
+//   comm_worker collectives            every collective's values and counters
+//   comm_worker mesh R S P E           groups of mesh {R, S, P, E} hold the right ranks
+//   comm_worker hang                   rank 0 waits on a rank that never joins
+//   comm_worker killed                 rank 1 dies by SIGKILL mid-job
+//   comm_worker bad_sizes R S P E      sizes that break a rule
+#include "scenarios.hpp"
+
+#include <veomni/core/cost.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+using namespace comm_test;
+
+namespace {
+
+mesh_shape shape_from(char** argv) {
+  return {.dp_replicate = std::stol(argv[0]), .dp_shard = std::stol(argv[1]), .sp = std::stol(argv[2]), .ep = std::stol(argv[3])};
+}
+
+int mesh(const comm::launch_env& env, const mesh_shape& shape) {
+  comm::gloo_mesh mesh(shape, env);
+  std::map<std::string, comm::op_count> expected;
+  for (const auto& s : comm::standard_axis_sets) {
+    auto& c = mesh[s];
+    const std::vector<int> want = comm::group_ranks(shape, s, env.rank);
+    WORKER_CHECK(c.ranks() == want, comm::axis_key(s));
+    WORKER_CHECK(c.size() == shape.size(s), comm::axis_key(s) << ": group of " << c.size() << ", mesh says " << shape.size(s));
+    // Each member contributes its global rank: the gathered list is the group
+    // as the engine actually connected it, in group-rank order.
+    at::Tensor mine = at::full({1}, env.rank, at::kLong), all = at::zeros({c.size()}, at::kLong);
+    c.all_gather(all, mine).wait();
+    std::vector<int> got(all.data_ptr<std::int64_t>(), all.data_ptr<std::int64_t>() + c.size());
+    WORKER_CHECK(got == want, comm::axis_key(s) << ": connected ranks differ from the layout");
+    if (c.size() > 1) expected[comm::axis_key(s)] = {1, 8};
+  }
+  // An FSDP unit of P = 1001 floats over dp_shard*sp, as the cost model
+  // prices it: all_gather payload = ceil(P/n) * 4, reduce_scatter = n * ceil(P/n) * 4.
+  auto& fsdp = mesh[axes<axis::dp_shard, axis::sp>];
+  const long n = fsdp.size(), P = 1001, shard = veomni::ceil_div(P, n);
+  at::Tensor flat_shard = at::ones({shard}), full = at::empty({n * shard}), grad_shard = at::empty({shard});
+  fsdp.all_gather(full, flat_shard).wait();
+  fsdp.reduce_scatter(grad_shard, full).wait();
+  if (n > 1) {
+    WORKER_CHECK(mesh.counters().get("all_gather", "dp_shard*sp").bytes == 8 + shard * 4, "fsdp all_gather bytes");
+    WORKER_CHECK(mesh.counters().get("reduce_scatter", "dp_shard*sp").bytes == n * shard * 4, "fsdp reduce_scatter bytes");
+    expected["dp_shard*sp"] = {3, 8 + shard * 4 + n * shard * 4};
+  }
+  expect_equal(grad_shard, at::full({shard}, static_cast<float>(n)), "fsdp reduce_scatter");
+  for (const auto& s : comm::standard_axis_sets) {
+    const auto key = comm::axis_key(s);
+    const auto want = expected.count(key) ? expected[key] : comm::op_count{};
+    WORKER_CHECK(mesh.counters().axis_total(key) == want, key << ": counted " << mesh.counters().axis_total(key).bytes << " B");
+  }
+  std::cout << "mesh ok" << std::endl;
+  return 0;
+}
+
+// Rank 0's all_reduce must fail with comm_error naming op and axis; prints
+// what it caught and how long it took, and exits 3 (the test expects 3).
+int expect_failure(comm::gloo_mesh& mesh) {
+  auto& c = mesh[axes<axis::dp_shard, axis::sp>];
+  at::Tensor t = at::ones({16});
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    c.all_reduce(t).wait();
+  } catch (const comm::comm_error& e) {
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    std::cout << "caught after " << took.count() << " s: " << e.what() << std::endl;
+    return 3;
+  }
+  std::cout << "no error from an all_reduce with a missing rank" << std::endl;
+  return 1;
+}
+
+// Rank 1 is alive but never joins: the timeout path.
+int hang(const comm::launch_env& env) {
+  comm::gloo_mesh mesh({.dp_shard = env.world_size}, env);
+  mesh.world().barrier().wait();
+  if (env.rank != 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return 0;
+  }
+  return expect_failure(mesh);
+}
+
+// Rank 1 dies: its sockets close. Rank 0 ignores SIGTERM so that what ends
+// it is its own communicator, not veomni-launch cleaning up.
+int killed(const comm::launch_env& env) {
+  if (env.rank == 0) std::signal(SIGTERM, SIG_IGN);
+  comm::gloo_mesh mesh({.dp_shard = env.world_size}, env);
+  mesh.world().barrier().wait();
+  if (env.rank == 1) std::raise(SIGKILL);
+  if (env.rank != 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return 0;
+  }
+  return expect_failure(mesh);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string scenario = argc > 1 ? argv[1] : "";
+  try {
+    const comm::launch_env env = comm::read_launch_env();
+    if (scenario == "collectives") return collectives<comm::gloo_mesh>(env, at::TensorOptions());
+    if (scenario == "mesh" && argc == 6) return mesh(env, shape_from(argv + 2));
+    if (scenario == "bad_sizes" && argc == 6) {
+      comm::gloo_mesh m(shape_from(argv + 2), env);
+      std::cout << "no error for mesh sizes that break a rule" << std::endl;
+      return 1;
+    }
+    if (scenario == "hang") return hang(env);
+    if (scenario == "killed") return killed(env);
+    if (scenario == "env") {
+      std::cout << "env ok: rank " << env.rank << " of " << env.world_size << std::endl;
+      return 0;
+    }
+    std::cerr << "usage: comm_worker collectives | mesh R S P E | bad_sizes R S P E | hang | killed | env\n";
+    return 2;
+  } catch (const check_failed& e) {
+    std::cout << "FAILED: " << e.what() << std::endl;
+    return 1;
+  } catch (const std::exception& e) {
+    std::cout << "error: " << e.what() << std::endl;
+    return 4;
+  }
+}

@@ -1,0 +1,308 @@
+// veomni-launch: runs N ranks of a program on this machine with the
+// environment torchrun gives them, and keeps the job all-or-nothing.
+//
+//   veomni-launch --nproc 4 [--master-port P] [--timeout S] -- ./train --config c.yaml
+//
+// Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+// MASTER_PORT (a free loopback port unless given), GROUP_RANK, ROLE_RANK,
+// ROLE_WORLD_SIZE, and OMP_NUM_THREADS=1 unless set (as torchrun does).
+// Output lines are prefixed "[rank k] " (--no-prefix turns that off).
+// SIGINT / SIGTERM / SIGHUP are forwarded to every rank. When a rank exits
+// non-zero or dies by a signal, the others get SIGTERM, then SIGKILL after
+// --grace seconds, and veomni-launch exits 1 naming the rank that failed
+// first. --timeout bounds the whole job the same way (exit 124).
+#include <CLI/CLI.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+int signal_pipe[2] = {-1, -1};
+
+void on_signal(int sig) {
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] auto n = write(signal_pipe[1], &b, 1);
+  errno = saved;
+}
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "veomni-launch: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+// Asks the kernel for a free loopback port. Another process may take it
+// before rank 0's store binds it; torchrun makes the same trade.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) die(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    die(std::string("could not find a free port: ") + std::strerror(errno));
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const int s = WTERMSIG(status);
+    const char* name = sigabbrev_np(s);
+    return "killed by signal " + std::to_string(s) + (name ? std::string(" (SIG") + name + ")" : "");
+  }
+  return "status " + std::to_string(status);
+}
+
+struct stream {
+  int fd = -1;
+  FILE* sink = nullptr;
+  std::string pending;  // bytes after the last newline
+};
+
+struct rank_proc {
+  pid_t pid = -1;
+  bool running = false;
+  int status = 0;
+  stream out, err;
+};
+
+void emit(const std::string& prefix, FILE* sink, const char* data, std::size_t n) {
+  std::string s = prefix;
+  s.append(data, n);
+  std::fwrite(s.data(), 1, s.size(), sink);
+  std::fflush(sink);
+}
+
+// Reads what is available; writes whole lines, prefixed. At EOF flushes the
+// unterminated tail and closes the fd.
+void pump(stream& s, const std::string& prefix, bool at_eof_only = false) {
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = read(s.fd, buf, sizeof buf);
+    if (n > 0) {
+      s.pending.append(buf, static_cast<std::size_t>(n));
+      std::size_t start = 0, nl;
+      while ((nl = s.pending.find('\n', start)) != std::string::npos) {
+        emit(prefix, s.sink, s.pending.data() + start, nl - start + 1);
+        start = nl + 1;
+      }
+      s.pending.erase(0, start);
+      if (at_eof_only) continue;
+      return;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (!s.pending.empty()) {
+      s.pending += '\n';
+      emit(prefix, s.sink, s.pending.data(), s.pending.size());
+      s.pending.clear();
+    }
+    close(s.fd);
+    s.fd = -1;
+    return;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"veomni-launch: run N ranks of a program with torchrun's environment"};
+  int nproc = 0;
+  int master_port = 0;
+  std::string master_addr = "127.0.0.1";
+  double timeout_s = 0;
+  double grace_s = 5;
+  bool no_prefix = false;
+  std::vector<std::string> command;
+  app.add_option("--nproc,--nproc-per-node,--nproc_per_node", nproc, "ranks to start")->required()->check(CLI::Range(1, 4096));
+  app.add_option("--master-port", master_port, "rendezvous port (default: a free one)")->check(CLI::Range(1, 65535));
+  app.add_option("--master-addr", master_addr, "rendezvous address")->capture_default_str();
+  app.add_option("--timeout", timeout_s, "seconds before the whole job is terminated (0: none)")->check(CLI::NonNegativeNumber);
+  app.add_option("--grace", grace_s, "seconds between SIGTERM and SIGKILL")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-prefix", no_prefix, "do not prefix output lines with [rank k]");
+  app.add_option("command", command, "program and its arguments (after --)")->required();
+  CLI11_PARSE(app, argc, argv);
+
+  if (master_port == 0) master_port = free_port();
+  if (pipe(signal_pipe) != 0) die("pipe failed");
+  fcntl(signal_pipe[0], F_SETFL, O_NONBLOCK);
+  fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
+  fcntl(signal_pipe[0], F_SETFD, FD_CLOEXEC);
+  fcntl(signal_pipe[1], F_SETFD, FD_CLOEXEC);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaction(s, &sa, nullptr);
+
+  std::vector<rank_proc> ranks(static_cast<std::size_t>(nproc));
+  const bool set_omp = std::getenv("OMP_NUM_THREADS") == nullptr && nproc > 1;
+  for (int r = 0; r < nproc; ++r) {
+    int out[2], err[2];
+    if (pipe(out) != 0 || pipe(err) != 0) die("pipe failed");
+    const pid_t pid = fork();
+    if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
+    if (pid == 0) {
+      // Own process group: terminating a rank reaches what it started too.
+      setpgid(0, 0);
+      dup2(out[1], STDOUT_FILENO);
+      dup2(err[1], STDERR_FILENO);
+      close(out[0]), close(out[1]), close(err[0]), close(err[1]);
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaction(s, &dfl, nullptr);
+      auto set = [](const char* k, const std::string& v) { setenv(k, v.c_str(), 1); };
+      set("RANK", std::to_string(r));
+      set("WORLD_SIZE", std::to_string(nproc));
+      set("LOCAL_RANK", std::to_string(r));
+      set("LOCAL_WORLD_SIZE", std::to_string(nproc));
+      set("GROUP_RANK", "0");
+      set("GROUP_WORLD_SIZE", "1");
+      set("ROLE_RANK", std::to_string(r));
+      set("ROLE_WORLD_SIZE", std::to_string(nproc));
+      set("MASTER_ADDR", master_addr);
+      set("MASTER_PORT", std::to_string(master_port));
+      if (set_omp) set("OMP_NUM_THREADS", "1");
+      std::vector<char*> args;
+      for (auto& c : command) args.push_back(c.data());
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      std::fprintf(stderr, "veomni-launch: cannot run %s: %s\n", args[0], std::strerror(errno));
+      _exit(127);
+    }
+    setpgid(pid, pid);  // also here, so the group exists before we signal it
+    close(out[1]), close(err[1]);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    auto& p = ranks[static_cast<std::size_t>(r)];
+    p.pid = pid;
+    p.running = true;
+    p.out = {out[0], stdout, {}};
+    p.err = {err[0], stderr, {}};
+  }
+
+  const auto started = clock_type::now();
+  std::optional<clock_type::time_point> kill_at;  // SIGKILL the rest then
+  int failed_rank = -1, failed_status = 0;
+  int forwarded_signal = 0;
+  bool timed_out = false;
+
+  auto signal_all = [&](int sig) {
+    for (auto& p : ranks)
+      if (p.running) kill(-p.pid, sig);
+  };
+  auto terminate_all = [&] {
+    if (kill_at) return;
+    signal_all(SIGTERM);
+    kill_at = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(grace_s));
+  };
+  auto prefix = [&](int r) { return no_prefix ? std::string() : "[rank " + std::to_string(r) + "] "; };
+
+  for (;;) {
+    // Reap.
+    for (;;) {
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) break;
+      for (std::size_t r = 0; r < ranks.size(); ++r) {
+        auto& p = ranks[r];
+        if (p.pid != pid) continue;
+        p.running = false;
+        p.status = status;
+        const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (!ok && failed_rank < 0 && !forwarded_signal && !timed_out) {
+          failed_rank = static_cast<int>(r), failed_status = status;
+          std::fprintf(stderr, "veomni-launch: rank %zu failed (%s); terminating the other ranks\n", r,
+                       describe_status(status).c_str());
+          terminate_all();
+        }
+      }
+    }
+    bool any_running = false, any_open = false;
+    for (auto& p : ranks) any_running |= p.running, any_open |= p.out.fd >= 0 || p.err.fd >= 0;
+    if (!any_running) {
+      // Drain what the ranks wrote before exiting (a grandchild holding the
+      // pipe open is not waited for).
+      for (std::size_t r = 0; r < ranks.size(); ++r) {
+        for (stream* s : {&ranks[r].out, &ranks[r].err}) {
+          if (s->fd < 0) continue;
+          pump(*s, prefix(static_cast<int>(r)), true);
+          if (s->fd >= 0) close(s->fd), s->fd = -1;
+        }
+      }
+      break;
+    }
+    const auto now = clock_type::now();
+    if (kill_at && now >= *kill_at) {
+      signal_all(SIGKILL);
+      kill_at = now + std::chrono::hours(1);
+    }
+    if (timeout_s > 0 && !timed_out && now - started >= std::chrono::duration<double>(timeout_s)) {
+      timed_out = true;
+      std::fprintf(stderr, "veomni-launch: timed out after %.0f s; terminating all ranks\n", timeout_s);
+      terminate_all();
+    }
+
+    std::vector<pollfd> fds{{signal_pipe[0], POLLIN, 0}};
+    std::vector<std::pair<stream*, int>> owners{{nullptr, -1}};
+    for (std::size_t r = 0; r < ranks.size(); ++r)
+      for (stream* s : {&ranks[r].out, &ranks[r].err})
+        if (s->fd >= 0) fds.push_back({s->fd, POLLIN, 0}), owners.emplace_back(s, static_cast<int>(r));
+    (void)any_open;
+    const int rc = poll(fds.data(), fds.size(), 100);
+    if (rc < 0 && errno != EINTR) die(std::string("poll: ") + std::strerror(errno));
+    if (rc <= 0) continue;
+    if (fds[0].revents & POLLIN) {
+      unsigned char sigs[64];
+      ssize_t n;
+      while ((n = read(signal_pipe[0], sigs, sizeof sigs)) > 0) {
+        for (ssize_t i = 0; i < n; ++i) {
+          const int sig = sigs[i];
+          if (sig == SIGCHLD) continue;
+          if (!forwarded_signal) {
+            forwarded_signal = sig;
+            std::fprintf(stderr, "veomni-launch: got signal %d; forwarding it to all ranks\n", sig);
+          }
+          signal_all(sig);
+          if (!kill_at)
+            kill_at = clock_type::now() +
+                      std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(grace_s));
+        }
+      }
+    }
+    for (std::size_t i = 1; i < fds.size(); ++i)
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) pump(*owners[i].first, prefix(owners[i].second));
+  }
+
+  if (timed_out) return 124;
+  if (forwarded_signal) return 128 + forwarded_signal;
+  if (failed_rank >= 0) {
+    std::fprintf(stderr, "veomni-launch: job failed: rank %d (%s)\n", failed_rank, describe_status(failed_status).c_str());
+    return 1;
+  }
+  return 0;
+}
