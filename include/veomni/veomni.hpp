@@ -1,3 +1,7 @@
 #pragma once
 // <veomni/veomni.hpp>: everything (needs LibTorch).
+#include "comm.hpp"
 #include "core.hpp"
+#include "nn.hpp"
+#include "parallel.hpp"
+#include "train/optimizer.hpp"

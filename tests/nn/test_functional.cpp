@@ -170,3 +170,26 @@ TEST_CASE("gradients: attention, SwiGLU and the MoE layer by finite differences 
   check_gradients([&](const std::vector<at::Tensor>& a) { return rope(a[0], at::tensor({0, 3, 1}, at::kLong)).sum(); },
                   {at::randn({3, 2, 4}, f64)});
 }
+
+TEST_CASE("conv1d_frames equals a double-precision convolution, in value and gradient (fp32)") {
+  // Debian's LibTorch 1.13 gets fp32 gradients of stacked at::conv1d wrong
+  // (oneDNN); the audio front end uses this unfold + matmul form instead.
+  const at::Tensor x = at::randn({2, 9, 5}), w1 = at::randn({7, 5, 3}) * 0.3, b1 = at::randn({7});
+  const at::Tensor w2 = at::randn({6, 7, 3}) * 0.3, b2 = at::randn({6});
+  auto ours = [&](const std::vector<at::Tensor>& p) {
+    return conv1d_frames(at::gelu(conv1d_frames(p[0], p[1], p[2], 1, 1)), p[3], p[4], 2, 1);
+  };
+  auto reference = [&](const std::vector<at::Tensor>& p) {  // torch's conv1d in double: [N, C, F] layout
+    const at::Tensor h = at::gelu(at::conv1d(p[0].transpose(1, 2), p[1], p[2], 1, 1));
+    return at::conv1d(h, p[3], p[4], 2, 1).transpose(1, 2);
+  };
+  std::vector<at::Tensor> p32{x, w1, b1, w2, b2}, p64;
+  for (auto& t : p32) t = t.clone().set_requires_grad(true), p64.push_back(t.detach().to(at::kDouble).set_requires_grad(true));
+  const at::Tensor y32 = ours(p32), y64 = reference(p64);
+  CHECK(y32.sizes() == at::IntArrayRef{2, 5, 6});
+  CHECK(close(y32.to(at::kDouble), y64, 1e-5));
+  const at::Tensor g = at::randn(y32.sizes());
+  (y32 * g).sum().backward();
+  (y64 * g.to(at::kDouble)).sum().backward();
+  for (size_t i = 0; i < p32.size(); ++i) CHECK(close(p32[i].grad().to(at::kDouble), p64[i].grad(), 1e-5));
+}

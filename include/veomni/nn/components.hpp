@@ -32,8 +32,15 @@ struct batch {
   at::Tensor pixels;        // [N, C, H, W] input images (undefined: none)
   at::Tensor mel;           // [N, F, M] input audio clips as log-mel frames (undefined: none)
   at::Tensor code_targets;  // [T] VQ code to predict from each position, -100 elsewhere (undefined: none)
+  at::Tensor token_mask;    // [T] 1 for real tokens, 0 for padding (undefined: all real)
   int64_t image_token = -1;  // placeholder id replaced by image embeddings
   int64_t audio_token = -1;  // placeholder id replaced by audio embeddings
+  // Sequence parallel: this rank holds a slice of the tokens while the
+  // encoders see every image and clip; its placeholders take the encoder rows
+  // starting at these offsets.
+  bool sequence_slice = false;
+  int64_t image_row_offset = 0;
+  int64_t audio_row_offset = 0;
 };
 
 // Sequence layout of the rows a component works on.
@@ -124,16 +131,23 @@ inline void append(std::vector<param_spec>& a, std::vector<param_spec> b) {
 // Token embeddings with placeholder rows replaced by encoder outputs, in order.
 inline at::Tensor embed_with_media(const at::Tensor& table, const batch& b, const port_map& in) {
   at::Tensor x = table.index_select(0, b.tokens);
-  auto scatter = [&](const char* port, int64_t token) {
+  auto scatter = [&](const char* port, int64_t token, int64_t offset) {
     auto it = in.find(port);
     if (it == in.end() || !it->second.defined() || token < 0) return;
     const at::Tensor idx = b.tokens.eq(token).nonzero().reshape({-1});
-    TORCH_CHECK(idx.numel() == it->second.size(0), "veomni::nn: the batch has ", idx.numel(), " '", port,
-                "' placeholder tokens but the encoder produced ", it->second.size(0), " embeddings");
-    if (idx.numel() > 0) x = x.index_copy(0, idx, it->second.to(x.scalar_type()));
+    const int64_t have = it->second.size(0);
+    if (b.sequence_slice) {
+      TORCH_CHECK(offset + idx.numel() <= have, "veomni::nn: this rank's ", idx.numel(), " '", port,
+                  "' placeholder tokens from row ", offset, " exceed the encoder's ", have, " embeddings");
+    } else {
+      TORCH_CHECK(idx.numel() == have, "veomni::nn: the batch has ", idx.numel(), " '", port,
+                  "' placeholder tokens but the encoder produced ", have, " embeddings");
+    }
+    // always connected, also with no placeholder: the encoder's backward runs on every rank
+    x = x.index_copy(0, idx, it->second.narrow(0, b.sequence_slice ? offset : 0, idx.numel()).to(x.scalar_type()));
   };
-  scatter("image_embeds", b.image_token);
-  scatter("audio_embeds", b.audio_token);
+  scatter("image_embeds", b.image_token, b.image_row_offset);
+  scatter("audio_embeds", b.audio_token, b.audio_row_offset);
   return x;
 }
 
@@ -207,10 +221,14 @@ struct impl<moe_text_decoder> {
     const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
     const at::Tensor h = rms_norm(a, w[5]);
     const routing r = route(h, w[6], d.top_k, ctx.renormalize_topk);
-    // load balancing from statistics summed over the ranks sharing the batch
-    const at::Tensor counts = at::bincount(r.experts.reshape({-1}), {}, d.experts).to(h.scalar_type());
-    const at::Tensor stats = ctx.h.reduce_router_stats(
-        at::cat({counts, r.probs.sum(0), at::full({1}, static_cast<double>(h.size(0)), h.options())}));
+    // load balancing from statistics summed over the ranks sharing the batch,
+    // over real tokens only (padding added for sequence parallelism is not data)
+    const at::Tensor& mask = ctx.data->token_mask;
+    const at::Tensor m = mask.defined() ? mask.to(h.scalar_type()) : at::ones({h.size(0)}, h.options());
+    const at::Tensor counts =
+        at::bincount(r.experts.reshape({-1}), m.repeat_interleave(d.top_k), d.experts).to(h.scalar_type());
+    const at::Tensor stats =
+        ctx.h.reduce_router_stats(at::cat({counts, (r.probs * m.unsqueeze(1)).sum(0), m.sum().reshape({1})}));
     ctx.aux_losses.push_back(load_balancing_loss(stats.narrow(0, 0, d.experts), stats.narrow(0, d.experts, d.experts),
                                                  stats[2 * d.experts], d.top_k));
     return a + ctx.h.experts(h, r, expert_weights{w[7], w[8], w[9]});
@@ -300,11 +318,10 @@ struct impl<audio_encoder> {
   }
   static int64_t frames_out(int64_t f, int64_t k) { return (f + 2 * (k / 2) - k) / 2 + 1; }
   static at::Tensor pre(const dims& d, const tensors& root, context& ctx, const port_map&) {
-    const at::Tensor m = mel(ctx, d).transpose(1, 2);  // [N, M, F]
-    if (m.size(0) == 0) return at::zeros({0, d.hidden}) + 0 * (root[0].sum() + root[1].sum() + root[2].sum() + root[3].sum());
-    at::Tensor h = at::gelu(at::conv1d(m, root[0], root[1], 1, d.kernel / 2));
-    h = at::gelu(at::conv1d(h, root[2], root[3], 2, d.kernel / 2));  // [N, H, F']
-    return h.transpose(1, 2).reshape({-1, d.hidden});
+    const at::Tensor m = mel(ctx, d);  // [N, F, M]
+    at::Tensor h = at::gelu(conv1d_frames(m, root[0], root[1], 1, d.kernel / 2));
+    h = at::gelu(conv1d_frames(h, root[2], root[3], 2, d.kernel / 2));  // [N, F', H]
+    return h.reshape({-1, d.hidden});
   }
   static seq_layout layout(const dims& d, context& ctx, const port_map&) {
     const at::Tensor m = mel(ctx, d);

@@ -64,6 +64,20 @@ inline at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, con
   return outs.empty() ? at::zeros_like(q) : at::cat(outs, 0);
 }
 
+// 1-D convolution over frames, channels last: x [N, F, C], w [O, C, k] ->
+// [N, F', O] with F' = (F + 2 pad - k) / stride + 1. Written as unfold +
+// matmul: Debian's LibTorch 1.13 computes wrong fp32 gradients for two
+// stacked at::conv1d (its oneDNN path; see tests/nn), and this form is exact.
+inline at::Tensor conv1d_frames(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
+                                int64_t pad) {
+  const int64_t n = x.size(0), c = x.size(2), o = w.size(0), k = w.size(2);
+  const at::Tensor padded = at::constant_pad_nd(x, {0, 0, pad, pad});           // [N, F + 2 pad, C]
+  const at::Tensor cols = padded.unfold(1, k, stride);                           // [N, F', C, k]
+  const int64_t f = cols.size(1);
+  const at::Tensor y = at::matmul(cols.reshape({n * f, c * k}), w.reshape({o, c * k}).t()) + b;
+  return y.reshape({n, f, o});
+}
+
 inline at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                          const at::Tensor& w_down) {
   return at::matmul(at::silu(at::matmul(x, w_gate.t())) * at::matmul(x, w_up.t()), w_down.t());

@@ -129,7 +129,8 @@ port_map forward(const typename G::dims& d, unit_source& units, context& ctx, co
       const seq_layout s = impl<C>::layout(nd, ctx, in);
       for (int64_t b = 0; b < C::blocks(nd); ++b) {
         const unit_id u{node, b};
-        x = run(u, x, [&, u](const at::Tensor& h) { return impl<C>::block(nd, units.unit(u), h, ctx, s); });
+        // captures by value what a recompute in backward still needs after this returns
+        x = run(u, x, [&units, &ctx, &nd, u, s, I](const at::Tensor& h) { return impl<C>::block(nd, units.unit(u), h, ctx, s); });
       }
       for (auto& [port, t] : impl<C>::post(nd, root, x, ctx, in))
         values[std::string(G::names[I.value]) + "." + port] = t;

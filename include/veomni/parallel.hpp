@@ -1,0 +1,6 @@
+#pragma once
+// <veomni/parallel.hpp>: the runtime of the built-in policies.
+#include "parallel/collectives.hpp"
+#include "parallel/data.hpp"
+#include "parallel/runtime.hpp"
+#include "parallel/setup.hpp"

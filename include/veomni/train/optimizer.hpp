@@ -1,0 +1,59 @@
+#pragma once
+// AdamW on flat parameter shards, with a per-element weight-decay mask (no
+// decay on norms and biases) and global-norm clipping. Element-wise, so a
+// shard updates exactly as its elements would in the whole tensor.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+namespace veomni::train {
+
+struct adamw_options {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+};
+
+class adamw {
+ public:
+  adamw(std::vector<at::Tensor> params, std::vector<at::Tensor> decay_masks, adamw_options o = {})
+      : params_(std::move(params)), masks_(std::move(decay_masks)), o_(o) {
+    for (const auto& p : params_) {
+      m_.push_back(at::zeros_like(p, at::TensorOptions().requires_grad(false)));
+      v_.push_back(at::zeros_like(p, at::TensorOptions().requires_grad(false)));
+    }
+  }
+
+  // One update at learning rate lr, with gradients scaled by grad_scale (clipping).
+  void step(double lr, double grad_scale = 1.0) {
+    torch::NoGradGuard no_grad;
+    ++t_;
+    const double bc1 = 1 - std::pow(o_.beta1, t_), bc2 = 1 - std::pow(o_.beta2, t_);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      at::Tensor& p = params_[i];
+      if (!p.grad().defined()) continue;
+      const at::Tensor g = p.grad() * grad_scale;
+      m_[i].mul_(o_.beta1).add_(g, 1 - o_.beta1);
+      v_[i].mul_(o_.beta2).addcmul_(g, g, 1 - o_.beta2);
+      p.mul_(1 - lr * o_.weight_decay * masks_[i]);
+      p.addcdiv_(m_[i] / bc1, (v_[i] / bc2).sqrt_().add_(o_.eps), -lr);
+    }
+  }
+  int64_t steps() const { return t_; }
+  std::vector<at::Tensor>& exp_avg() { return m_; }
+  std::vector<at::Tensor>& exp_avg_sq() { return v_; }
+
+ private:
+  std::vector<at::Tensor> params_, masks_, m_, v_;
+  adamw_options o_;
+  int64_t t_ = 0;
+};
+
+// Scale that clips a gradient of norm `norm` to at most `max_norm` (0: off).
+inline double clip_scale(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
+}
+
+}  // namespace veomni::train
