@@ -145,12 +145,14 @@ int main(int argc, char** argv) {
   a.out = argv[8];
   a.checkpoint = argc > 9 && std::string(argv[9]) == "--checkpoint";
   try {
-    static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp"};
+    static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_bf16"};
+    using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
     if (a.model == "dense_lm")
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
-                      recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>>(
-          a, models::dense_lm_tiny(), testing::kind::text, dense_names);
+                      recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
+                      recipe<apply<"lm", Shard<bf16_fsdp>>>>(a, models::dense_lm_tiny(), testing::kind::text,
+                                                             dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,
                       recipe<apply<"vision", Shard<DDP>>, apply<"proj", Shard<DDP>>, apply<"lm", Shard<DDP>>>,

@@ -75,6 +75,11 @@ class gloo_work final : public work::state {
 // round trip, microseconds that show at 64 KiB) when it already is.
 inline at::Tensor flat(const at::Tensor& t) { return t.dim() == 1 ? t : t.view({-1}); }
 
+// c10d's Gloo (1.13) has no bf16 (nor int16): collectives that only move data
+// carry bf16 as f16 bit patterns (same size, same bytes, never computed on).
+// Reductions cannot: reduce in f32.
+inline at::Tensor movable(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
+
 inline void copy_if_distinct(at::Tensor& out, const at::Tensor& in) {
   if (out.data_ptr() != in.data_ptr()) out.view({-1}).copy_(in.reshape({-1}));
 }
@@ -112,10 +117,10 @@ class gloo_communicator {
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
     slots_.add(detail::counted::all_gather, detail::bytes_of(in));
     const auto k = in.numel();
-    at::Tensor flat = detail::flat(out);
+    at::Tensor flat = detail::movable(detail::flat(out));
     std::vector<std::vector<at::Tensor>> outs(1);
     for (int i = 0; i < size(); ++i) outs[0].push_back(flat.narrow(0, i * k, k));
-    std::vector<at::Tensor> ins{detail::flat(in)};
+    std::vector<at::Tensor> ins{detail::movable(detail::flat(in))};
     return issue(detail::counted::all_gather, [&] { return group_->allgather(outs, ins); });
   }
 
@@ -163,8 +168,8 @@ class gloo_communicator {
     chk.splits(out, "out", out_splits, size());
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
     slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
-    at::Tensor src = in;
-    return issue(detail::counted::all_to_all, [&] { return group_->alltoall_base(out, src, out_splits, in_splits); });
+    at::Tensor src = detail::movable(in), dst = detail::movable(out);
+    return issue(detail::counted::all_to_all, [&] { return group_->alltoall_base(dst, src, out_splits, in_splits); });
   }
 
   // The split-size exchange before an uneven all_to_all (see all_to_all_uneven).
@@ -231,7 +236,7 @@ class gloo_communicator {
     chk.numel(out, "out", in.numel(), "in.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
     slots_.add(op, detail::bytes_of(in));
-    at::Tensor dst = detail::flat(out), src = detail::flat(in);
+    at::Tensor dst = detail::movable(detail::flat(out)), src = detail::movable(detail::flat(in));
     std::vector<std::int64_t> even;
     return issue(op, [&] { return group_->alltoall_base(dst, src, even, even); });
   }

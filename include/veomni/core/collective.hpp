@@ -13,6 +13,21 @@
 namespace veomni {
 
 enum class phase { forward, backward, optimizer };
+
+// Element types a policy may choose for what it stores and moves.
+// unspecified: the cost model's `precision` decides.
+enum class dtype { unspecified, f32, bf16, f16 };
+
+constexpr long bytes_of(dtype t) { return t == dtype::bf16 || t == dtype::f16 ? 2 : 4; }
+constexpr std::string_view to_string(dtype t) {
+  switch (t) {
+    case dtype::unspecified: return "-";
+    case dtype::f32: return "f32";
+    case dtype::bf16: return "bf16";
+    case dtype::f16: return "f16";
+  }
+  return "?";
+}
 enum class collective { all_gather, reduce_scatter, all_reduce, all_to_all };
 
 constexpr std::string_view to_string(phase p) {

@@ -136,7 +136,7 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
     c.calls = c.group > 1 ? reps * per_step : 0;
     c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
   });
-  const long b = detail::element_bytes(o.tensor, prec);
+  const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);
   const long n = c.group;
   const long shard = ceil_div(c.elements, n);
   switch (o.coll) {

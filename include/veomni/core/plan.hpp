@@ -33,6 +33,7 @@ struct plan_op {
   axis_set over;
   tensor_role tensor = tensor_role::params;
   axis_set pre_sharded{};
+  dtype dt = dtype::unspecified;
   bool experts_separate = false;  // the node's experts are placed by an Experts<> policy
 };
 
@@ -196,6 +197,7 @@ struct node_ops<G, R, I, std::tuple<P...>> {
       p.over = o.over;
       p.tensor = o.tensor;
       p.pre_sharded = o.pre_sharded;
+      p.dt = o.dt;
       p.experts_separate = Ctx::experts_split;
       pos[n] = op_position<C>(o);
       out[n++] = p;

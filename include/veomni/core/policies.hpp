@@ -22,6 +22,13 @@ struct fsdp_options {
   // Free the gathered parameters after a unit's forward and gather them again
   // in backward (ZeRO-3). false keeps them (ZeRO-2-like): no backward gather.
   bool reshard_after_forward = true;
+  // Mixed precision: parameters are gathered and computed in param_dtype,
+  // gradients reduced in reduce_dtype; the shards (master weights) and the
+  // optimizer stay fp32. unspecified: fp32 at run time, and the cost model's
+  // `precision` when planning. bf16 / fp32 where the device supports it:
+  //   Shard<fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>>
+  dtype param_dtype = dtype::unspecified;
+  dtype reduce_dtype = dtype::unspecified;
 };
 
 namespace detail {
@@ -51,12 +58,13 @@ struct fsdp_impl {
     // The root unit (embedding, head: used before and after the blocks) stays
     // gathered from its forward to its backward; blocks reshard if asked.
     auto shard_ops = [&](scope s, axis_set over, tensor_role p) {
-      out.push_back(unit_op(s, phase::forward, collective::all_gather, over, p));
+      const dtype pd = O.param_dtype, rd = O.reduce_dtype;
+      out.push_back(unit_op(s, phase::forward, collective::all_gather, over, p, {}, pd));
       if (O.reshard_after_forward && s == scope::block)
-        out.push_back(unit_op(s, phase::backward, collective::all_gather, over, p));
-      out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, grad_of(p)));
+        out.push_back(unit_op(s, phase::backward, collective::all_gather, over, p, {}, pd));
+      out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, grad_of(p), {}, rd));
       if (Hybrid)
-        out.push_back(unit_op(s, phase::backward, collective::all_reduce, replicate_axes, grad_of(p), over));
+        out.push_back(unit_op(s, phase::backward, collective::all_reduce, replicate_axes, grad_of(p), over, rd));
     };
     for_each_unit<C>([&](scope s) {
       shard_ops(s, shard_axes, tensor_role::params);

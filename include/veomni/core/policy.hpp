@@ -45,13 +45,16 @@ struct op_spec {
   // The tensor arrives already sharded over these axes (HSDP's all-reduce of
   // gradient shards): its size is divided by their group size.
   axis_set pre_sharded{};
+  dtype dt = dtype::unspecified;  // element type moved (a policy setting)
 };
 
-constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_role t, axis_set pre = {}) {
-  return {{true, s, 0}, p, c, over, t, pre};
+constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_role t, axis_set pre = {},
+                          dtype dt = dtype::unspecified) {
+  return {{true, s, 0}, p, c, over, t, pre, dt};
 }
-constexpr op_spec layer_op(std::size_t layer, phase p, collective c, axis_set over, tensor_role t) {
-  return {{false, scope::block, layer}, p, c, over, t, {}};
+constexpr op_spec layer_op(std::size_t layer, phase p, collective c, axis_set over, tensor_role t,
+                           dtype dt = dtype::unspecified) {
+  return {{false, scope::block, layer}, p, c, over, t, {}, dt};
 }
 
 inline constexpr std::size_t max_ops_per_policy = 256;

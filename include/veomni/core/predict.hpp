@@ -164,11 +164,13 @@ constexpr step_prediction predict(const typename P::model::dims& d, const mesh_s
   const memory_per_rank states = memory<P>(d, m, st.prec);
   const double hbm_bytes = 2.0 * static_cast<double>(states.optimizer) + static_cast<double>(states.grads) +
                            static_cast<double>(states.params);
-  r.optimizer_s = hbm_bytes / hw.hbm_bytes_per_s + optimizer_comm;
+  // optimizer_s is the update itself; its collectives (the gradient-norm
+  // reduction) count as exposed communication, so step = compute + exposed + optimizer
+  r.optimizer_s = hbm_bytes / hw.hbm_bytes_per_s;
   r.forward_s = mb * micro_fwd;
   r.backward_s = mb * (micro_s - micro_fwd);
   r.compute_s = mb * micro_compute;
-  r.step_s = mb * micro_s + r.optimizer_s;
+  r.step_s = mb * micro_s + r.optimizer_s + optimizer_comm;
   r.exposed_comm_s = mb * micro_s - r.compute_s + optimizer_comm;
   const double world = static_cast<double>(m.world());
   r.tokens_per_step = static_cast<double>(st.global_batch) * static_cast<double>(st.seq);

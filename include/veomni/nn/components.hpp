@@ -279,7 +279,7 @@ struct impl<vision_encoder> {
     const at::Tensor patches = px.reshape({n, d.channels, gh, d.patch, gw, d.patch})
                                    .permute({0, 2, 4, 1, 3, 5})
                                    .reshape({n * gh * gw, d.channels * d.patch * d.patch});
-    return at::matmul(patches, root[0].t()) + root[1];
+    return at::matmul(patches.to(root[0].scalar_type()), root[0].t()) + root[1];  // inputs take the weights' dtype
   }
   static seq_layout layout(const dims& d, context& ctx, const port_map&) {
     const at::Tensor px = pixels(ctx, d);
@@ -318,7 +318,7 @@ struct impl<audio_encoder> {
   }
   static int64_t frames_out(int64_t f, int64_t k) { return (f + 2 * (k / 2) - k) / 2 + 1; }
   static at::Tensor pre(const dims& d, const tensors& root, context& ctx, const port_map&) {
-    const at::Tensor m = mel(ctx, d);  // [N, F, M]
+    const at::Tensor m = mel(ctx, d).to(root[0].scalar_type());  // [N, F, M]
     at::Tensor h = at::gelu(conv1d_frames(m, root[0], root[1], 1, d.kernel / 2));
     h = at::gelu(conv1d_frames(h, root[2], root[3], 2, d.kernel / 2));  // [N, F', H]
     return h.reshape({-1, d.hidden});
@@ -344,7 +344,9 @@ struct impl<projector> {
             detail::weight(p + "fc2.weight", {d.out, d.out}), detail::bias(p + "fc2.bias", d.out)};
   }
   static std::vector<param_spec> block_specs(const dims&, int64_t, const std::string& = "") { return {}; }
-  static at::Tensor pre(const dims&, const tensors&, context&, const port_map& in) { return in.at("in"); }
+  static at::Tensor pre(const dims&, const tensors& w, context&, const port_map& in) {
+    return in.at("in").to(w[0].scalar_type());
+  }
   static seq_layout layout(const dims&, context&, const port_map&) { return {}; }
   static at::Tensor block(const dims&, const tensors&, const at::Tensor& x, context&, const seq_layout&) { return x; }
   static port_map post(const dims&, const tensors& w, const at::Tensor& x, context&, const port_map&) {
@@ -364,7 +366,9 @@ struct impl<image_token_decoder> {
             detail::bias(p + "to_pixels.bias", d.channels * d.patch * d.patch)};
   }
   static std::vector<param_spec> block_specs(const dims&, int64_t, const std::string& = "") { return {}; }
-  static at::Tensor pre(const dims&, const tensors&, context&, const port_map& in) { return in.at("hidden"); }
+  static at::Tensor pre(const dims&, const tensors& w, context&, const port_map& in) {
+    return in.at("hidden").to(w[0].scalar_type());
+  }
   static seq_layout layout(const dims&, context&, const port_map&) { return {}; }
   static at::Tensor block(const dims&, const tensors&, const at::Tensor& x, context&, const seq_layout&) { return x; }
   static port_map post(const dims&, const tensors& w, const at::Tensor& x, context& ctx, const port_map&) {

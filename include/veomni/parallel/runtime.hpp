@@ -112,6 +112,8 @@ struct param_group {
   at::Tensor value;                          // leaf: flat shard or flat whole
   at::Tensor decay;                          // 1 where weight decay applies
   double replicas = 1;                       // copies within dp_shard*sp (for the gradient norm)
+  at::ScalarType compute = at::kFloat;       // gathered / computed in (mixed precision)
+  at::ScalarType reduce_type = at::kFloat;   // gradients reduced in
   bool empty() const { return numel == 0; }
   int64_t padded() const { return shard ? shard->size() * value.numel() : numel; }
 };
@@ -193,7 +195,17 @@ class parallel_model : public nn::unit_source {
     double aux = 0;
   };
 
-  step_stats forward_backward(const nn::batch& b) {
+  // Gradient accumulation over the micro-batches of one step: divide each
+  // loss term by the whole step's global count of its targets (by term name,
+  // e.g. "lm", "image_codes"), not this call's, and scale the auxiliary loss
+  // (aux_scale = 1 / micro-batches), so that the accumulated gradient and the
+  // summed losses are those of the step's whole batch.
+  struct accumulation {
+    std::map<std::string, double> global_counts;
+    double aux_scale = 1.0;
+  };
+
+  step_stats forward_backward(const nn::batch& b, const accumulation& acc = {}) {
     nn::context ctx;
     ctx.data = &b;
     ctx_ = &ctx;
@@ -211,7 +223,9 @@ class parallel_model : public nn::unit_source {
     at::Tensor loss = at::zeros({});
     step_stats out;
     for (std::size_t i = 0; i < ctx.losses.size(); ++i) {
-      const double gs = stats[2 * i].item<double>(), gc = std::max(1.0, stats[2 * i + 1].item<double>());
+      const auto over = acc.global_counts.find(ctx.losses[i].name);
+      const double gs = stats[2 * i].item<double>(),
+                   gc = std::max(1.0, over != acc.global_counts.end() ? over->second : stats[2 * i + 1].item<double>());
       loss = loss + ctx.losses[i].sum / gc;
       out.term_sums.push_back(gs);
       out.term_counts.push_back(stats[2 * i + 1].item<double>());
@@ -222,8 +236,8 @@ class parallel_model : public nn::unit_source {
       at::Tensor aux = at::zeros({});
       for (const auto& a : ctx.aux_losses) aux = aux + a;
       aux = aux / static_cast<double>(ctx.aux_losses.size());
-      loss = loss + opt_.aux_weight * aux / n_data;
-      out.aux = aux.item<double>();
+      loss = loss + acc.aux_scale * opt_.aux_weight * aux / n_data;
+      out.aux = acc.aux_scale * aux.item<double>();
       out.loss += opt_.aux_weight * out.aux;
     }
     // keep every node's outputs in the graph so every unit's backward runs
@@ -328,6 +342,7 @@ class parallel_model : public nn::unit_source {
         g.reduce = experts ? &mesh_[axes<axis::dp_replicate, axis::ep_dp>] : data_;
       }
       g.replicas = g.shard ? 1.0 : static_cast<double>(experts ? ss / m.ep : ss);
+      if (g.shard) g.compute = scalar_type(s.param_dtype), g.reduce_type = scalar_type(s.reduce_dtype);
       int64_t a = 0, b = g.numel;
       if (g.shard) {
         const int64_t n = g.shard->size(), per = (g.numel + n - 1) / n;
@@ -373,10 +388,11 @@ class parallel_model : public nn::unit_source {
   }
 
   // ---- gathering and reducing ----------------------------------------------------------
+  // Gathers in the compute dtype (bf16 halves the bytes); the shard stays fp32.
   static at::Tensor start_gather(param_group<Comm>& g, comm::work& w) {
-    if (!g.shard || g.empty()) return g.value.detach();
-    at::Tensor full = at::empty({g.padded()}, g.value.options().requires_grad(false));
-    w = g.shard->all_gather(full, g.value.detach());
+    if (!g.shard || g.empty()) return g.value.detach().to(g.compute);
+    at::Tensor full = at::empty({g.padded()}, g.value.options().dtype(g.compute).requires_grad(false));
+    w = g.shard->all_gather(full, g.value.detach().to(g.compute).contiguous());
     return full;
   }
 
@@ -412,11 +428,13 @@ class parallel_model : public nn::unit_source {
     at::Tensor gr = full_grad.defined() ? full_grad.reshape({-1}) : at::zeros({g.numel});
     at::Tensor shard_grad;
     if (g.shard) {
-      at::Tensor padded = at::zeros({g.padded()});
+      const auto opts = at::TensorOptions().dtype(g.reduce_type);
+      at::Tensor padded = at::zeros({g.padded()}, opts);
       padded.narrow(0, 0, g.numel).copy_(gr);
-      shard_grad = at::empty({g.value.numel()});
+      shard_grad = at::empty({g.value.numel()}, opts);
       g.shard->reduce_scatter(shard_grad, padded).wait();
       if (g.reduce) g.reduce->all_reduce(shard_grad, comm::reduce_op::sum).wait();
+      shard_grad = shard_grad.to(g.value.scalar_type());  // into the fp32 master shard
     } else {
       shard_grad = gr.clone();
     }
@@ -447,7 +465,7 @@ class parallel_model : public nn::unit_source {
       ctx->saved_data["s"] = reinterpret_cast<int64_t>(s);
       auto [dense, experts] = self->gather(*s);
       ctx->saved_data["dn"] = s->dense.numel;
-      return at::cat({dense.narrow(0, 0, s->dense.numel), experts.narrow(0, 0, s->experts.numel)});
+      return at::cat({dense.narrow(0, 0, s->dense.numel), experts.narrow(0, 0, s->experts.numel).to(dense.scalar_type())});
     }
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list g) {
@@ -483,7 +501,8 @@ class parallel_model : public nn::unit_source {
     static inner run(parallel_model* self, unit_state<Comm>* s, const body_t& body, const at::Tensor& x,
                      const at::Tensor& dense, const at::Tensor& experts, bool sharded) {
       inner in;
-      in.x = x.detach().requires_grad_(x.requires_grad());
+      // the block computes in its parameters' dtype (mixed precision)
+      in.x = x.detach().to(dense.scalar_type()).requires_grad_(x.requires_grad());
       if (sharded) {
         in.dense = dense.detach().requires_grad_(true);
         in.experts = experts.detach().requires_grad_(true);
@@ -558,7 +577,7 @@ class parallel_model : public nn::unit_source {
         for (auto [grp, t, w] : {std::tuple{&s->dense, holder->dense, &wd}, std::tuple{&s->experts, holder->experts, &we}}) {
           if (grp->empty() || !grp->shard) continue;
           detail::resize_storage(t, static_cast<size_t>(grp->padded()) * t.element_size());
-          *w = grp->shard->all_gather(detail::alias_of(t), grp->value.detach());
+          *w = grp->shard->all_gather(detail::alias_of(t), grp->value.detach().to(grp->compute).contiguous());
         }
         wd.wait();
         we.wait();

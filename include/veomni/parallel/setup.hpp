@@ -6,6 +6,8 @@
 #include <tuple>
 #include <type_traits>
 
+#include <c10/core/ScalarType.h>
+
 #include "../core/plan.hpp"
 #include "../core/policies.hpp"
 
@@ -16,6 +18,8 @@ enum class params_mode { none, fsdp, hsdp, ddp };
 struct node_setup {
   params_mode mode = params_mode::none;
   bool reshard_after_forward = true;
+  dtype param_dtype = dtype::unspecified;  // gathered and computed in (fp32 when unspecified)
+  dtype reduce_dtype = dtype::unspecified;  // gradients reduced in
   bool ulysses = false;
   bool ep = false;
   constexpr bool sharded() const { return mode == params_mode::fsdp || mode == params_mode::hsdp; }
@@ -50,6 +54,8 @@ constexpr void add_policy(node_setup& s) {
   if constexpr (fsdp_traits<I>::value) {
     s.mode = fsdp_traits<I>::mode;
     s.reshard_after_forward = fsdp_traits<I>::options.reshard_after_forward;
+    s.param_dtype = fsdp_traits<I>::options.param_dtype;
+    s.reduce_dtype = fsdp_traits<I>::options.reduce_dtype;
   } else if constexpr (std::is_same_v<I, DDP>) {
     s.mode = params_mode::ddp;
   } else if constexpr (std::is_same_v<I, Ulysses>) {
@@ -74,6 +80,14 @@ struct setup_from<std::tuple<P...>> {
   }();
 };
 }  // namespace detail
+
+inline at::ScalarType scalar_type(dtype t) {
+  switch (t) {
+    case dtype::bf16: return at::kBFloat16;
+    case dtype::f16: return at::kHalf;
+    default: return at::kFloat;
+  }
+}
 
 template <Model G, Recipe R, std::size_t I>
 inline constexpr node_setup setup_of = detail::setup_from<typename veomni::detail::node_policies<G, R, I>::type>::value;
