@@ -235,3 +235,28 @@ TEST_CASE("plan: a recipe with no policies for a node adds nothing for it") {
   using E = plan<tiny_vl, recipe<>>;
   CHECK(E::size == 2);  // the step's loss and gradient-norm reductions only
 }
+
+// A user's policy from examples/: Split<Ring> is planned, checked and priced
+// like the built-ins.
+#include "../../examples/ring_policy.hpp"
+
+TEST_CASE("plan: the user policy Split<Ring> adds an all_gather of k/v per attention layer and its dual") {
+  using P = plan<dense, recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>>;
+  static_assert(Policy<Split<user::Ring>>);
+  static_assert(count<P>(phase::forward, collective::all_gather, "lm", "attn", "Split<Ring>") == 1);
+  static_assert(count<P>(phase::backward, collective::reduce_scatter, "lm", "attn", "Split<Ring>") == 1);
+  // priced: the gathered k and v of every sp rank, from this rank's tokens
+  dense::dims d;
+  d.at<"lm">() = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .ffn = 128};
+  workload w;
+  w.default_tokens = 100;
+  for (const auto& o : P::ops)
+    if (o.policy == "Split<Ring>") {
+      const op_cost c = cost_of<P>(o, d, mesh_shape{.sp = 4}, w);
+      CHECK(c.calls == 2);  // two blocks
+      CHECK(c.payload_bytes == (o.coll == collective::all_gather ? 100 * 2 * 32 * 4 : 4 * 100 * 2 * 32 * 4));
+    }
+  const std::string s = describe<P>(d, mesh_shape{.sp = 2}, w);
+  CHECK(s.find("Split<Ring>") != std::string::npos);
+  CHECK(s.find("kv_block") != std::string::npos);
+}

@@ -16,6 +16,7 @@
 #include <veomni/parallel.hpp>
 #include <veomni/train/optimizer.hpp>
 
+#include "../../examples/ring_attention.hpp"
 #include "synthetic.hpp"
 
 using namespace veomni;
@@ -65,7 +66,7 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
   if (env.rank == 0) out.open(a.out);
   for (int step = 0; step < a.steps; ++step) {
     const nn::batch b = parallel::local_batch(testing::global_batch(k, step), a.mesh, env.rank, testing::image_token,
-                                              testing::audio_token);
+                                              testing::audio_token, decltype(model)::layout());
     const auto before = mesh.counters().snapshot();
     model.zero_grad();
     const auto stats = model.forward_backward(b);
@@ -145,14 +146,15 @@ int main(int argc, char** argv) {
   a.out = argv[8];
   a.checkpoint = argc > 9 && std::string(argv[9]) == "--checkpoint";
   try {
-    static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_bf16"};
+    static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_bf16", "ring_ddp", "ring_fsdp"};
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
     if (a.model == "dense_lm")
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
                       recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
-                      recipe<apply<"lm", Shard<bf16_fsdp>>>>(a, models::dense_lm_tiny(), testing::kind::text,
-                                                             dense_names);
+                      recipe<apply<"lm", Shard<bf16_fsdp>>>, recipe<apply<"lm", Shard<DDP>, Split<user::Ring>>>,
+                      recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>>(a, models::dense_lm_tiny(),
+                                                                          testing::kind::text, dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,
                       recipe<apply<"vision", Shard<DDP>>, apply<"proj", Shard<DDP>>, apply<"lm", Shard<DDP>>>,

@@ -92,6 +92,12 @@ TEST_CASE("mixed precision: dense_lm FSDP with bf16 parameters at world 2 tracks
   check_parity("dense_lm", "fsdp_bf16", 1, 2, 1, 1, "", 2e-2);
 }
 
+// Split<Ring>, a user policy (examples/ring_attention.hpp), with DDP and with FSDP.
+TEST_CASE("parity dense_lm ring (user policy) with ddp world 2") { check_parity("dense_lm", "ring_ddp", 1, 1, 2, 1); }
+TEST_CASE("parity dense_lm ring (user policy) with ddp world 4") { check_parity("dense_lm", "ring_ddp", 1, 1, 4, 1); }
+TEST_CASE("parity dense_lm ring (user policy) with fsdp world 2") { check_parity("dense_lm", "ring_fsdp", 1, 1, 2, 1); }
+TEST_CASE("parity dense_lm ring (user policy) with fsdp world 4") { check_parity("dense_lm", "ring_fsdp", 1, 2, 2, 1); }
+
 TEST_CASE("parity tiny_vl ddp world 2") { check_parity("tiny_vl", "ddp", 1, 2, 1, 1); }
 TEST_CASE("parity tiny_vl ddp world 4") { check_parity("tiny_vl", "ddp", 2, 2, 1, 1); }
 TEST_CASE("parity tiny_vl fsdp world 2") { check_parity("tiny_vl", "fsdp", 1, 2, 1, 1); }

@@ -81,7 +81,7 @@ constexpr long op_elements(const plan_op& o, const typename C::dims& d, const me
     case tensor_role::attn_out: return tokens * g.q_width;
     case tensor_role::k:
     case tensor_role::v: return tokens * g.kv_width;
-    case tensor_role::kv_block: return tokens * 2 * g.kv_width;
+    case tensor_role::kv_block: return tokens * m.size(o.over) * 2 * g.kv_width;  // gathered k and v of all ranks
     case tensor_role::dispatch:
     case tensor_role::combine: return tokens * g.top_k * g.width;
     case tensor_role::scalar: return 1;

@@ -36,11 +36,12 @@ struct batch {
   int64_t image_token = -1;  // placeholder id replaced by image embeddings
   int64_t audio_token = -1;  // placeholder id replaced by audio embeddings
   // Sequence parallel: this rank holds a slice of the tokens while the
-  // encoders see every image and clip; its placeholders take the encoder rows
-  // starting at these offsets.
+  // encoders see every image and clip; its placeholders take these encoder
+  // rows, and global_index gives each local token's place in the whole pack
+  // (the layout, cu_seqlens, stays global).
   bool sequence_slice = false;
-  int64_t image_row_offset = 0;
-  int64_t audio_row_offset = 0;
+  at::Tensor image_rows, audio_rows;  // [placeholders here] int64
+  at::Tensor global_index;            // [T local] int64
 };
 
 // Sequence layout of the rows a component works on.
@@ -48,6 +49,7 @@ struct seq_layout {
   at::Tensor cu_seqlens;
   at::Tensor position_ids;
   bool causal = true;
+  at::Tensor global_index;  // sequence parallel: each local row's index in the whole pack (else undefined)
 };
 
 // Where parallel policies interpose on the math.
@@ -131,32 +133,36 @@ inline void append(std::vector<param_spec>& a, std::vector<param_spec> b) {
 // Token embeddings with placeholder rows replaced by encoder outputs, in order.
 inline at::Tensor embed_with_media(const at::Tensor& table, const batch& b, const port_map& in) {
   at::Tensor x = table.index_select(0, b.tokens);
-  auto scatter = [&](const char* port, int64_t token, int64_t offset) {
+  auto scatter = [&](const char* port, int64_t token, const at::Tensor& rows) {
     auto it = in.find(port);
     if (it == in.end() || !it->second.defined() || token < 0) return;
     const at::Tensor idx = b.tokens.eq(token).nonzero().reshape({-1});
     const int64_t have = it->second.size(0);
+    at::Tensor src;
     if (b.sequence_slice) {
-      TORCH_CHECK(offset + idx.numel() <= have, "veomni::nn: this rank's ", idx.numel(), " '", port,
-                  "' placeholder tokens from row ", offset, " exceed the encoder's ", have, " embeddings");
+      TORCH_CHECK(rows.defined() && rows.numel() == idx.numel() && (rows.numel() == 0 || rows.max().item<int64_t>() < have),
+                  "veomni::nn: this rank's ", idx.numel(), " '", port, "' placeholder tokens do not match its ",
+                  rows.defined() ? rows.numel() : 0, " encoder rows (of ", have, ")");
+      src = it->second.index_select(0, rows);
     } else {
       TORCH_CHECK(idx.numel() == have, "veomni::nn: the batch has ", idx.numel(), " '", port,
                   "' placeholder tokens but the encoder produced ", have, " embeddings");
+      src = it->second;
     }
     // always connected, also with no placeholder: the encoder's backward runs on every rank
-    x = x.index_copy(0, idx, it->second.narrow(0, b.sequence_slice ? offset : 0, idx.numel()).to(x.scalar_type()));
+    x = x.index_copy(0, idx, src.to(x.scalar_type()));
   };
-  scatter("image_embeds", b.image_token, b.image_row_offset);
-  scatter("audio_embeds", b.audio_token, b.audio_row_offset);
+  scatter("image_embeds", b.image_token, b.image_rows);
+  scatter("audio_embeds", b.audio_token, b.audio_rows);
   return x;
 }
 
-inline seq_layout text_layout(const batch& b) { return {b.cu_seqlens, b.position_ids, true}; }
+inline seq_layout text_layout(const batch& b) { return {b.cu_seqlens, b.position_ids, true, b.global_index}; }
 
 // n segments of equal length L: cu = [0, L, 2L, ...], positions 0..L-1 each.
 inline seq_layout uniform_layout(int64_t n, int64_t len, bool causal) {
   const auto opts = at::TensorOptions().dtype(at::kLong);
-  return {at::arange(0, n + 1, opts) * len, at::arange(0, len, opts).repeat({n}), causal};
+  return {at::arange(0, n + 1, opts) * len, at::arange(0, len, opts).repeat({n}), causal, {}};
 }
 }  // namespace detail
 

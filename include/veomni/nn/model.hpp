@@ -118,7 +118,7 @@ port_map forward(const typename G::dims& d, unit_source& units, context& ctx, co
       using C = typename G::template component_at<I.value>;
       const auto& nd = std::get<I.value>(d);
       port_map in;
-      for (std::size_t e = 0; e < G::edge_count; ++e) {
+      for (std::size_t e = 0; e != G::edge_count; ++e) {  // != : no warning when a model has no edges
         const std::string_view to = G::edge_to[e];
         if (to.substr(0, to.find('.')) != G::names[I.value]) continue;
         auto it = values.find(std::string(G::edge_from[e]));

@@ -6,6 +6,7 @@
 //   heads_to_seq   Ulysses: [T, H/P, D] -> [T/P, H, D]   backward: seq_to_heads
 //   exchange_rows  EP: uneven all_to_all of rows          backward: the same with splits swapped
 //   sum_over       all_reduce(sum) whose gradient is all_reduce(sum) of the gradients
+//   gather_rows    all_gather of rows (rank order)       backward: reduce_scatter of the gradient
 //
 // Worked example, Ulysses with P = 2 ranks, T = 4 tokens, H = 2 heads:
 //   rank 0 holds tokens 0,1 with heads a,b; rank 1 tokens 2,3 with heads a,b.
@@ -118,7 +119,30 @@ struct sum_over_fn : torch::autograd::Function<sum_over_fn<Comm>> {
 };
 
 template <class Comm>
+struct gather_rows_fn : torch::autograd::Function<gather_rows_fn<Comm>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, Comm* c) {
+    ctx->saved_data["c"] = reinterpret_cast<int64_t>(c);
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape[0] *= c->size();
+    at::Tensor out = at::empty(shape, x.options());
+    c->all_gather(out, x.contiguous()).wait();
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto* c = reinterpret_cast<Comm*>(ctx->saved_data["c"].toInt());
+    std::vector<int64_t> shape = g[0].sizes().vec();
+    shape[0] /= c->size();
+    at::Tensor out = at::empty(shape, g[0].options());
+    c->reduce_scatter(out, g[0].contiguous()).wait();
+    return {out, at::Tensor()};
+  }
+};
+
+template <class Comm>
 at::Tensor seq_to_heads(Comm& c, const at::Tensor& x) { return seq_to_heads_fn<Comm>::apply(x, &c); }
+template <class Comm>
+at::Tensor gather_rows(Comm& c, const at::Tensor& x) { return gather_rows_fn<Comm>::apply(x, &c); }
 template <class Comm>
 at::Tensor heads_to_seq(Comm& c, const at::Tensor& x) { return heads_to_seq_fn<Comm>::apply(x, &c); }
 template <class Comm>

@@ -77,32 +77,63 @@ inline nn::batch pack(const std::vector<const sample*>& samples, int64_t multipl
   return b;
 }
 
-// Keeps sp rank `index`'s share of the tokens; the layout stays global.
-inline nn::batch slice_sequence(const nn::batch& full, long index, long size) {
+// How a Split policy lays the sequence over its ranks:
+//   contiguous  rank s keeps tokens [s T/P, (s+1) T/P)                    (Ulysses)
+//   zigzag      the pack is cut into 2P chunks; rank s keeps chunks s and
+//               2P-1-s, so every rank gets as much causal work        (Ring)
+enum class sequence_layout { contiguous, zigzag };
+
+// The global indices of the tokens sp rank `index` of `size` keeps.
+inline at::Tensor sequence_indices(int64_t tokens, long index, long size, sequence_layout layout) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  if (layout == sequence_layout::contiguous) {
+    const int64_t n = tokens / size;
+    return at::arange(index * n, (index + 1) * n, opts);
+  }
+  const int64_t c = tokens / (2 * size);
+  return at::cat({at::arange(index * c, (index + 1) * c, opts),
+                  at::arange((2 * size - 1 - index) * c, (2 * size - index) * c, opts)});
+}
+
+// Keeps sp rank `index`'s share of the tokens; the layout (cu_seqlens) stays global.
+inline nn::batch slice_sequence(const nn::batch& full, long index, long size,
+                                sequence_layout layout = sequence_layout::contiguous) {
   if (size == 1) return full;
-  const int64_t t = full.tokens.size(0), n = t / size, a = index * n;
-  TORCH_CHECK(t % size == 0, "veomni::parallel::slice_sequence: ", t, " tokens do not split over sp = ", size);
+  const int64_t t = full.tokens.size(0);
+  const int64_t multiple = layout == sequence_layout::zigzag ? 2 * size : size;
+  TORCH_CHECK(t % multiple == 0, "veomni::parallel::slice_sequence: ", t, " tokens do not split into ", multiple,
+              " chunks");
+  const at::Tensor idx = sequence_indices(t, index, size, layout);
   nn::batch b = full;
-  b.tokens = full.tokens.narrow(0, a, n).clone();
-  b.targets = full.targets.narrow(0, a, n).clone();
-  b.position_ids = full.position_ids.narrow(0, a, n).clone();
-  if (full.code_targets.defined()) b.code_targets = full.code_targets.narrow(0, a, n).clone();
-  if (full.token_mask.defined()) b.token_mask = full.token_mask.narrow(0, a, n).clone();
+  b.tokens = full.tokens.index_select(0, idx);
+  b.targets = full.targets.index_select(0, idx);
+  b.position_ids = full.position_ids.index_select(0, idx);
+  if (full.code_targets.defined()) b.code_targets = full.code_targets.index_select(0, idx);
+  if (full.token_mask.defined()) b.token_mask = full.token_mask.index_select(0, idx);
   b.sequence_slice = true;
-  const at::Tensor before = full.tokens.narrow(0, 0, a);
-  b.image_row_offset = full.image_token >= 0 ? before.eq(full.image_token).sum().item<int64_t>() : 0;
-  b.audio_row_offset = full.audio_token >= 0 ? before.eq(full.audio_token).sum().item<int64_t>() : 0;
+  b.global_index = idx;
+  // each placeholder's encoder row: its ordinal among the pack's placeholders of that kind
+  auto rows = [&](int64_t token) {
+    if (token < 0) return at::zeros({0}, at::kLong);
+    const at::Tensor is = full.tokens.eq(token);
+    const at::Tensor ordinal = is.to(at::kLong).cumsum(0) - 1;
+    const at::Tensor mine = is.index_select(0, idx);
+    return ordinal.index_select(0, idx).masked_select(mine);
+  };
+  b.image_rows = rows(full.image_token);
+  b.audio_rows = rows(full.audio_token);
   return b;
 }
 
 // What rank `rank` of mesh `m` computes on, from the global batch.
 inline nn::batch local_batch(const std::vector<sample>& global, const mesh_shape& m, long rank, int64_t image_token,
-                             int64_t audio_token) {
+                             int64_t audio_token, sequence_layout layout = sequence_layout::contiguous) {
   const data_coords c = data_coords_of(m, rank);
   std::vector<const sample*> mine;
   for (size_t i = static_cast<size_t>(c.data_index); i < global.size(); i += static_cast<size_t>(c.data_size))
     mine.push_back(&global[i]);
-  return slice_sequence(pack(mine, c.sp_size, image_token, audio_token), c.sp_index, c.sp_size);
+  const int64_t multiple = layout == sequence_layout::zigzag ? 2 * c.sp_size : c.sp_size;
+  return slice_sequence(pack(mine, multiple, image_token, audio_token), c.sp_index, c.sp_size, layout);
 }
 
 }  // namespace veomni::parallel

@@ -37,6 +37,7 @@
 #include "../core/plan.hpp"
 #include "../nn/model.hpp"
 #include "collectives.hpp"
+#include "extension.hpp"
 #include "setup.hpp"
 
 namespace veomni::parallel {
@@ -185,7 +186,30 @@ class parallel_model : public nn::unit_source {
     }
     Comm* data = data_;
     h.reduce_router_stats = [data](const at::Tensor& t) { return sum_over(*data, t); };
+    if constexpr (s.custom > 0) {
+      policy_runtime<Comm> rt{[this](const axis_set& a) -> Comm& { return mesh_[a]; }, h};
+      install_custom<I>(rt, static_cast<typename veomni::detail::node_policies<G, R, I>::type*>(nullptr));
+    }
     return h;
+  }
+
+  // How the recipe's Split policies lay the sequence over sp (for the data).
+  static constexpr sequence_layout layout() {
+    sequence_layout l = sequence_layout::contiguous;
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((setup_of<G, R, I>.layout != sequence_layout::contiguous ? (l = setup_of<G, R, I>.layout) : l), ...);
+    }(std::make_index_sequence<G::size>{});
+    return l;
+  }
+
+  template <std::size_t I, class... P>
+  void install_custom(policy_runtime<Comm>& rt, std::tuple<P...>*) {
+    (
+        [&] {
+          using Impl = typename detail::implementation_of<P>::type;
+          if constexpr (detail::has_runtime<Impl>) Impl::runtime::template install<Comm>(rt);
+        }(),
+        ...);
   }
 
   // ---- one micro-batch: forward and backward ----------------------------------------
@@ -299,7 +323,7 @@ class parallel_model : public nn::unit_source {
       throw std::invalid_argument(std::string("veomni::parallel: node '") + std::string(G::names[I]) +
                                   "' has no Shard<> policy, but the mesh spreads data over " +
                                   std::to_string(m.world()) + " ranks: its gradients would not be reduced");
-    if (m.sp > 1 && !s.ulysses && has_layer_kind<typename G::template component_at<I>>(layer_kind::attention) &&
+    if (m.sp > 1 && !s.ulysses && !s.custom_split && has_layer_kind<typename G::template component_at<I>>(layer_kind::attention) &&
         G::template component_at<I>::mod == modality::text)
       throw std::invalid_argument(std::string("veomni::parallel: sp = ") + std::to_string(m.sp) + " but node '" +
                                   std::string(G::names[I]) + "' has no Split<> policy for its attention");

@@ -10,6 +10,7 @@
 
 #include "../core/plan.hpp"
 #include "../core/policies.hpp"
+#include "data.hpp"
 
 namespace veomni::parallel {
 
@@ -22,6 +23,11 @@ struct node_setup {
   dtype reduce_dtype = dtype::unspecified;  // gradients reduced in
   bool ulysses = false;
   bool ep = false;
+  // user policies with a runtime (see extension.hpp): how many, and whether
+  // one of them splits the sequence, and how it lays it out
+  int custom = 0;
+  bool custom_split = false;
+  sequence_layout layout = sequence_layout::contiguous;
   constexpr bool sharded() const { return mode == params_mode::fsdp || mode == params_mode::hsdp; }
 };
 
@@ -48,6 +54,15 @@ struct fsdp_traits<hsdp<O>> : std::true_type {
   static constexpr fsdp_options options = O;
 };
 
+template <class I>
+concept has_runtime = requires { typename I::runtime; };
+template <class R>
+concept has_layout = requires { R::layout; };
+template <class P>
+struct is_split : std::false_type {};
+template <class I>
+struct is_split<Split<I>> : std::true_type {};
+
 template <class P>
 constexpr void add_policy(node_setup& s) {
   using I = typename implementation_of<P>::type;
@@ -62,10 +77,14 @@ constexpr void add_policy(node_setup& s) {
     s.ulysses = true;
   } else if constexpr (std::is_same_v<I, EP>) {
     s.ep = true;
+  } else if constexpr (has_runtime<I>) {
+    s.custom += 1;
+    s.custom_split = s.custom_split || is_split<P>::value;
+    if constexpr (has_layout<typename I::runtime>) s.layout = I::runtime::layout;
   } else {
     static_assert(sizeof(P) == 0,
-                  "veomni::parallel: the runtime has no executor for this policy (built-in runtimes: FSDP, HSDP, "
-                  "DDP, Ulysses, EP)");
+                  "veomni::parallel: the runtime has no executor for this policy: built-ins are FSDP, HSDP, DDP, "
+                  "Ulysses and EP; a user policy provides a nested `runtime` type (parallel/extension.hpp)");
   }
 }
 
