@@ -12,6 +12,10 @@ packages=(
   python3-torch           # /usr/bin/torchrun, and PyTorch for the side-by-side benchmarks
   libboost-dev            # Boost.Hana
   doctest-dev libbenchmark-dev
+  libyaml-cpp-dev         # veomni-train: YAML configs
+  nlohmann-json3-dev      # veomni-train: JSONL manifests, metrics, safetensors headers
+  libstb-dev              # veomni-train: image decoding, PNG loss curve; veomni-dataset: PNG images
+  libsndfile1-dev         # veomni-train: WAV decoding; veomni-dataset: WAV clips
 )
 
 missing=()

@@ -42,6 +42,8 @@ class adamw {
     }
   }
   int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }  // resuming from a checkpoint
+  const std::vector<at::Tensor>& params() const { return params_; }
   std::vector<at::Tensor>& exp_avg() { return m_; }
   std::vector<at::Tensor>& exp_avg_sq() { return v_; }
 

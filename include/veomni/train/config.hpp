@@ -1,0 +1,338 @@
+#pragma once
+// <veomni/train/config.hpp>: the trainer's configuration — VeOmni-style
+// sections (model, data, train), read from YAML and `--section.key=value`
+// overrides, checked key by key against one schema.
+//
+//   veomni::train::config c = veomni::train::load_config("omni.yaml", {"--train.lr=3e-4"});
+//
+// Every key the schema does not know, and every value of the wrong type, is a
+// config_error naming the key:
+//   "train.lr: expected a number, got 'fast'"
+//   "train.max_step: unknown key (did you mean train.max_steps?)"
+// Nothing here touches the network: the trainer checks the config on every
+// rank before its first collective, so all ranks fail alike (exit 2).
+// Needs yaml-cpp (Debian: libyaml-cpp-dev).
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace veomni::train {
+
+struct config_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct accelerator_config {
+  long dp_replicate_size = 1;
+  long dp_shard_size = 0;  // 0: whatever the world leaves (world / (dp_replicate_size * ulysses_size))
+  long ulysses_size = 1;
+  long ep_size = 1;
+};
+
+struct config {
+  struct {
+    std::string name = "omni_moe";           // dense_lm | tiny_vl | omni_moe
+    std::map<std::string, long> dims;        // overrides of the tiny dims, "lm.hidden" -> 96
+  } model;
+  struct {
+    std::string type = "manifest";           // manifest | synthetic
+    std::string manifest = "data/default/train.jsonl";
+    std::string eval_manifest = "data/default/eval.jsonl";  // "" : no held-out evaluation
+    long max_seq_len = 256;                  // longer samples are skipped (and counted)
+    long token_budget = 0;                   // > 0: micro-batches packed up to this many tokens per rank
+    long sample_rate = 8000;                 // WAV files must have it
+    long synthetic_seq_len = 64;             // tokens per synthetic sample
+  } data;
+  struct {
+    std::string output_dir = "outputs/run";
+    long max_steps = 100;
+    long global_batch_size = 16;             // samples per optimizer step, over all data-parallel ranks
+    long micro_batch_size = 0;               // samples per rank per micro-batch; 0: the whole share (no accumulation)
+    long seed = 42;
+    double lr = 1e-3;
+    double lr_min = 0.0;                     // where linear and cosine decay end
+    long lr_warmup_steps = 0;
+    std::string lr_decay_style = "cosine";   // constant | linear | cosine
+    double weight_decay = 0.01;
+    double max_grad_norm = 1.0;              // 0: no clipping
+    long save_steps = 0;                     // 0: save only at the end
+    long eval_steps = 0;                     // 0: evaluate only at the end
+    bool activation_checkpointing = false;
+    bool save_checkpoints = true;
+    std::string load_checkpoint_path;        // "" : fresh start; "auto": latest in output_dir; or a directory
+    bool export_safetensors = true;          // output_dir/hf/model.safetensors + config.json at the end
+    double aux_weight = 0.01;                // MoE load-balancing loss weight
+    double peak_flops_per_rank = 0;          // for MFU; 0: measure this CPU's fp32 GEMM throughput at start
+    long log_steps = 1;                      // progress line every log_steps steps (rank 0)
+    accelerator_config accelerator;
+  } train;
+};
+
+namespace detail {
+
+enum class value_kind { integer, number, boolean, string };
+
+struct field {
+  std::string key;
+  value_kind kind;
+  std::function<void(const YAML::Node&)> set;   // from a YAML scalar (throws YAML::Exception on a bad one)
+  std::function<YAML::Node()> get;
+  std::vector<std::string> choices;             // allowed strings (empty: any)
+};
+
+inline const char* kind_name(value_kind k) {
+  switch (k) {
+    case value_kind::integer: return "an integer";
+    case value_kind::number: return "a number";
+    case value_kind::boolean: return "true or false";
+    default: return "a string";
+  }
+}
+
+// Model dims the trainer exposes, by node; which apply depends on model.name.
+inline const std::vector<std::string>& dim_keys() {
+  static const std::vector<std::string> keys{
+      "lm.vocab",        "lm.hidden",        "lm.layers",         "lm.heads",        "lm.kv_heads",
+      "lm.head_dim",     "lm.ffn",           "lm.experts",        "lm.top_k",        "lm.expert_ffn",
+      "vision.patch",    "vision.hidden",    "vision.layers",     "vision.heads",    "vision.ffn",
+      "audio.mel_bins",  "audio.hidden",     "audio.layers",      "audio.heads",     "audio.ffn",
+      "image_out.codebook", "image_out.code_dim"};
+  return keys;
+}
+
+template <class T>
+field make_field(std::string key, value_kind kind, T& ref, std::vector<std::string> choices = {}) {
+  return {std::move(key), kind, [&ref](const YAML::Node& n) { ref = n.as<T>(); },
+          [&ref] { return YAML::Node(ref); }, std::move(choices)};
+}
+
+inline std::vector<field> schema(config& c) {
+  using K = value_kind;
+  std::vector<field> f{
+      make_field("model.name", K::string, c.model.name, {"dense_lm", "tiny_vl", "omni_moe"}),
+      make_field("data.type", K::string, c.data.type, {"manifest", "synthetic"}),
+      make_field("data.manifest", K::string, c.data.manifest),
+      make_field("data.eval_manifest", K::string, c.data.eval_manifest),
+      make_field("data.max_seq_len", K::integer, c.data.max_seq_len),
+      make_field("data.token_budget", K::integer, c.data.token_budget),
+      make_field("data.sample_rate", K::integer, c.data.sample_rate),
+      make_field("data.synthetic_seq_len", K::integer, c.data.synthetic_seq_len),
+      make_field("train.output_dir", K::string, c.train.output_dir),
+      make_field("train.max_steps", K::integer, c.train.max_steps),
+      make_field("train.global_batch_size", K::integer, c.train.global_batch_size),
+      make_field("train.micro_batch_size", K::integer, c.train.micro_batch_size),
+      make_field("train.seed", K::integer, c.train.seed),
+      make_field("train.lr", K::number, c.train.lr),
+      make_field("train.lr_min", K::number, c.train.lr_min),
+      make_field("train.lr_warmup_steps", K::integer, c.train.lr_warmup_steps),
+      make_field("train.lr_decay_style", K::string, c.train.lr_decay_style, {"constant", "linear", "cosine"}),
+      make_field("train.weight_decay", K::number, c.train.weight_decay),
+      make_field("train.max_grad_norm", K::number, c.train.max_grad_norm),
+      make_field("train.save_steps", K::integer, c.train.save_steps),
+      make_field("train.eval_steps", K::integer, c.train.eval_steps),
+      make_field("train.activation_checkpointing", K::boolean, c.train.activation_checkpointing),
+      make_field("train.save_checkpoints", K::boolean, c.train.save_checkpoints),
+      make_field("train.load_checkpoint_path", K::string, c.train.load_checkpoint_path),
+      make_field("train.export_safetensors", K::boolean, c.train.export_safetensors),
+      make_field("train.aux_weight", K::number, c.train.aux_weight),
+      make_field("train.peak_flops_per_rank", K::number, c.train.peak_flops_per_rank),
+      make_field("train.log_steps", K::integer, c.train.log_steps),
+      make_field("train.accelerator.dp_replicate_size", K::integer, c.train.accelerator.dp_replicate_size),
+      make_field("train.accelerator.dp_shard_size", K::integer, c.train.accelerator.dp_shard_size),
+      make_field("train.accelerator.ulysses_size", K::integer, c.train.accelerator.ulysses_size),
+      make_field("train.accelerator.ep_size", K::integer, c.train.accelerator.ep_size),
+  };
+  for (const auto& k : dim_keys())
+    f.push_back({"model." + k, K::integer, [&c, k](const YAML::Node& n) { c.model.dims[k] = n.as<long>(); },
+                 [&c, k] { return c.model.dims.count(k) ? YAML::Node(c.model.dims.at(k)) : YAML::Node(); }, {}});
+  return f;
+}
+
+inline size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+inline std::string unknown_key(const std::string& key, const std::vector<field>& fields) {
+  std::string best;
+  size_t best_d = 4;  // suggest only close names
+  for (const auto& f : fields)
+    if (size_t d = edit_distance(key, f.key); d < best_d) best_d = d, best = f.key;
+  return key + ": unknown key" + (best.empty() ? "" : " (did you mean " + best + "?)");
+}
+
+inline void set_value(std::vector<field>& fields, const std::string& key, const YAML::Node& v) {
+  for (auto& f : fields) {
+    if (f.key != key) continue;
+    if (!v.IsScalar())
+      throw config_error(key + ": expected " + kind_name(f.kind) + ", got a " + (v.IsMap() ? "mapping" : v.IsSequence() ? "list" : "null"));
+    const std::string text = v.Scalar();
+    try {
+      // yaml-cpp reads "1.5" as a long without complaint in some versions: check integers by hand
+      if (f.kind == value_kind::integer) {
+        size_t used = 0;
+        (void)std::stol(text, &used);
+        if (used != text.size()) throw std::invalid_argument(text);
+      }
+      f.set(v);
+    } catch (const std::exception&) {
+      throw config_error(key + ": expected " + kind_name(f.kind) + ", got '" + text + "'");
+    }
+    if (!f.choices.empty()) {
+      bool ok = false;
+      std::string list;
+      for (const auto& ch : f.choices) ok |= ch == text, list += (list.empty() ? "" : " | ") + ch;
+      if (!ok) throw config_error(key + ": '" + text + "' is not one of " + list);
+    }
+    return;
+  }
+  throw config_error(unknown_key(key, fields));
+}
+
+inline void walk(std::vector<field>& fields, const YAML::Node& n, const std::string& prefix) {
+  for (const auto& kv : n) {
+    const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
+    if (kv.second.IsMap()) {
+      bool is_section = false;  // a mapping is fine only where the schema has keys below it
+      for (const auto& f : fields) is_section |= f.key.rfind(key + ".", 0) == 0;
+      if (!is_section) throw config_error(unknown_key(key, fields));
+      walk(fields, kv.second, key);
+    } else {
+      set_value(fields, key, kv.second);
+    }
+  }
+}
+
+}  // namespace detail
+
+// Applies `--a.b=c` overrides (YAML scalars) to a config.
+inline void apply_overrides(config& c, const std::vector<std::string>& args) {
+  auto fields = detail::schema(c);
+  for (const auto& a : args) {
+    const auto eq = a.find('=');
+    if (a.rfind("--", 0) != 0 || eq == std::string::npos || eq < 3)
+      throw config_error("'" + a + "': overrides are written --section.key=value");
+    YAML::Node v;
+    try {
+      v = YAML::Load(a.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw config_error(a.substr(2, eq - 2) + ": cannot read '" + a.substr(eq + 1) + "': " + e.msg);
+    }
+    if (v.IsNull()) v = YAML::Node(std::string());
+    detail::set_value(fields, a.substr(2, eq - 2), v);
+  }
+}
+
+inline config parse_config(const std::string& yaml_text, const std::string& origin = "config") {
+  config c;
+  auto fields = detail::schema(c);
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw config_error(origin + ": not valid YAML: " + e.what());
+  }
+  if (root.IsNull()) return c;
+  if (!root.IsMap()) throw config_error(origin + ": expected a mapping of sections (model, data, train)");
+  detail::walk(fields, root, "");
+  return c;
+}
+
+inline config load_config(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  std::string text;
+  {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw config_error(path + ": cannot open the config file");
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+    std::fclose(f);
+  }
+  config c = parse_config(text, path);
+  apply_overrides(c, overrides);
+  return c;
+}
+
+// The resolved config as YAML (every key, defaults included): output_dir/config.yaml.
+inline std::string to_yaml(config c) {
+  YAML::Node root;
+  for (auto& f : detail::schema(c)) {
+    const YAML::Node v = f.get();
+    if (!v.IsDefined() || v.IsNull()) continue;
+    std::vector<std::string> parts;
+    for (size_t a = 0, b; a <= f.key.size(); a = b + 1) {
+      b = f.key.find('.', a);
+      if (b == std::string::npos) b = f.key.size();
+      parts.push_back(f.key.substr(a, b - a));
+    }
+    // chained operator[] attaches the new nodes on assignment (a reset() node would not be)
+    if (parts.size() == 2) root[parts[0]][parts[1]] = v;
+    else if (parts.size() == 3) root[parts[0]][parts[1]][parts[2]] = v;
+    else root[parts[0]][parts[1]][parts[2]][parts[3]] = v;
+  }
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
+}
+
+// Checks of values against each other and the launch: mesh sizes, batch sizes.
+// world: WORLD_SIZE. Fills dp_shard_size when it is 0. Throws config_error naming the key.
+inline void resolve(config& c, long world) {
+  auto positive = [](const std::string& key, long v) {
+    if (v < 1) throw config_error(key + ": must be >= 1, got " + std::to_string(v));
+  };
+  auto& a = c.train.accelerator;
+  positive("train.accelerator.dp_replicate_size", a.dp_replicate_size);
+  positive("train.accelerator.ulysses_size", a.ulysses_size);
+  positive("train.accelerator.ep_size", a.ep_size);
+  if (a.dp_shard_size == 0) {
+    const long rest = a.dp_replicate_size * a.ulysses_size;
+    if (world % rest != 0)
+      throw config_error("train.accelerator: dp_replicate_size*ulysses_size = " + std::to_string(rest) +
+                         " does not divide WORLD_SIZE = " + std::to_string(world));
+    a.dp_shard_size = world / rest;
+  }
+  positive("train.accelerator.dp_shard_size", a.dp_shard_size);
+  const long product = a.dp_replicate_size * a.dp_shard_size * a.ulysses_size;
+  if (product != world)
+    throw config_error("train.accelerator: dp_replicate_size*dp_shard_size*ulysses_size = " + std::to_string(product) +
+                       " but WORLD_SIZE = " + std::to_string(world));
+  if ((a.dp_shard_size * a.ulysses_size) % a.ep_size != 0)
+    throw config_error("train.accelerator.ep_size: " + std::to_string(a.ep_size) +
+                       " must divide dp_shard_size*ulysses_size = " + std::to_string(a.dp_shard_size * a.ulysses_size));
+  positive("train.max_steps", c.train.max_steps);
+  positive("train.global_batch_size", c.train.global_batch_size);
+  positive("train.log_steps", c.train.log_steps);
+  positive("data.max_seq_len", c.data.max_seq_len);
+  const long dp = a.dp_replicate_size * a.dp_shard_size;
+  if (c.train.global_batch_size % dp != 0)
+    throw config_error("train.global_batch_size: " + std::to_string(c.train.global_batch_size) +
+                       " does not split over " + std::to_string(dp) + " data-parallel ranks (dp_replicate_size*dp_shard_size)");
+  const long share = c.train.global_batch_size / dp;
+  if (c.train.micro_batch_size < 0) throw config_error("train.micro_batch_size: must be >= 0");
+  if (c.train.micro_batch_size > 0 && c.data.token_budget == 0 && share % c.train.micro_batch_size != 0)
+    throw config_error("train.micro_batch_size: " + std::to_string(c.train.micro_batch_size) +
+                       " does not divide each data rank's " + std::to_string(share) + " samples (train.global_batch_size / " +
+                       std::to_string(dp) + ")");
+  if (c.train.lr < 0) throw config_error("train.lr: must be >= 0");
+  if (c.train.save_steps < 0) throw config_error("train.save_steps: must be >= 0");
+  if (c.data.token_budget < 0) throw config_error("data.token_budget: must be >= 0");
+}
+
+}  // namespace veomni::train

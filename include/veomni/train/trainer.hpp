@@ -1,0 +1,593 @@
+#pragma once
+// <veomni/train/trainer.hpp>: the training job, from a config to a trained,
+// checkpointed, exported model.
+//
+// Each model has one recipe, compiled in; the config gives the mesh sizes,
+// and a size of 1 turns a policy's collectives into no-ops:
+//   dense_lm   lm: Shard<HSDP> + Split<Ulysses>
+//   tiny_vl    vision, proj: Shard<HSDP>; lm: Shard<HSDP> + Split<Ulysses>
+//   omni_moe   encoders, projectors, image_out: Shard<HSDP>;
+//              lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
+// (HSDP with dp_replicate_size = 1 is FSDP.)
+//
+// One step: the next train.global_batch_size samples of the stream; this
+// rank's share cut into micro-batches; forward_backward on each with the
+// whole step's target counts (exact accumulation); the global gradient norm;
+// clipping; AdamW on the shards at the scheduled learning rate.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../comm.hpp"
+#include "../core.hpp"
+#include "../models/zoo.hpp"
+#include "../parallel.hpp"
+#include "checkpoint.hpp"
+#include "config.hpp"
+#include "data.hpp"
+#include "metrics.hpp"
+#include "optimizer.hpp"
+#include "schedule.hpp"
+
+namespace veomni::train {
+
+// ---- the recipes ---------------------------------------------------------------------------
+
+template <fixed_string N>
+using sharded = apply<N, Shard<HSDP>>;
+
+using dense_lm_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
+using tiny_vl_recipe = recipe<sharded<"vision">, sharded<"proj">, apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
+using omni_moe_recipe = recipe<sharded<"vision">, sharded<"vision_proj">, sharded<"audio">, sharded<"audio_proj">,
+                               apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>, sharded<"image_out">>;
+
+// ---- model dims from the config ---------------------------------------------------------------
+
+namespace detail {
+using dim_list = std::vector<std::pair<std::string, long*>>;
+inline dim_list dim_fields(text_decoder::dims& d) {
+  return {{"vocab", &d.vocab}, {"hidden", &d.hidden}, {"layers", &d.layers}, {"heads", &d.heads},
+          {"kv_heads", &d.kv_heads}, {"head_dim", &d.head_dim}, {"ffn", &d.ffn}};
+}
+inline dim_list dim_fields(moe_text_decoder::dims& d) {
+  return {{"vocab", &d.vocab},       {"hidden", &d.hidden},         {"layers", &d.layers},
+          {"heads", &d.heads},       {"kv_heads", &d.kv_heads},     {"head_dim", &d.head_dim},
+          {"experts", &d.experts},   {"top_k", &d.top_k},           {"expert_ffn", &d.expert_ffn}};
+}
+inline dim_list dim_fields(vision_encoder::dims& d) {
+  return {{"patch", &d.patch}, {"hidden", &d.hidden}, {"layers", &d.layers}, {"heads", &d.heads}, {"ffn", &d.ffn}};
+}
+inline dim_list dim_fields(audio_encoder::dims& d) {
+  return {{"mel_bins", &d.mel_bins}, {"hidden", &d.hidden}, {"layers", &d.layers}, {"heads", &d.heads}, {"ffn", &d.ffn}};
+}
+inline dim_list dim_fields(projector::dims&) { return {}; }
+inline dim_list dim_fields(image_token_decoder::dims& d) { return {{"codebook", &d.codebook}, {"code_dim", &d.code_dim}}; }
+}  // namespace detail
+
+template <Model G>
+typename G::dims tiny_dims();
+template <>
+inline models::dense_lm::dims tiny_dims<models::dense_lm>() { return models::dense_lm_tiny(); }
+template <>
+inline models::tiny_vl::dims tiny_dims<models::tiny_vl>() { return models::tiny_vl_tiny(); }
+template <>
+inline models::omni_moe::dims tiny_dims<models::omni_moe>() { return models::omni_moe_tiny(); }
+
+// The tiny dims with the config's model.<node>.<dim> overrides; projectors and
+// the image head follow the widths they connect. Throws config_error naming
+// the key for a dim the model lacks and for sizes the mesh cannot split.
+template <Model G>
+typename G::dims model_dims(const config& c) {
+  typename G::dims d = tiny_dims<G>();
+  std::map<std::string, long> left = c.model.dims;
+  for_each_node<G>([&](auto I) {
+    for (auto& [field, ptr] : detail::dim_fields(std::get<I.value>(d))) {
+      const std::string key = std::string(G::names[I.value]) + "." + field;
+      if (auto it = left.find(key); it != left.end()) {
+        if (it->second < 1) throw config_error("model." + key + ": must be >= 1, got " + std::to_string(it->second));
+        *ptr = it->second;
+        left.erase(it);
+      }
+    }
+  });
+  if (!left.empty())
+    throw config_error("model." + left.begin()->first + ": model " + c.model.name + " has no such dimension");
+  long lm_hidden = 0, lm_heads = 0, lm_kv = 0, experts = 0;
+  for_each_node<G>([&](auto I) {
+    auto& nd = std::get<I.value>(d);
+    using D = std::decay_t<decltype(nd)>;
+    if constexpr (std::is_same_v<D, text_decoder::dims> || std::is_same_v<D, moe_text_decoder::dims>) {
+      lm_hidden = nd.hidden, lm_heads = nd.heads, lm_kv = nd.kv_heads;
+      if constexpr (std::is_same_v<D, moe_text_decoder::dims>) {
+        experts = nd.experts;
+        if (nd.top_k > nd.experts)
+          throw config_error("model.lm.top_k: " + std::to_string(nd.top_k) + " exceeds model.lm.experts = " + std::to_string(nd.experts));
+      }
+      if (nd.heads % nd.kv_heads != 0)
+        throw config_error("model.lm.kv_heads: " + std::to_string(nd.kv_heads) + " does not divide model.lm.heads = " + std::to_string(nd.heads));
+    }
+    if constexpr (std::is_same_v<D, vision_encoder::dims> || std::is_same_v<D, audio_encoder::dims>)
+      if (nd.hidden % nd.heads != 0)
+        throw config_error(std::string("model.") + std::string(G::names[I.value]) + ".heads: " + std::to_string(nd.heads) +
+                           " does not divide model." + std::string(G::names[I.value]) + ".hidden = " + std::to_string(nd.hidden));
+  });
+  // connect the widths: a projector maps its encoder's width to the lm's; image_out reads the lm's
+  for_each_node<G>([&](auto I) {
+    auto& nd = std::get<I.value>(d);
+    using D = std::decay_t<decltype(nd)>;
+    if constexpr (std::is_same_v<D, projector::dims>) {
+      const std::string_view name = G::names[I.value];
+      for_each_node<G>([&](auto J) {
+        using E = std::decay_t<decltype(std::get<J.value>(d))>;
+        if constexpr (std::is_same_v<E, vision_encoder::dims> || std::is_same_v<E, audio_encoder::dims>) {
+          const bool vision = std::is_same_v<E, vision_encoder::dims>;
+          if ((vision && name.find("audio") == std::string_view::npos) || (!vision && name.find("audio") != std::string_view::npos))
+            nd.in = std::get<J.value>(d).hidden;
+        }
+      });
+      nd.out = lm_hidden;
+    }
+    if constexpr (std::is_same_v<D, image_token_decoder::dims>) nd.hidden = lm_hidden;
+  });
+  const long sp = c.train.accelerator.ulysses_size, ep = c.train.accelerator.ep_size;
+  if (lm_heads % sp != 0 || lm_kv % sp != 0)
+    throw config_error("train.accelerator.ulysses_size: " + std::to_string(sp) + " does not divide model.lm.heads = " +
+                       std::to_string(lm_heads) + " and model.lm.kv_heads = " + std::to_string(lm_kv) +
+                       " (Ulysses splits attention heads over the sp ranks)");
+  if (ep > 1 && experts == 0)
+    throw config_error("train.accelerator.ep_size: " + std::to_string(ep) + " but model " + c.model.name + " has no experts");
+  if (experts > 0 && experts % ep != 0)
+    throw config_error("train.accelerator.ep_size: " + std::to_string(ep) + " does not divide model.lm.experts = " +
+                       std::to_string(experts));
+  return d;
+}
+
+template <Model G>
+media_spec media_of(const typename G::dims& d, const config& c) {
+  media_spec m;
+  m.sample_rate = c.data.sample_rate;
+  for_each_node<G>([&](auto I) {
+    const auto& nd = std::get<I.value>(d);
+    using D = std::decay_t<decltype(nd)>;
+    if constexpr (std::is_same_v<D, vision_encoder::dims>) m.images = true, m.vision_patch = nd.patch, m.channels = nd.channels;
+    if constexpr (std::is_same_v<D, audio_encoder::dims>) m.audio = true, m.mel_bins = nd.mel_bins, m.audio_kernel = nd.kernel;
+    if constexpr (std::is_same_v<D, image_token_decoder::dims>) m.generation = true, m.code_patch = nd.patch, m.codebook = nd.codebook;
+  });
+  return m;
+}
+
+template <Model G>
+long vocab_of(const typename G::dims& d) {
+  long v = 0;
+  for_each_node<G>([&](auto I) {
+    using C = typename G::template component_at<I.value>;
+    if constexpr (std::is_same_v<C, text_decoder> || std::is_same_v<C, moe_text_decoder>) v = std::get<I.value>(d).vocab;
+  });
+  return v;
+}
+
+// Model FLOPs of one step (forward + backward = 3 x forward, core/flops.hpp),
+// from the step's samples: each node's tokens at each sample's context.
+template <Model G>
+double step_flops(const typename G::dims& d, const std::vector<const parallel::sample*>& batch, const media_spec& m) {
+  double f = 0;
+  for_each_node<G>([&](auto I) {
+    using C = typename G::template component_at<I.value>;
+    const auto& nd = std::get<I.value>(d);
+    const bool causal = causal_attention<C>();
+    auto add = [&](long tokens, long context) {
+      if (tokens > 0) f += 3.0 * forward_flops<C>(nd, context, causal).total() * static_cast<double>(tokens);
+    };
+    const std::string_view name = G::names[I.value];
+    for (const auto* s : batch) {
+      const long len = static_cast<long>(s->tokens.size());
+      if constexpr (C::mod == modality::text || std::is_same_v<C, image_token_decoder>) {
+        add(len, len);
+      } else if constexpr (std::is_same_v<C, vision_encoder>) {
+        for (const auto& img : s->images) {
+          const long n = (img.size(1) / m.vision_patch) * (img.size(2) / m.vision_patch);
+          add(n, n);
+        }
+      } else if constexpr (std::is_same_v<C, audio_encoder>) {
+        for (const auto& a : s->audio) add(audio_tokens(m, a.size(0)), audio_tokens(m, a.size(0)));
+      } else {  // projectors: one row per placeholder of their modality
+        const int64_t ph = name.find("audio") != std::string_view::npos ? byte_tokenizer::audio : byte_tokenizer::image;
+        add(static_cast<long>(std::count(s->tokens.begin(), s->tokens.end(), ph)), 1);
+      }
+    }
+  });
+  return f;
+}
+
+// ---- evaluation ---------------------------------------------------------------------------------
+
+struct eval_result {
+  double loss = 0;          // mean over answer (target) tokens
+  double token_accuracy = 0;  // argmax == target over answer tokens
+  double exact_match = 0;   // samples whose answer tokens are all right
+  double code_accuracy = -1;  // image generation codes (-1: none)
+  long samples = 0;
+  std::map<std::string, std::pair<long, long>> by_kind;  // kind -> (exact, samples)
+};
+
+// Teacher-forced evaluation of whole parameters (rank 0 after consolidate).
+template <Model G>
+eval_result evaluate(const typename G::dims& d, named_params<G>& params, const dataset& data) {
+  torch::NoGradGuard no_grad;
+  eval_result r;
+  double loss = 0, right = 0, count = 0, code_right = 0, code_count = 0, exact = 0;
+  const std::string head = [] {
+    std::string h;
+    for_each_node<G>([&](auto I) {
+      using C = typename G::template component_at<I.value>;
+      if constexpr (C::mod == modality::text) h = std::string(G::names[I.value]);
+    });
+    return h;
+  }();
+  const at::Tensor lm_head = params.unit({[] {
+    std::size_t n = 0;
+    for_each_node<G>([&](auto I) {
+      if constexpr (G::template component_at<I.value>::mod == modality::text) n = I.value;
+    });
+    return n;
+  }(), -1})[2];
+  constexpr size_t chunk = 16;
+  for (size_t a = 0; a < data.samples.size(); a += chunk) {
+    std::vector<const parallel::sample*> part;
+    for (size_t i = a; i < std::min(data.samples.size(), a + chunk); ++i) part.push_back(&data.samples[i]);
+    const nn::batch b = parallel::pack(part, 1, byte_tokenizer::image, byte_tokenizer::audio);
+    nn::context ctx;
+    ctx.data = &b;
+    const nn::port_map outs = nn::forward<G>(d, params, ctx);
+    const at::Tensor pred = at::matmul(outs.at(head + ".hidden"), lm_head.t()).argmax(-1);
+    const at::Tensor mask = b.targets.ne(-100);
+    const at::Tensor ok = pred.eq(b.targets) & mask;
+    right += ok.sum().item<double>();
+    count += mask.sum().item<double>();
+    for (const auto& t : ctx.losses)
+      if (t.name == "lm") loss += t.sum.item<double>();
+    if (b.code_targets.defined() && outs.count("image_out.codes")) {
+      const at::Tensor cm = b.code_targets.ne(-100);
+      code_right += (outs.at("image_out.codes").eq(b.code_targets) & cm).sum().item<double>();
+      code_count += cm.sum().item<double>();
+    }
+    // per sample exact match over its answer tokens (and codes)
+    const int64_t* cu = b.cu_seqlens.data_ptr<int64_t>();
+    for (size_t s = 0; s < part.size(); ++s) {
+      const int64_t lo = cu[s], n = cu[s + 1] - cu[s];
+      const long wrong = (mask.narrow(0, lo, n) & ~ok.narrow(0, lo, n)).sum().item<long>();
+      long wrong_codes = 0;
+      if (b.code_targets.defined() && outs.count("image_out.codes")) {
+        const at::Tensor ct = b.code_targets.narrow(0, lo, n);
+        wrong_codes = (ct.ne(-100) & outs.at("image_out.codes").narrow(0, lo, n).ne(ct)).sum().item<long>();
+      }
+      const bool all = wrong == 0 && wrong_codes == 0;
+      exact += all;
+      const std::string kind = a + s < data.kinds.size() ? data.kinds[a + s] : "all";
+      r.by_kind[kind].first += all;
+      r.by_kind[kind].second += 1;
+    }
+  }
+  r.samples = static_cast<long>(data.samples.size());
+  r.loss = count > 0 ? loss / count : 0;
+  r.token_accuracy = count > 0 ? right / count : 0;
+  r.exact_match = r.samples > 0 ? exact / static_cast<double>(r.samples) : 0;
+  if (code_count > 0) r.code_accuracy = code_right / code_count;
+  return r;
+}
+
+// ---- export --------------------------------------------------------------------------------------
+
+// output_dir/hf/model.safetensors (+ config.json). dense_lm's names are
+// Hugging Face Llama's ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight");
+// other models keep their node prefix ("vision.layers.0...").
+template <Model G>
+void export_model(const std::string& dir, const typename G::dims& d, const std::string& model_name,
+                  const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
+  std::filesystem::create_directories(dir);
+  constexpr bool hf = std::is_same_v<G, models::dense_lm>;
+  (void)model_name;
+  std::vector<std::pair<std::string, at::Tensor>> ts;
+  for (const auto& [s, t] : all) ts.emplace_back(hf && s.name.rfind("lm.", 0) == 0 ? s.name.substr(3) : s.name, t);
+  write_safetensors(dir + "/model.safetensors", ts, {{"format", "pt"}});
+  nlohmann::ordered_json j;
+  if constexpr (hf) {
+    const auto& lm = std::get<0>(d);
+    j = {{"architectures", {"LlamaForCausalLM"}},
+         {"model_type", "llama"},
+         {"vocab_size", lm.vocab},
+         {"hidden_size", lm.hidden},
+         {"intermediate_size", lm.ffn},
+         {"num_hidden_layers", lm.layers},
+         {"num_attention_heads", lm.heads},
+         {"num_key_value_heads", lm.kv_heads},
+         {"head_dim", lm.head_dim},
+         {"hidden_act", "silu"},
+         {"rms_norm_eps", 1e-6},
+         {"rope_theta", 10000.0},
+         {"max_position_embeddings", 4096},
+         {"tie_word_embeddings", false},
+         {"bos_token_id", byte_tokenizer::bos},
+         {"eos_token_id", byte_tokenizer::eos},
+         {"torch_dtype", "float32"}};
+  } else {
+    j["architectures"] = {"veomni_" + model_name};
+    j["model_type"] = "veomni_" + model_name;
+    for_each_node<G>([&](auto I) {
+      auto nd = std::get<I.value>(d);
+      nlohmann::ordered_json node;
+      for (auto& [k, p] : detail::dim_fields(nd)) node[k] = *p;
+      j[std::string(G::names[I.value])] = node;
+    });
+  }
+  std::ofstream(dir + "/config.json") << j.dump(2) << "\n";
+}
+
+// ---- the job -------------------------------------------------------------------------------------
+
+struct run_options {
+  std::function<void(const std::string&)> log = [](const std::string& s) {
+    std::printf("%s\n", s.c_str());
+    std::fflush(stdout);
+  };
+};
+
+// Everything that can be checked without the network: the config against
+// the model and the launch, and the data. Throws config_error / data_error.
+template <Model G>
+struct prepared {
+  typename G::dims dims;
+  media_spec media;
+  dataset train, eval;
+  bool synthetic = false;
+};
+
+template <Model G>
+prepared<G> prepare(config& c, long world) {
+  resolve(c, world);
+  prepared<G> p;
+  p.dims = model_dims<G>(c);
+  p.media = media_of<G>(p.dims, c);
+  const long vocab = vocab_of<G>(p.dims);
+  if (c.data.type == "synthetic") {
+    p.synthetic = true;
+    if (c.data.synthetic_seq_len < 8) throw config_error("data.synthetic_seq_len: must be >= 8");
+    return p;
+  }
+  if (vocab < byte_tokenizer::vocab_size)
+    throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the byte tokenizer's " +
+                       std::to_string(byte_tokenizer::vocab_size) + " ids");
+  if (c.data.manifest.empty()) throw config_error("data.manifest: empty (give a JSONL manifest, or data.type: synthetic)");
+  p.train = load_manifest(c.data.manifest, p.media, c.data.max_seq_len);
+  if (!c.data.eval_manifest.empty()) p.eval = load_manifest(c.data.eval_manifest, p.media, c.data.max_seq_len);
+  return p;
+}
+
+template <Model G, Recipe R>
+int train_model(config c, const comm::launch_env& env, prepared<G> prep, const run_options& ro = {}) {
+  using clock = std::chrono::steady_clock;
+  const auto& acc = c.train.accelerator;
+  const mesh_shape shape{.dp_replicate = acc.dp_replicate_size, .dp_shard = acc.dp_shard_size, .sp = acc.ulysses_size,
+                         .ep = acc.ep_size};
+  const bool lead = env.rank == 0;
+  const std::filesystem::path out(c.train.output_dir);
+  const std::string ckpt_dir = (out / "checkpoints").string();
+  // resolve "auto" before any rank may write a new checkpoint
+  const std::string resume = c.train.load_checkpoint_path.empty() ? "" : resolve_checkpoint(c.train.load_checkpoint_path, ckpt_dir);
+  if (!resume.empty() && !std::filesystem::is_directory(resume))
+    throw config_error("train.load_checkpoint_path: '" + resume + "' is not a checkpoint folder");
+
+  comm::gloo_mesh mesh(shape, env);
+  parallel::options popt;
+  popt.checkpoint = c.train.activation_checkpointing;
+  popt.aux_weight = c.train.aux_weight;
+  popt.seed = static_cast<uint64_t>(c.train.seed);
+  parallel::parallel_model<G, R, comm::gloo_mesh> model(prep.dims, mesh, popt);
+  adamw optim(model.parameters(), model.decay_masks(), {.lr = c.train.lr, .weight_decay = c.train.weight_decay});
+  const lr_schedule sched{c.train.lr, c.train.lr_min, c.train.lr_warmup_steps, c.train.max_steps, c.train.lr_decay_style};
+
+  train_state st;
+  if (!resume.empty()) {
+    st = load_checkpoint(resume, model, optim);
+    if (lead) ro.log("veomni-train: resumed from " + resume + " at step " + std::to_string(st.step));
+  }
+  if (lead) {
+    std::filesystem::create_directories(out);
+    std::ofstream(out / "config.yaml") << to_yaml(c);
+  }
+  // metrics.jsonl: keep the lines of steps before the resumed one
+  std::vector<std::pair<double, double>> curve, eval_points;
+  if (lead) {
+    std::vector<std::string> keep;
+    std::ifstream old(out / "metrics.jsonl");
+    for (std::string line; std::getline(old, line);) {
+      try {
+        const auto j = nlohmann::json::parse(line);
+        if (j.at("step").get<long>() <= st.step) {
+          keep.push_back(line);
+          if (j.contains("loss")) curve.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
+          if (j.contains("eval_loss")) eval_points.emplace_back(j["step"].get<double>(), j["eval_loss"].get<double>());
+        }
+      } catch (const std::exception&) {
+      }
+    }
+    std::ofstream rewrite(out / "metrics.jsonl", std::ios::trunc);
+    for (const auto& l : keep) rewrite << l << "\n";
+  }
+  std::ofstream metrics;
+  if (lead) metrics.open(out / "metrics.jsonl", std::ios::app);
+
+  const double peak = c.train.peak_flops_per_rank > 0 ? c.train.peak_flops_per_rank : (lead ? measure_peak_flops() : 1.0);
+  const parallel::data_coords dc = parallel::data_coords_of(shape, env.rank);
+  if (lead) {
+    std::string plan_line = "veomni-train: " + c.model.name + " on " + std::to_string(env.world_size) + " rank(s), mesh dp_replicate " +
+                            std::to_string(shape.dp_replicate) + " x dp_shard " + std::to_string(shape.dp_shard) + " x ulysses " +
+                            std::to_string(shape.sp) + ", ep " + std::to_string(shape.ep) + "; " + std::to_string(model.local_numel()) +
+                            " parameter elements on rank 0";
+    ro.log(plan_line);
+    if (!prep.synthetic)
+      ro.log("veomni-train: " + std::to_string(prep.train.samples.size()) + " training samples (" +
+             std::to_string(prep.train.skipped_too_long) + " longer than data.max_seq_len skipped), " +
+             std::to_string(prep.eval.samples.size()) + " held out; peak " + with_commas(peak / 1e6) +
+             " MFLOP/s per rank (" + (c.train.peak_flops_per_rank > 0 ? "train.peak_flops_per_rank" : "measured fp32 GEMM") + ")");
+  }
+
+  sample_order order(prep.synthetic ? 1 : static_cast<int64_t>(prep.train.samples.size()), static_cast<uint64_t>(c.train.seed));
+  std::vector<parallel::sample> synth;
+
+  auto save = [&] {
+    const std::map<std::string, std::string> info{{"model", c.model.name}, {"world", std::to_string(env.world_size)}};
+    st.adam_steps = optim.steps();
+    save_shard(ckpt_dir, env.rank, model, optim, st, info);
+    mesh.world().barrier().wait();
+    if (lead) {
+      const nlohmann::json meta = {{"step", st.step},
+                                   {"data_cursor", st.data_cursor},
+                                   {"model", c.model.name},
+                                   {"world_size", env.world_size},
+                                   {"mesh", {{"dp_replicate", shape.dp_replicate}, {"dp_shard", shape.dp_shard},
+                                             {"ulysses", shape.sp}, {"ep", shape.ep}}}};
+      ro.log("veomni-train: saved " + finish_checkpoint(ckpt_dir, st, meta));
+    }
+    mesh.world().barrier().wait();
+  };
+  auto run_eval = [&]() -> std::optional<eval_result> {
+    if (prep.eval.samples.empty()) return std::nullopt;
+    const auto all = consolidate<G>(prep.dims, model, mesh);
+    if (!lead) return std::nullopt;
+    named_params<G> whole(prep.dims, all);
+    return evaluate<G>(prep.dims, whole, prep.eval);
+  };
+
+  const auto t_start = clock::now();
+  const long first = st.step;
+  double last_loss = 0;
+  while (st.step < c.train.max_steps) {
+    const auto t0 = clock::now();
+    // the step's global batch
+    std::vector<const parallel::sample*> batch;
+    if (prep.synthetic) {
+      synth.clear();
+      for (long i = 0; i < c.train.global_batch_size; ++i)
+        synth.push_back(synthetic_sample(st.data_cursor + i, static_cast<uint64_t>(c.train.seed), c.data.synthetic_seq_len,
+                                         vocab_of<G>(prep.dims), prep.media));
+      for (const auto& s : synth) batch.push_back(&s);
+    } else {
+      for (long i = 0; i < c.train.global_batch_size; ++i)
+        batch.push_back(&prep.train.samples[static_cast<size_t>(order.at(st.data_cursor + i))]);
+    }
+    st.data_cursor += c.train.global_batch_size;
+    typename parallel::parallel_model<G, R, comm::gloo_mesh>::accumulation accum;
+    accum.global_counts = target_counts(batch);
+    const auto micro = micro_batches(batch, dc.data_index, dc.data_size, c.train.micro_batch_size, c.data.token_budget);
+    accum.aux_scale = 1.0 / static_cast<double>(micro.size());
+    model.zero_grad();
+    double loss = 0;
+    for (const auto& idx : micro) {
+      nn::batch b;
+      if (idx.empty()) {
+        b = parallel::slice_sequence(empty_micro_batch(shape.sp, byte_tokenizer::image, byte_tokenizer::audio), dc.sp_index, dc.sp_size);
+      } else {
+        std::vector<const parallel::sample*> mine;
+        for (size_t i : idx) mine.push_back(batch[i]);
+        b = parallel::slice_sequence(parallel::pack(mine, shape.sp, byte_tokenizer::image, byte_tokenizer::audio), dc.sp_index,
+                                     dc.sp_size);
+      }
+      loss += model.forward_backward(b, accum).loss;
+    }
+    const double norm = model.grad_norm();
+    const double lr = sched.at(st.step);
+    optim.step(lr, clip_scale(norm, c.train.max_grad_norm));
+    ++st.step;
+    last_loss = loss;
+    const double secs = std::chrono::duration<double>(clock::now() - t0).count();
+
+    step_record r;
+    r.step = st.step;
+    r.total = c.train.max_steps;
+    r.loss = loss;
+    r.grad_norm = norm;
+    r.lr = lr;
+    for (const auto* s : batch) r.tokens += static_cast<double>(s->tokens.size());
+    r.seconds = secs;
+    r.micro_batches = static_cast<long>(micro.size());
+    r.mfu = step_flops<G>(prep.dims, batch, prep.media) / (secs * peak * env.world_size);
+    const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
+    r.eta_s = elapsed / static_cast<double>(st.step - first) * static_cast<double>(c.train.max_steps - st.step);
+    auto j = to_json(r);
+    const bool eval_now = c.train.eval_steps > 0 && st.step % c.train.eval_steps == 0 && st.step < c.train.max_steps;
+    if (eval_now) {
+      if (auto e = run_eval()) {
+        j["eval_loss"] = e->loss;
+        j["eval_token_accuracy"] = e->token_accuracy;
+        j["eval_exact_match"] = e->exact_match;
+        eval_points.emplace_back(static_cast<double>(st.step), e->loss);
+        char b[160];
+        std::snprintf(b, sizeof b, "eval at step %ld: loss %.4f | answer-token accuracy %.1f%% | exact match %.1f%%", st.step,
+                      e->loss, 100 * e->token_accuracy, 100 * e->exact_match);
+        ro.log(b);
+      }
+    }
+    if (lead) {
+      metrics << j.dump() << "\n" << std::flush;
+      curve.emplace_back(static_cast<double>(st.step), loss);
+      if (st.step % c.train.log_steps == 0 || st.step == c.train.max_steps || st.step == first + 1) ro.log(progress_line(r));
+    }
+    if (c.train.save_checkpoints && c.train.save_steps > 0 && st.step % c.train.save_steps == 0 && st.step < c.train.max_steps)
+      save();
+  }
+  if (c.train.save_checkpoints) save();
+  // held-out evaluation and export of the final model
+  nlohmann::ordered_json summary = {{"steps", st.step}, {"final_loss", last_loss}};
+  if (auto e = run_eval()) {
+    char b[200];
+    std::snprintf(b, sizeof b, "held-out (%ld samples): loss %.4f | answer-token accuracy %.1f%% | exact match %.1f%%", e->samples,
+                  e->loss, 100 * e->token_accuracy, 100 * e->exact_match);
+    std::string line = b;
+    if (e->code_accuracy >= 0) {
+      std::snprintf(b, sizeof b, " | image-code accuracy %.1f%%", 100 * e->code_accuracy);
+      line += b;
+    }
+    ro.log(line);
+    std::string kinds = "held-out exact match by kind:";
+    nlohmann::ordered_json by_kind;
+    for (const auto& [k, v] : e->by_kind) {
+      char kb[96];
+      std::snprintf(kb, sizeof kb, " %s %ld/%ld", k.c_str(), v.first, v.second);
+      kinds += kb;
+      by_kind[k] = {{"exact", v.first}, {"samples", v.second}};
+    }
+    ro.log(kinds);
+    eval_points.emplace_back(static_cast<double>(st.step), e->loss);
+    summary["eval"] = {{"loss", e->loss},           {"token_accuracy", e->token_accuracy}, {"exact_match", e->exact_match},
+                       {"code_accuracy", e->code_accuracy}, {"samples", e->samples},     {"by_kind", by_kind}};
+  }
+  if (c.train.export_safetensors) {
+    const auto all = consolidate<G>(prep.dims, model, mesh);
+    if (lead) {
+      export_model<G>((out / "hf").string(), prep.dims, c.model.name, all);
+      ro.log("veomni-train: exported " + (out / "hf" / "model.safetensors").string());
+    }
+  }
+  if (lead) {
+    write_loss_curve((out / "loss_curve.png").string(), curve, eval_points);
+    std::ofstream(out / "summary.json") << summary.dump(2) << "\n";
+    ro.log("veomni-train: outputs in " + out.string() + " (metrics.jsonl, loss_curve.png, config.yaml, summary.json" +
+           (c.train.save_checkpoints ? ", checkpoints/" : "") + (c.train.export_safetensors ? ", hf/" : "") + ")");
+  }
+  mesh.world().barrier().wait();
+  return 0;
+}
+
+}  // namespace veomni::train

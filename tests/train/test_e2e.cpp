@@ -1,0 +1,201 @@
+// End to end: veomni-train on a small copy of the bundled dataset, at world 1
+// and 2 (veomni-launch, torchrun), each policy switched on through the config.
+// A recipe at world 2 must train like world 1 (loss and grad norm within 1e-5
+// relative), gradient accumulation must be exact, a resumed run must repeat
+// the uninterrupted one, a checkpoint written on 2 ranks must continue on 1,
+// and the exported safetensors must read back with the trained values.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include "harness.hpp"
+
+using namespace veomni::testing;
+
+namespace {
+
+// A manifest config over a fresh small dataset in tmp/<tag>/data.
+std::string omni_config(const std::string& tag, int steps, const std::string& extra = "") {
+  const std::string dir = case_dir(tag);
+  const std::string data = small_dataset(dir);
+  return "model:\n  name: omni_moe\n"
+         "data:\n  manifest: " + data + "/train.jsonl\n  eval_manifest: " + data + "/eval.jsonl\n"
+         "train:\n  output_dir: " + dir + "/out\n  max_steps: " + std::to_string(steps) +
+         "\n  global_batch_size: 8\n  lr: 0.003\n  lr_warmup_steps: 2\n  log_steps: 100\n" + extra;
+}
+
+std::string synthetic_config(const std::string& tag, const std::string& model, int steps) {
+  const std::string dir = case_dir(tag);
+  return "model:\n  name: " + model + "\ndata:\n  type: synthetic\n  synthetic_seq_len: 24\n"
+         "train:\n  output_dir: " + dir + "/out\n  max_steps: " + std::to_string(steps) +
+         "\n  global_batch_size: 8\n  lr: 0.003\n  log_steps: 100\n  save_checkpoints: false\n  export_safetensors: false\n";
+}
+
+std::vector<nlohmann::json> ok_metrics(const job& j, const std::string& tag, size_t steps) {
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  auto m = metrics(tmp_root + "/" + tag + "/out");
+  REQUIRE(m.size() == steps);
+  return m;
+}
+
+void check_same(const std::vector<nlohmann::json>& ref, const std::vector<nlohmann::json>& got, double tol,
+                size_t from = 0) {
+  double worst_loss = 0, worst_norm = 0;
+  for (size_t i = from; i < ref.size(); ++i) {
+    CHECK(ref[i]["step"] == got[i]["step"]);
+    worst_loss = std::max(worst_loss, rel(got[i]["loss"].get<double>(), ref[i]["loss"].get<double>()));
+    worst_norm = std::max(worst_norm, rel(got[i]["grad_norm"].get<double>(), ref[i]["grad_norm"].get<double>()));
+  }
+  MESSAGE("max rel diff: loss ", worst_loss, ", grad norm ", worst_norm, " (steps ", from + 1, "..", ref.size(), ")");
+  CHECK(worst_loss <= tol);
+  CHECK(worst_norm <= tol);
+}
+
+// world 2 with `overrides` against world 1, same data and global batch
+void check_parity(const std::string& tag, const std::string& overrides) {
+  const auto ref = ok_metrics(train(tag + "_w1", 1, omni_config(tag + "_w1", 10, "  save_checkpoints: false\n  export_safetensors: false\n")),
+                              tag + "_w1", 10);
+  const auto got = ok_metrics(train(tag + "_w2", 2, omni_config(tag + "_w2", 10, "  save_checkpoints: false\n  export_safetensors: false\n"),
+                                    overrides),
+                              tag + "_w2", 10);
+  check_same(ref, got, 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("world 1: the omni model learns and writes its outputs" * doctest::timeout(120)) {
+  const job j = train("learn", 1, omni_config("learn", 60, "  eval_steps: 30\n  save_steps: 30\n"));
+  const auto m = ok_metrics(j, "learn", 60);
+  for (const char* k : {"step", "loss", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"}) CHECK(m.back().contains(k));
+  const double first = m.front()["loss"], last = m.back()["loss"];
+  MESSAGE("loss ", first, " -> ", last);
+  CHECK(last < 0.5 * first);
+  CHECK(m[29].contains("eval_loss"));
+  CHECK(contains(j.output, "step 60/60 | loss "));
+  CHECK(contains(j.output, "held-out (24 samples): loss "));
+  const std::string out = tmp_root + "/learn/out";
+  const std::string cfg = slurp(out + "/config.yaml");
+  CHECK(contains(cfg, "max_steps: 60"));
+  CHECK(contains(cfg, "ulysses_size: 1"));
+  CHECK(slurp(out + "/loss_curve.png").substr(1, 3) == "PNG");
+  CHECK(std::filesystem::exists(out + "/checkpoints/step_000030/rank_00000.safetensors"));
+  CHECK(slurp(out + "/checkpoints/latest") == "step_000060\n");
+  const auto summary = nlohmann::json::parse(slurp(out + "/summary.json"));
+  CHECK(summary["eval"]["token_accuracy"].get<double>() > 0.3);
+}
+
+TEST_CASE("world 2 FSDP (dp_shard 2) trains like world 1" * doctest::timeout(120)) {
+  check_parity("p_fsdp", "--train.accelerator.dp_shard_size=2");
+}
+TEST_CASE("world 2 HSDP (dp_replicate 2) trains like world 1" * doctest::timeout(120)) {
+  check_parity("p_hsdp", "--train.accelerator.dp_replicate_size=2 --train.accelerator.dp_shard_size=1");
+}
+TEST_CASE("world 2 Ulysses 2 + EP 2 trains like world 1" * doctest::timeout(120)) {
+  check_parity("p_sp_ep", "--train.accelerator.ulysses_size=2 --train.accelerator.ep_size=2");
+}
+TEST_CASE("world 2 FSDP + EP 2 with activation checkpointing trains like world 1" * doctest::timeout(120)) {
+  check_parity("p_ep_ckpt", "--train.accelerator.ep_size=2 --train.activation_checkpointing=true");
+}
+
+TEST_CASE("gradient accumulation is exact: micro-batches and token budgets" * doctest::timeout(120)) {
+  const auto ref = ok_metrics(train("acc_ref", 1, synthetic_config("acc_ref", "tiny_vl", 8)), "acc_ref", 8);
+  const auto micro = ok_metrics(train("acc_micro", 1, synthetic_config("acc_micro", "tiny_vl", 8), "--train.micro_batch_size=2"),
+                                "acc_micro", 8);
+  CHECK(micro.back()["micro_batches"] == 4);
+  check_same(ref, micro, 1e-5);
+  // token budget at world 2: ranks cut their shares differently; the short one runs empty micro-batches
+  const auto budget = ok_metrics(train("acc_budget", 2, synthetic_config("acc_budget", "tiny_vl", 8),
+                                       "--train.accelerator.dp_shard_size=2 --data.token_budget=50"),
+                                 "acc_budget", 8);
+  CHECK(budget.back()["micro_batches"].get<int>() >= 2);
+  check_same(ref, budget, 1e-5);
+}
+
+TEST_CASE("resume: an interrupted run continues exactly as the uninterrupted one" * doctest::timeout(120)) {
+  const std::string constant = "  lr_decay_style: constant\n  export_safetensors: false\n";
+  const auto whole = ok_metrics(train("res_whole", 1, omni_config("res_whole", 8, constant)), "res_whole", 8);
+  // the same run stopped after 4 steps, then restarted with load_checkpoint_path: auto
+  const std::string cfg = omni_config("res_split", 8, constant);
+  ok_metrics(train("res_split", 1, cfg, "--train.max_steps=4"), "res_split", 4);
+  const job again = train("res_split", 1, cfg, "--train.load_checkpoint_path=auto");
+  CHECK(contains(again.output, "resumed from"));
+  const auto split = ok_metrics(again, "res_split", 8);
+  for (size_t i = 0; i < 8; ++i) {
+    CHECK(split[i]["loss"].get<double>() == whole[i]["loss"].get<double>());
+    CHECK(split[i]["grad_norm"].get<double>() == whole[i]["grad_norm"].get<double>());
+  }
+}
+
+TEST_CASE("resharding: a checkpoint written on 2 ranks (FSDP + EP) continues on 1" * doctest::timeout(120)) {
+  const std::string extra = "  lr_decay_style: constant\n  save_steps: 4\n  export_safetensors: false\n";
+  const auto two = ok_metrics(train("reshard_w2", 2, omni_config("reshard_w2", 8, extra),
+                                    "--train.accelerator.dp_shard_size=2 --train.accelerator.ep_size=2"),
+                              "reshard_w2", 8);
+  const std::string ckpt = tmp_root + "/reshard_w2/out/checkpoints/step_000004";
+  REQUIRE(std::filesystem::exists(ckpt + "/rank_00001.safetensors"));
+  const job one = train("reshard_w1", 1, omni_config("reshard_w1", 8, extra), "--train.load_checkpoint_path=" + ckpt);
+  INFO(one.output);
+  REQUIRE(one.rc == 0);
+  const auto m = metrics(tmp_root + "/reshard_w1/out");  // steps 5..8
+  REQUIRE(m.size() == 4);
+  std::vector<nlohmann::json> tail(two.begin() + 4, two.end());
+  check_same(tail, m, 1e-5);
+}
+
+TEST_CASE("export: dense_lm on 2 ranks gives HF-named safetensors equal to the checkpoint" * doctest::timeout(120)) {
+  const std::string cfg = synthetic_config("export", "dense_lm", 3);
+  const job j = train("export", 2, cfg,
+                      "--train.accelerator.dp_shard_size=2 --train.save_checkpoints=true --train.export_safetensors=true");
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  const std::string out = tmp_root + "/export/out";
+  const auto model = read_safetensors(out + "/hf/model.safetensors");
+  REQUIRE(model.count("model.embed_tokens.weight"));
+  CHECK(model.at("model.embed_tokens.weight").shape == std::vector<int64_t>{512, 64});
+  CHECK(model.at("lm_head.weight").shape == std::vector<int64_t>{512, 64});
+  CHECK(model.at("model.norm.weight").shape == std::vector<int64_t>{64});
+  CHECK(model.at("model.layers.1.self_attn.k_proj.weight").shape == std::vector<int64_t>{32, 64});
+  CHECK(model.at("model.layers.1.mlp.down_proj.weight").shape == std::vector<int64_t>{64, 128});
+  CHECK(model.size() == 3 + 2 * 9);
+  // every exported value equals the pieces the two ranks' checkpoint files hold
+  size_t checked = 0;
+  for (int r = 0; r < 2; ++r) {
+    const auto shard = read_safetensors(out + "/checkpoints/step_000003/rank_0000" + std::to_string(r) + ".safetensors");
+    for (const auto& [key, t] : shard) {
+      if (key.rfind("param:lm.", 0) != 0) continue;
+      const auto colon = key.rfind(':');
+      const std::string name = key.substr(9, colon - 9);
+      const size_t begin = std::stoul(key.substr(colon + 1));
+      REQUIRE(model.count(name));
+      for (size_t i = 0; i < t.values.size(); ++i) REQUIRE(model.at(name).values[begin + i] == t.values[i]);
+      checked += t.values.size();
+    }
+  }
+  size_t total = 0;
+  for (const auto& [n, t] : model) total += t.values.size();
+  CHECK(checked == total);  // dp_shard 2: the two files partition the model
+  const auto config = nlohmann::json::parse(slurp(out + "/hf/config.json"));
+  CHECK(config["hidden_size"] == 64);
+  CHECK(config["num_key_value_heads"] == 2);
+  CHECK(config["architectures"][0] == "LlamaForCausalLM");
+}
+
+TEST_CASE("torchrun: 2 ranks with Ulysses + EP" * doctest::timeout(120)) {
+  if (access("/usr/bin/torchrun", X_OK) != 0) {
+    MESSAGE("skipped: /usr/bin/torchrun not found (Debian's python3-torch provides it)");
+    return;
+  }
+  const std::string dir = tmp_root + "/torchrun";
+  std::filesystem::create_directories(dir);
+  write_file(dir + "/c.yaml", omni_config("torchrun", 3, "  save_checkpoints: false\n  export_safetensors: false\n"));
+  const job j = run("VEOMNI_COMM_TIMEOUT=60 OMP_NUM_THREADS=1 timeout 100 /usr/bin/torchrun --standalone --nproc_per_node 2 "
+                    "--redirects 1 --tee 1 --no_python " + train_bin + " " + dir + "/c.yaml --train.accelerator.ulysses_size=2 "
+                    "--train.accelerator.ep_size=2",
+                    "torchrun_run");
+  INFO(j.output);
+  CHECK(j.rc == 0);
+  CHECK(contains(j.output, "[default0]:step 3/3 | loss "));
+  CHECK(metrics(dir + "/out").size() == 3);
+}
