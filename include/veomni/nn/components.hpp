@@ -200,9 +200,10 @@ struct impl<text_decoder> {
 template <>
 struct impl<moe_text_decoder> {
   using dims = moe_text_decoder::dims;
+  using dense = impl<text_decoder>;  // the same root: embedding, final norm, head
+  static text_decoder::dims root_dims(const dims& d) { return {.vocab = d.vocab, .hidden = d.hidden}; }
   static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
-    return {detail::weight(p + "model.embed_tokens.weight", {d.vocab, d.hidden}),
-            detail::norm_weight(p + "model.norm.weight", d.hidden), detail::weight(p + "lm_head.weight", {d.vocab, d.hidden})};
+    return dense::root_specs(root_dims(d), p);
   }
   // Dense block parameters first, then the experts [E, ...] (marked expert).
   static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
@@ -219,10 +220,10 @@ struct impl<moe_text_decoder> {
     }
     return s;
   }
-  static at::Tensor pre(const dims&, const tensors& root, context& ctx, const port_map& in) {
-    return detail::embed_with_media(root[0], *ctx.data, in);
+  static at::Tensor pre(const dims& d, const tensors& root, context& ctx, const port_map& in) {
+    return dense::pre(root_dims(d), root, ctx, in);
   }
-  static seq_layout layout(const dims&, context& ctx, const port_map&) { return detail::text_layout(*ctx.data); }
+  static seq_layout layout(const dims& d, context& ctx, const port_map& in) { return dense::layout(root_dims(d), ctx, in); }
   static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
     const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
     const at::Tensor h = rms_norm(a, w[5]);
@@ -240,7 +241,7 @@ struct impl<moe_text_decoder> {
     return a + ctx.h.experts(h, r, expert_weights{w[7], w[8], w[9]});
   }
   static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map& in) {
-    return impl<text_decoder>::post({d.vocab, d.hidden}, root, x, ctx, in);
+    return dense::post(root_dims(d), root, x, ctx, in);
   }
 };
 
