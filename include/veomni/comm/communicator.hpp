@@ -156,6 +156,35 @@ class counter_slots {
   std::shared_ptr<comm_counters> counters_;
   std::array<op_count*, counted_names.size()> slots_{};
 };
+
+// What every backend's communicator is, apart from how it moves bytes: its
+// group's label (axis key, rank, size), global ranks, counters and options.
+class communicator_identity {
+ public:
+  communicator_identity(std::string axis_key, std::vector<int> ranks, int rank,
+                        std::shared_ptr<comm_counters> counters, comm_options options)
+      : label_(std::make_shared<const group_label>(group_label{std::move(axis_key), rank, static_cast<int>(ranks.size())})),
+        key_(label_->key),
+        ranks_(std::move(ranks)),
+        rank_(rank),
+        slots_(std::move(counters), key_),
+        options_(options) {}
+
+  int rank() const { return rank_; }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  const std::string& axis_key() const { return key_; }
+  const std::vector<int>& ranks() const { return ranks_; }
+  comm_counters& counters() { return slots_.counters(); }
+  const comm_options& options() const { return options_; }
+
+ protected:
+  std::shared_ptr<const group_label> label_;
+  std::string key_;
+  std::vector<int> ranks_;
+  int rank_ = 0;
+  counter_slots slots_;
+  comm_options options_;
+};
 }  // namespace detail
 
 // The result of an uneven all_to_all: the rows received, and how many came

@@ -162,27 +162,14 @@ inline char* bytes_at(const at::Tensor& t, std::int64_t element) {
 
 }  // namespace detail
 
-class nccl_communicator {
+class nccl_communicator : public detail::communicator_identity {
  public:
   using group_ptr = detail::nccl_group_ptr;
 
   nccl_communicator(group_ptr group, std::string axis_key, std::vector<int> ranks, int rank,
                     std::shared_ptr<comm_counters> counters, comm_options options)
-      : group_(std::move(group)),
-        label_(std::make_shared<const detail::group_label>(
-            detail::group_label{std::move(axis_key), rank, static_cast<int>(ranks.size())})),
-        key_(label_->key),
-        ranks_(std::move(ranks)),
-        rank_(rank),
-        slots_(std::move(counters), key_),
-        options_(options) {}
-
-  int rank() const { return rank_; }
-  int size() const { return static_cast<int>(ranks_.size()); }
-  const std::string& axis_key() const { return key_; }
-  const std::vector<int>& ranks() const { return ranks_; }
-  comm_counters& counters() { return slots_.counters(); }
-  const comm_options& options() const { return options_; }
+      : detail::communicator_identity(std::move(axis_key), std::move(ranks), rank, std::move(counters), options),
+        group_(std::move(group)) {}
 
   work all_gather(at::Tensor out, const at::Tensor& in) {
     const auto chk = check("all_gather", {out, in});
@@ -353,12 +340,6 @@ class nccl_communicator {
   }
 
   group_ptr group_;
-  std::shared_ptr<const detail::group_label> label_;
-  std::string key_;
-  std::vector<int> ranks_;
-  int rank_ = 0;
-  detail::counter_slots slots_;
-  comm_options options_;
 };
 
 static_assert(Communicator<nccl_communicator>);
