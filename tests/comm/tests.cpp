@@ -1,21 +1,30 @@
 // comm tests. In process: the rank layout, the size rules, the environment
-// rules (no torch in this TU). Out of process: jobs of comm_worker at 2 and
-// 4 ranks under veomni-launch, and one under torchrun; each has a deadline
-// well under 30 s and is killed, not waited for, past it.
+// rules, the rendezvous store between threads (no torch in this TU). Out of
+// process: jobs of comm_worker at 2 and 4 ranks under veomni-launch, and
+// under torchrun; each has a deadline well under 30 s and is killed, not
+// waited for, past it.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <veomni/comm/launch_env.hpp>
 #include <veomni/comm/mesh_layout.hpp>
+#include <veomni/comm/store.hpp>
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace comm = veomni::comm;
@@ -29,10 +38,13 @@ using ranks = std::vector<int>;
 
 // ---- in process -----------------------------------------------------------
 
+// The message of the E that f throws (std::invalid_argument: the rules;
+// comm_error: the engine).
+template <class E = std::invalid_argument>
 std::string error_of(auto&& f) {
   try {
     f();
-  } catch (const std::invalid_argument& e) {
+  } catch (const E& e) {
     return e.what();
   }
   return "(no error)";
@@ -44,6 +56,48 @@ comm::launch_env env_from(std::map<std::string, std::string> vars) {
     if (it == vars.end()) return std::nullopt;
     return it->second;
   });
+}
+
+using namespace std::chrono_literals;
+
+std::string comm_error_of(auto&& f) { return error_of<comm::comm_error>(f); }
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// This host's IPv4 addresses other than loopback ("192.0.2.2").
+std::vector<std::string> outside_ipv4_addresses() {
+  std::vector<std::string> out;
+  ifaddrs* all = nullptr;
+  if (getifaddrs(&all) != 0) return out;
+  for (const ifaddrs* i = all; i; i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr, text, sizeof text);
+    if (std::string(text).rfind("127.", 0) != 0) out.push_back(text);
+  }
+  freeifaddrs(all);
+  return out;
+}
+
+// An address of documentation (TEST-NET-3) that no interface here has.
+const std::string not_this_host = "203.0.113.7";
+
+bool is_this_host(const std::string& addr) {
+  const auto mine = outside_ipv4_addresses();
+  return std::find(mine.begin(), mine.end(), addr) != mine.end();
+}
+
+// A raw connection to a store server, to play a broken client.
+int raw_connection(std::uint16_t port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+  return fd;
 }
 
 // ---- out of process -------------------------------------------------------
@@ -206,6 +260,19 @@ TEST_CASE("env_torchrun_variables") {
   CHECK(e.local_world_size == 2);
   CHECK(e.master_addr == "10.0.0.7");
   CHECK(e.master_port == 29501);
+  CHECK_FALSE(e.agent_store);
+  CHECK(env_from({{"WORLD_SIZE", "2"}, {"MASTER_PORT", "1"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}).agent_store);
+}
+
+TEST_CASE("env_store_bind") {
+  auto options = [](std::optional<std::string> bind) {
+    return comm::comm_options::from_env([bind](std::string_view k) {
+      return k == "VEOMNI_STORE_BIND" ? bind : std::nullopt;
+    });
+  };
+  CHECK(options(std::nullopt).store_bind.empty());  // MASTER_ADDR's address
+  CHECK(options("0.0.0.0").store_bind == "0.0.0.0");
+  CHECK(error_of([&] { options(""); }) == "veomni::comm::read_launch_env: VEOMNI_STORE_BIND = '' is empty");
 }
 
 TEST_CASE("env_bad_values_name_the_variable") {
@@ -224,6 +291,131 @@ TEST_CASE("env_bad_values_name_the_variable") {
   CHECK(error_of([] { env_from({{"VEOMNI_COMM_TIMEOUT", "5s"}}); comm::comm_options::from_env([](std::string_view k) {
     return k == "VEOMNI_COMM_TIMEOUT" ? std::optional<std::string>("5s") : std::nullopt; }); }) ==
         fn + "VEOMNI_COMM_TIMEOUT = '5s' is not a non-negative integer");
+}
+
+// ---- the rendezvous store, between threads ----------------------------------
+
+TEST_CASE("store_set_get_add_compare_set_erase_check_count" * doctest::timeout(30)) {
+  comm::store_server server("127.0.0.1", 0);
+  comm::store_client a("127.0.0.1", server.port(), 5s), b("localhost", server.port(), 5s);
+  const std::string binary("v\0w\xff", 4);
+  a.set("k", binary);
+  CHECK(b.get("k") == binary);
+  std::thread later([&] {
+    std::this_thread::sleep_for(100ms);
+    a.set("late", "x");
+  });
+  CHECK(b.get("late") == "x");  // get waits for the key
+  later.join();
+  CHECK(a.add("n", 2) == 2);
+  CHECK(b.add("n", 3) == 5);
+  CHECK(a.get("n") == "5");  // kept as decimal text, as c10d's stores do
+  CHECK(b.add("n", -7) == -2);
+  a.set("word", "abc");
+  CHECK(comm_error_of([&] { a.add("word", 1); }) == "veomni::comm::store: add to 'word': the value 'abc' is not an integer");
+  // compare_set: c10d's rule
+  CHECK(a.compare_set("c", "", "1") == "1");       // absent, expected empty: set
+  CHECK(b.compare_set("c", "2", "3") == "1");      // mismatch: unchanged
+  CHECK(b.compare_set("c", "1", "3") == "3");      // match: swapped
+  CHECK(a.compare_set("absent", "x", "y") == "x");  // absent, expected given: not set
+  CHECK(a.check({"k", "n", "c"}));
+  CHECK_FALSE(a.check({"k", "absent"}));
+  CHECK(a.count() == 5);  // k late n word c
+  CHECK(a.erase("late"));
+  CHECK_FALSE(b.erase("late"));
+  CHECK_FALSE(b.check({"late"}));
+  CHECK(b.count() == 4);
+}
+
+TEST_CASE("store_wait_times_out_naming_the_keys" * doctest::timeout(30)) {
+  comm::store_server server("127.0.0.1", 0);
+  const std::string at = "(store at 127.0.0.1:" + std::to_string(server.port()) + ")";
+  comm::store_client c("127.0.0.1", server.port(), 300ms), other("127.0.0.1", server.port(), 5s);
+  auto start = std::chrono::steady_clock::now();
+  CHECK(comm_error_of([&] { c.wait({"never", "also/never"}, 200ms); }) ==
+        "veomni::comm::store: wait for 'never', 'also/never' timed out after 200 ms " + at);
+  CHECK(seconds_since(start) >= 0.19);
+  CHECK(seconds_since(start) < 2);
+  start = std::chrono::steady_clock::now();
+  CHECK(comm_error_of([&] { c.get("missing"); }) == "veomni::comm::store: get of 'missing' timed out after 300 ms " + at);
+  CHECK(seconds_since(start) < 2);
+  // The client reconnects; the server forgot the abandoned waits.
+  c.set("never", "now");
+  CHECK(other.get("never") == "now");
+  std::thread later([&] {
+    std::this_thread::sleep_for(100ms);
+    other.set("w", "1");
+  });
+  c.wait({"w", "never"}, 5s);  // answered by another client's set
+  later.join();
+}
+
+TEST_CASE("store_server_survives_broken_and_dying_clients" * doctest::timeout(30)) {
+  comm::store_server server("127.0.0.1", 0);
+  comm::store_client c("127.0.0.1", server.port(), 5s);
+  c.set("before", "1");
+  {  // half a length, then gone
+    const int fd = raw_connection(server.port());
+    CHECK(write(fd, "\0\0", 2) == 2);
+    close(fd);
+  }
+  {  // a frame over the 64 MiB limit: dropped (EOF), not allocated
+    const int fd = raw_connection(server.port());
+    CHECK(write(fd, "\xff\xff\xff\xff", 4) == 4);
+    char byte;
+    CHECK(read(fd, &byte, 1) <= 0);
+    close(fd);
+  }
+  {  // an op nobody knows: dropped
+    const int fd = raw_connection(server.port());
+    const std::string frame = comm::detail::store_frame_writer{}.u8(0x7f).frame();
+    CHECK(write(fd, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size()));
+    char byte;
+    CHECK(read(fd, &byte, 1) <= 0);
+    close(fd);
+  }
+  {  // parked in a wait, then dies
+    const int fd = raw_connection(server.port());
+    const std::string frame = comm::detail::store_frame_writer{}.op(comm::detail::store_op::wait).strs({"never"}).frame();
+    CHECK(write(fd, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size()));
+    close(fd);
+  }
+  c.set("never", "set after its waiter died");  // wakes nobody, breaks nothing
+  CHECK(c.get("before") == "1");
+  CHECK(comm::store_client("127.0.0.1", server.port(), 5s).count() == 2);
+}
+
+TEST_CASE("store_server_stops_promptly_with_clients_connected" * doctest::timeout(30)) {
+  auto server = std::make_unique<comm::store_server>("127.0.0.1", 0);
+  const std::uint16_t port = server->port();
+  const std::string at = "store at 127.0.0.1:" + std::to_string(port);
+  comm::store_client idle("127.0.0.1", port, 5s), waiting("127.0.0.1", port, 5s);
+  idle.set("a", "1");
+  std::string parked;
+  std::thread t([&] { parked = comm_error_of([&] { waiting.wait({"never"}, 20s); }); });
+  std::this_thread::sleep_for(200ms);
+  const auto start = std::chrono::steady_clock::now();
+  server.reset();
+  CHECK(seconds_since(start) < 1);
+  t.join();
+  CHECK(parked == "veomni::comm::store: the " + at + " closed the connection during wait for 'never' (is rank 0 gone?)");
+  CHECK(comm_error_of([&] { idle.set("a", "2"); }) ==
+        "veomni::comm::store: the " + at + " closed the connection during set of 'a' (is rank 0 gone?)");
+  CHECK(comm_error_of([&] { comm::store_client late("127.0.0.1", port, 200ms); }) ==
+        "veomni::comm::store: could not connect to the " + at + " within 200 ms: Connection refused");
+}
+
+TEST_CASE("store_server_listens_only_where_told") {
+  comm::store_server taken("127.0.0.1", 0);
+  const std::string port = std::to_string(taken.port());
+  CHECK(comm_error_of([&] { comm::store_server again("127.0.0.1", taken.port()); }) ==
+        "veomni::comm::store_server: cannot listen on 127.0.0.1:" + port + ": Address already in use");
+  if (is_this_host(not_this_host)) {
+    MESSAGE("skipped: " << not_this_host << " is an address of this host");
+    return;
+  }
+  CHECK(comm_error_of([&] { comm::store_server elsewhere(not_this_host, 0); }) ==
+        "veomni::comm::store_server: cannot listen on " + not_this_host + ":0: Cannot assign requested address");
 }
 
 // ---- jobs -----------------------------------------------------------------
@@ -316,6 +508,63 @@ TEST_CASE("job_launcher_exit_codes" * doctest::timeout(30)) {
   CHECK(slow.exited(124));
 }
 
+TEST_CASE("job_store_calls_between_2_ranks" * doctest::timeout(30)) {
+  const job j = run(launched(2, "store"));
+  INFO(j.output);
+  CHECK(j.exited(0));
+  CHECK(contains(j.output, "[rank 0] store ok"));
+  CHECK(contains(j.output, "[rank 1] store ok"));
+  CHECK(contains(j.output, "veomni::comm::store: wait for 'never/1' timed out after 300 ms (store at 127.0.0.1:"));
+}
+
+TEST_CASE("job_store_listens_on_loopback_only" * doctest::timeout(30)) {
+  // MASTER_ADDR 127.0.0.1 (the default) and localhost: rank 0's store socket
+  // is 127.0.0.1:MASTER_PORT, and nothing on 0.0.0.0 or :: takes that port.
+  for (const std::string addr : {"127.0.0.1", "localhost"}) {
+    CAPTURE(addr);
+    const job j = run(launched(2, "listen 127.0.0.1", "--timeout 25 --master-addr " + addr));
+    INFO(j.output);
+    CHECK(j.exited(0));
+    CHECK(contains(j.output, "[rank 0] listen ok: 127.0.0.1 (0100007F:"));
+  }
+}
+
+TEST_CASE("job_store_listens_on_every_interface_only_when_asked" * doctest::timeout(30)) {
+  const job j = run("VEOMNI_STORE_BIND=0.0.0.0 " + launched(2, "listen 0.0.0.0"));
+  INFO(j.output);
+  CHECK(j.exited(0));
+  CHECK(contains(j.output, "[rank 0] listen ok: 0.0.0.0 (00000000:"));
+}
+
+TEST_CASE("job_store_listens_on_the_given_address" * doctest::timeout(30)) {
+  const auto mine = outside_ipv4_addresses();
+  if (mine.empty()) {
+    MESSAGE("skipped: this host has no IPv4 address besides loopback");
+    return;
+  }
+  const job j = run(launched(2, "listen " + mine[0], "--timeout 25 --master-addr " + mine[0]));
+  INFO(j.output);
+  CHECK(j.exited(0));
+  CHECK(contains(j.output, "[rank 0] listen ok: " + mine[0]));
+}
+
+TEST_CASE("job_store_bind_elsewhere_fails_at_once" * doctest::timeout(30)) {
+  if (is_this_host(not_this_host)) {
+    MESSAGE("skipped: " << not_this_host << " is an address of this host");
+    return;
+  }
+  const job j = run("VEOMNI_STORE_BIND=" + not_this_host + " " + launched(2, "listen 127.0.0.1"));
+  INFO(j.output);
+  CHECK(j.exited(1));
+  CHECK(contains(j.output, "[rank 0] error: veomni::comm::make_store: rank 0 of 2 could not serve the store "
+                           "(VEOMNI_STORE_BIND = " + not_this_host + "): veomni::comm::store_server: cannot listen on " +
+                           not_this_host + ":"));
+  CHECK(contains(j.output, ": Cannot assign requested address; VEOMNI_STORE_BIND may name another address of this "
+                           "host, or 0.0.0.0 for every interface"));
+  CHECK(contains(j.output, "veomni-launch: job failed: rank 0 (exit code 4)"));
+  CHECK(j.seconds < 10);
+}
+
 TEST_CASE("job_collectives_under_torchrun" * doctest::timeout(30)) {
   if (access("/usr/bin/torchrun", X_OK) != 0) {
     MESSAGE("skipped: /usr/bin/torchrun not found (Debian's python3-torch provides it)");
@@ -324,6 +573,22 @@ TEST_CASE("job_collectives_under_torchrun" * doctest::timeout(30)) {
   // --standalone: torchrun picks a free port; Python 3.11 needs --redirects/--tee.
   const job j = run("VEOMNI_COMM_TIMEOUT=5 OMP_NUM_THREADS=1 /usr/bin/torchrun --standalone --nproc_per_node 2 "
                     "--redirects 1 --tee 1 --no_python " + worker + " collectives");
+  INFO(j.output);
+  CHECK(j.exited(0));
+  CHECK(contains(j.output, "[default0]:collectives ok (2 ranks)"));
+  CHECK(contains(j.output, "[default1]:collectives ok (2 ranks)"));
+}
+
+TEST_CASE("job_collectives_under_torchrun_static_rendezvous" * doctest::timeout(30)) {
+  if (access("/usr/bin/torchrun", X_OK) != 0) {
+    MESSAGE("skipped: /usr/bin/torchrun not found (Debian's python3-torch provides it)");
+    return;
+  }
+  // torchrun's default rendezvous: its agent serves a TCPStore at
+  // MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=True) and every rank is a client.
+  const std::uint16_t port = comm::store_server("127.0.0.1", 0).port();  // free now
+  const job j = run("VEOMNI_COMM_TIMEOUT=5 OMP_NUM_THREADS=1 /usr/bin/torchrun --nproc_per_node 2 --master_port " +
+                    std::to_string(port) + " --redirects 1 --tee 1 --no_python " + worker + " collectives");
   INFO(j.output);
   CHECK(j.exited(0));
   CHECK(contains(j.output, "[default0]:collectives ok (2 ranks)"));

@@ -8,12 +8,17 @@
 //   comm_worker hang                   rank 0 waits on a rank that never joins
 //   comm_worker killed                 rank 1 dies by SIGKILL mid-job
 //   comm_worker bad_sizes R S P E      sizes that break a rule
+//   comm_worker store                  the c10d::Store calls on the rendezvous store
+//   comm_worker listen A.B.C.D         rank 0's store listens on A.B.C.D:MASTER_PORT only
 #include "scenarios.hpp"
 
 #include <veomni/core/cost.hpp>
 
+#include <arpa/inet.h>
+
 #include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -107,6 +112,91 @@ int killed(const comm::launch_env& env) {
   return expect_failure(mesh);
 }
 
+std::vector<std::uint8_t> bytes(const std::string& s) { return {s.begin(), s.end()}; }
+std::string text(const std::vector<std::uint8_t>& v) { return {v.begin(), v.end()}; }
+
+// Every c10d::Store call ProcessGroupGloo, the NCCL id exchange or a user
+// makes, between the two ranks of a real job (rank 0 serves the store).
+int store(const comm::launch_env& env) {
+  WORKER_CHECK(env.world_size == 2, "store runs on 2 ranks");
+  auto s = comm::make_store(env, comm::comm_options::from_env());
+  const std::string me = std::to_string(env.rank), other = std::to_string(1 - env.rank);
+  s->set("from/" + me, bytes("hello from " + me));
+  WORKER_CHECK(text(s->get("from/" + other)) == "hello from " + other, "get waits for the other rank's set");
+  WORKER_CHECK(s->check({"from/0", "from/1"}) && !s->check({"from/0", "nope"}), "check");
+  s->add("counter", env.rank + 1);
+  s->set("added/" + me, bytes("1"));
+  s->wait({"added/0", "added/1"});
+  WORKER_CHECK(text(s->get("counter")) == "3", "add from both ranks: " << text(s->get("counter")));
+  WORKER_CHECK(s->add("counter", 0) == 3, "add 0 reads the sum");
+  if (env.rank == 0) {
+    WORKER_CHECK(text(s->compareSet("cas", {}, bytes("a"))) == "a", "compareSet on an absent key with empty expected sets it");
+    s->set("cas/set", bytes("1"));
+  } else {
+    s->wait({"cas/set"});
+    WORKER_CHECK(text(s->compareSet("cas", bytes("a"), bytes("b"))) == "b", "compareSet swaps on a match");
+    WORKER_CHECK(text(s->compareSet("cas", bytes("x"), bytes("c"))) == "b", "compareSet keeps on a mismatch");
+  }
+  auto prefixed = comm::compat::make_prefix_store("group", s);  // as device_mesh's groups do
+  prefixed->set("rank_" + me, bytes(me));
+  WORKER_CHECK(text(prefixed->get("rank_" + other)) == other, "prefix store get");
+  WORKER_CHECK(s->check({"group/rank_" + other}), "prefix store keys are prefix/key");
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    s->wait({"never/" + me}, std::chrono::milliseconds(300));
+    WORKER_CHECK(false, "wait for a key nobody sets returned");
+  } catch (const comm::comm_error& e) {
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    std::cout << "wait timed out after " << took.count() << " s: " << e.what() << std::endl;
+    WORKER_CHECK(took.count() >= 0.29 && took.count() < 3, "timeout took " << took.count() << " s");
+  }
+  s->set("after_timeout/" + me, bytes("ok"));  // the client reconnected
+  if (env.rank == 1) {
+    s->set("r1/done", bytes("1"));  // rank 1's last call: rank 0 may stop serving after it
+  } else {
+    s->wait({"r1/done"});
+    WORKER_CHECK(text(s->get("after_timeout/1")) == "ok", "rank 1 went on after its timeout");
+    WORKER_CHECK(s->deleteKey("from/1") && !s->deleteKey("from/1"), "deleteKey says whether the key was there");
+    WORKER_CHECK(!s->check({"from/1"}), "a deleted key is gone");
+    WORKER_CHECK(s->getNumKeys() == 11, "getNumKeys = " << s->getNumKeys());
+  }
+  std::cout << "store ok" << std::endl;
+  return 0;
+}
+
+// Rank 0, after the rendezvous: the sockets listening on MASTER_PORT, from
+// /proc/net/tcp and tcp6 ("0100007F:7530" is 127.0.0.1:30000), must be
+// exactly one, on `addr` (IPv4).
+int listen(const comm::launch_env& env, const std::string& addr) {
+  comm::gloo_mesh mesh({.dp_shard = env.world_size}, env);
+  mesh.world().barrier().wait();
+  if (env.rank == 0) {
+    in_addr a{};
+    WORKER_CHECK(inet_pton(AF_INET, addr.c_str(), &a) == 1, "not an IPv4 address: " << addr);
+    char want[32];
+    std::snprintf(want, sizeof want, "%08X:%04X", a.s_addr, env.master_port);
+    std::vector<std::string> found;
+    for (const std::string table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+      std::ifstream in(table);
+      std::string line, slot, local, remote, state;
+      std::getline(in, line);  // header
+      while (std::getline(in, line)) {
+        std::istringstream(line) >> slot >> local >> remote >> state;
+        const auto colon = local.rfind(':');
+        if (state == "0A" && std::stoi(local.substr(colon + 1), nullptr, 16) == env.master_port)
+          found.push_back(table.substr(10) + " " + local);
+      }
+    }
+    std::ostringstream all;
+    for (const auto& f : found) all << " [" << f << "]";
+    WORKER_CHECK(found.size() == 1 && found[0] == std::string("tcp ") + want,
+                 "LISTEN sockets on port " << env.master_port << ":" << all.str() << ", want [tcp " << want << "]");
+    std::cout << "listen ok: " << addr << " (" << want << ")" << std::endl;
+  }
+  mesh.world().barrier().wait();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -122,11 +212,14 @@ int main(int argc, char** argv) {
     }
     if (scenario == "hang") return hang(env);
     if (scenario == "killed") return killed(env);
+    if (scenario == "store") return store(env);
+    if (scenario == "listen" && argc == 3) return listen(env, argv[2]);
     if (scenario == "env") {
       std::cout << "env ok: rank " << env.rank << " of " << env.world_size << std::endl;
       return 0;
     }
-    std::cerr << "usage: comm_worker collectives | mesh R S P E | bad_sizes R S P E | hang | killed | env\n";
+    std::cerr << "usage: comm_worker collectives | mesh R S P E | bad_sizes R S P E | hang | killed | store | "
+                 "listen A.B.C.D | env\n";
     return 2;
   } catch (const check_failed& e) {
     std::cout << "FAILED: " << e.what() << std::endl;

@@ -6,7 +6,9 @@
 //
 // A world of one needs none of them. Missing LOCAL_* default to the global
 // values (one machine); MASTER_ADDR defaults to 127.0.0.1, so a job stays on
-// loopback unless told otherwise. Anything malformed throws
+// loopback unless told otherwise. TORCHELASTIC_USE_AGENT_STORE=True (torchrun
+// with its default static rendezvous) says torchrun's agent already serves
+// the store at MASTER_ADDR:MASTER_PORT. Anything malformed throws
 // std::invalid_argument naming the variable and its value, e.g.
 //   "veomni::comm::read_launch_env: RANK = 'x' is not a non-negative integer"
 //   "veomni::comm::read_launch_env: RANK = 2 must be < WORLD_SIZE = 2"
@@ -29,6 +31,7 @@ struct launch_env {
   int local_world_size = 1;
   std::string master_addr = "127.0.0.1";
   std::uint16_t master_port = 0;  // 0: not given (world of one)
+  bool agent_store = false;       // TORCHELASTIC_USE_AGENT_STORE=True
 };
 
 // Looks a variable up; std::nullopt when unset.
@@ -90,12 +93,18 @@ inline launch_env read_launch_env(const env_lookup& get = process_env) {
     throw std::invalid_argument(env_fn + "MASTER_PORT is not set (needed when WORLD_SIZE = " +
                                 std::to_string(world) + ")");
   }
+  e.agent_store = get("TORCHELASTIC_USE_AGENT_STORE") == std::optional<std::string>("True");
   return e;
 }
 
-// Collective timeout: comm_options' default, or VEOMNI_COMM_TIMEOUT (seconds).
+// Collective (and store) timeout: comm_options' default, or
+// VEOMNI_COMM_TIMEOUT (seconds). Where rank 0's store listens: MASTER_ADDR's
+// address unless VEOMNI_STORE_BIND names another address of this host;
+// VEOMNI_STORE_BIND=0.0.0.0 (or ::) listens on every interface, and only
+// then (rendezvous.hpp).
 struct comm_options {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  std::string store_bind;  // empty: MASTER_ADDR
 
   static comm_options from_env(const env_lookup& get = process_env) {
     comm_options o;
@@ -103,6 +112,10 @@ struct comm_options {
       const long s = detail::parse_env_int("VEOMNI_COMM_TIMEOUT", *v);
       if (s < 1) throw std::invalid_argument(detail::env_fn + "VEOMNI_COMM_TIMEOUT = " + *v + " must be >= 1 (seconds)");
       o.timeout = std::chrono::seconds(s);
+    }
+    if (auto v = get("VEOMNI_STORE_BIND")) {
+      if (v->empty()) throw std::invalid_argument(detail::env_fn + "VEOMNI_STORE_BIND = '' is empty");
+      o.store_bind = *v;
     }
     return o;
   }

@@ -36,7 +36,7 @@ class device_mesh {
               std::vector<axis_set> sets = {standard_axis_sets.begin(), standard_axis_sets.end()})
       : shape_(shape), env_(env), options_(options), counters_(std::make_shared<comm_counters>()) {
     validate_mesh(shape_, env_.world_size);
-    store_ = make_store(env_, options_.timeout);
+    store_ = make_store(env_, options_);
     std::map<std::vector<int>, typename Backend::group_ptr> connected;
     for (const axis_set& s : sets) {
       if (find(s)) continue;

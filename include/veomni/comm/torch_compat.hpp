@@ -9,6 +9,7 @@
 //   all_gather on Gloo                                   use our own path on both)
 //   TCPStoreOptions        port/isServer/numWorkers/     + useLibUV (2.2+)
 //                          waitWorkers/timeout
+//   c10d::Store::clone()   absent                        pure virtual (2.8+)
 //   CUDA current stream    (no CUDA build)               c10::cuda::getCurrentCUDAStream
 // Both declare ProcessGroupGloo only under USE_C10D_GLOO, which the wheels'
 // CMake config does not define for consumers.
@@ -31,6 +32,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+// A c10d::Store subclass defines clone() exactly when its base declares it.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
+#define VEOMNI_STORE_HAS_CLONE 1
+#endif
 
 #if defined(VEOMNI_TORCH_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
 #include <c10/cuda/CUDAStream.h>
@@ -56,13 +62,16 @@ inline std::chrono::milliseconds positive(std::chrono::milliseconds t) {
   return t.count() > 0 ? t : std::chrono::milliseconds(1);
 }
 
-inline store_ptr make_tcp_store(const std::string& host, std::uint16_t port, bool is_server, int world_size,
-                                std::chrono::milliseconds timeout) {
+// A client of LibTorch's TCPStore: the store torchrun's agent serves when it
+// says TORCHELASTIC_USE_AGENT_STORE=True. Otherwise rank 0 serves our own
+// store (store.hpp), which listens on one address.
+inline store_ptr make_tcp_store_client(const std::string& host, std::uint16_t port, int world_size,
+                                       std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions o;
   o.port = port;
-  o.isServer = is_server;
+  o.isServer = false;
   o.numWorkers = static_cast<std::size_t>(world_size);
-  o.waitWorkers = true;
+  o.waitWorkers = true;  // as torch.distributed does: each rank checks in
   o.timeout = positive(timeout);
   return c10::make_intrusive<c10d::TCPStore>(host, o);
 }
