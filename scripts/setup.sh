@@ -16,6 +16,8 @@ packages=(
   nlohmann-json3-dev      # veomni-train: JSONL manifests, metrics, safetensors headers
   libstb-dev              # veomni-train: image decoding, PNG loss curve; veomni-dataset: PNG images
   libsndfile1-dev         # veomni-train: WAV decoding; veomni-dataset: WAV clips
+  clang libclang-rt-14-dev  # reliability.fuzz: libFuzzer targets (clang -fsanitize=fuzzer) over the config and manifest parsers
+  zlib1g-dev              # veomni-train: CRC-32 of checkpoint files
 )
 
 missing=()

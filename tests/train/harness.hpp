@@ -71,6 +71,33 @@ inline job train(const std::string& tag, int world, const std::string& yaml, con
   return run("VEOMNI_COMM_TIMEOUT=60 " + cmd, tag + "_run");
 }
 
+// A job that must fail on bad input: exit 2 alone, 1 from veomni-launch (a
+// failed job), with `message` in its output.
+#ifdef DOCTEST_VERSION
+inline void expect_error(const job& j, const std::string& message, int ranks = 1) {
+  INFO(j.output);
+  CHECK(j.rc == (ranks == 1 ? 2 : 1));
+  CHECK(contains(j.output, message));
+}
+
+// Each rank of a 2-rank job started alone, with no peer to talk to (the
+// store's port is closed): it must fail with the message before any
+// collective, with exit 2 — a rank that tried to connect would wait instead.
+// The config is tmp/<tag>/config.in.yaml (written by train()), or `config`.
+inline void expect_error_on_each_rank(const std::string& tag, const std::string& overrides, const std::string& message,
+                                      const std::string& config = "") {
+  const std::string yaml = config.empty() ? tmp_root + "/" + tag + "/config.in.yaml" : config;
+  for (int r = 0; r < 2; ++r) {
+    const job j = run("RANK=" + std::to_string(r) + " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 VEOMNI_COMM_TIMEOUT=5 timeout 30 " +
+                          train_bin + " " + yaml + " " + overrides,
+                      tag + "_rank" + std::to_string(r));
+    INFO("rank ", r, ": ", j.output);
+    CHECK(j.rc == 2);
+    CHECK(contains(j.output, "veomni-train: error: " + message));
+  }
+}
+#endif
+
 inline std::vector<nlohmann::json> metrics(const std::string& out_dir) {
   std::vector<nlohmann::json> m;
   std::ifstream in(out_dir + "/metrics.jsonl");

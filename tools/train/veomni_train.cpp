@@ -5,8 +5,8 @@
 //   veomni-launch --nproc 2 -- veomni-train configs/omni_moe.yaml --train.accelerator.ulysses_size=2
 //   torchrun --nproc_per_node 2 --no_python veomni-train configs/omni_moe.yaml
 //
-// Exit codes: 0 done; 2 a bad config, manifest or launch (reported on every
-// rank, before any collective); 1 a failure while training.
+// Exit codes: 0 done; 2 a bad config, manifest, launch or checkpoint to resume
+// from (reported on every rank, before any collective); 1 a failure while training.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -22,6 +22,7 @@ int run(train::config& c, const comm::launch_env& env) {
   train::prepared<G> p;
   try {
     p = train::prepare<G>(c, env.world_size);
+    p.resume = train::resume_point(c, env.rank, [](const std::string& m) { std::fprintf(stderr, "%s\n", m.c_str()); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "veomni-train: error: %s\n", e.what());
     return 2;

@@ -9,8 +9,14 @@
 //        "exp_avg:<name>:<begin>"      AdamW's first moment of the same elements
 //        "exp_avg_sq:<name>:<begin>"   and its second
 //     with metadata: step, data_cursor, adam_steps, world, mesh, model
-//   step_000100/meta.json                 step, data cursor, world, mesh, model (rank 0)
+//   step_000100/meta.json                 step, data cursor, world, mesh, model, and
+//                                         "files": {name: {"bytes", "crc32"}} of every rank file (rank 0)
 //   latest                                "step_000100" (written last, atomically)
+// Every file is written under a temporary name, flushed to disk (fsync), then
+// renamed; old checkpoints are kept. Before loading, verify_checkpoint checks
+// meta.json, the set of rank files, and each file's size and CRC-32 (zlib):
+// a truncated or damaged checkpoint is refused with a message naming the file,
+// and choose_checkpoint("auto") then falls back to the newest one that verifies.
 // Loading reads every rank file's header, and each rank copies the element
 // ranges of the pieces it now holds, whatever mesh wrote them: a checkpoint
 // written on 2 ranks loads on 1, 4, or another mix of dp_shard, sp and ep.
@@ -20,13 +26,22 @@
 // "__metadata__": {..}} padded with spaces to 8 bytes, then the data.
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <regex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -40,10 +55,72 @@ struct checkpoint_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// ---- files written whole or not at all -----------------------------------------------------
+
+// What a written file holds: its size and the CRC-32 (zlib) of all its bytes.
+struct file_sum {
+  uint64_t bytes = 0;
+  uint32_t crc32 = 0;
+  void add(const void* p, size_t n) {
+    const auto* b = static_cast<const Bytef*>(p);
+    for (size_t done = 0; done < n;) {  // zlib takes uInt lengths
+      const uInt part = static_cast<uInt>(std::min<size_t>(n - done, 1u << 30));
+      crc32 = static_cast<uint32_t>(::crc32(crc32, b + done, part));
+      done += part;
+    }
+    bytes += n;
+  }
+};
+
+inline file_sum sum_of_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw checkpoint_error(path + ": cannot open");
+  file_sum s;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    s.add(buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  return s;
+}
+
+// Writes `path` as path.tmp, flushes it to the disk, renames it over `path`:
+// a reader sees the old file or the whole new one, even after a crash.
+// `fill` writes the bytes through the callback it is given.
+inline file_sum write_file_atomically(const std::string& path, const std::function<void(const std::function<void(const void*, size_t)>&)>& fill) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw checkpoint_error("cannot write '" + tmp + "': " + std::strerror(errno));
+  file_sum sum;
+  bool ok = true;
+  std::string error;
+  fill([&](const void* p, size_t n) {
+    sum.add(p, n);
+    for (const char* b = static_cast<const char*>(p); ok && n > 0;) {
+      const ssize_t w = ::write(fd, b, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) ok = false, error = std::strerror(errno);
+      else b += w, n -= static_cast<size_t>(w);
+    }
+  });
+  if (ok && ::fsync(fd) != 0) ok = false, error = std::strerror(errno);
+  ::close(fd);
+  if (!ok) {
+    std::filesystem::remove(tmp);
+    throw checkpoint_error("writing '" + tmp + "' failed: " + error);
+  }
+  std::filesystem::rename(tmp, path);
+  return sum;
+}
+
+inline file_sum write_text_atomically(const std::string& path, const std::string& text) {
+  return write_file_atomically(path, [&](const auto& put) { put(text.data(), text.size()); });
+}
+
 // ---- safetensors -------------------------------------------------------------------------
 
-inline void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                              const std::map<std::string, std::string>& metadata = {}) {
+inline file_sum write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                  const std::map<std::string, std::string>& metadata = {}) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<at::Tensor> data;
@@ -59,19 +136,14 @@ inline void write_safetensors(const std::string& path, const std::vector<std::pa
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw checkpoint_error("write_safetensors: cannot write '" + tmp + "'");
-  const uint64_t len = h.size();
-  unsigned char le[8];
-  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-  bool ok = std::fwrite(le, 1, 8, f) == 8 && std::fwrite(h.data(), 1, h.size(), f) == h.size();
-  for (const auto& t : data)
-    ok = ok && std::fwrite(t.data_ptr(), 1, static_cast<size_t>(t.numel() * t.element_size()), f) ==
-                   static_cast<size_t>(t.numel() * t.element_size());
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) throw checkpoint_error("write_safetensors: writing '" + tmp + "' failed");
-  std::filesystem::rename(tmp, path);
+  return write_file_atomically(path, [&](const auto& put) {
+    const uint64_t len = h.size();
+    unsigned char le[8];
+    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+    put(le, 8);
+    put(h.data(), h.size());
+    for (const auto& t : data) put(t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()));
+  });
 }
 
 class safetensors_file {
@@ -181,6 +253,12 @@ struct train_state {
   int64_t adam_steps = 0;
 };
 
+inline std::string rank_file_name(int rank) {
+  char b[40];
+  std::snprintf(b, sizeof b, "rank_%05d.safetensors", rank);
+  return b;
+}
+
 inline std::string step_dir_name(int64_t step) {
   char b[32];
   std::snprintf(b, sizeof b, "step_%06lld", static_cast<long long>(step));
@@ -190,10 +268,10 @@ inline std::string step_dir_name(int64_t step) {
 // Writes this rank's file into dir/step_N.tmp/. The caller synchronises the
 // ranks and then calls finish_checkpoint on rank 0.
 template <class Model, class Optim>
-void save_shard(const std::string& dir, int rank, Model& model, Optim& optim, const train_state& st,
+file_sum save_shard(const std::string& dir, int rank, Model& model, Optim& optim, const train_state& st,
                 const std::map<std::string, std::string>& info) {
   const std::filesystem::path tmp = std::filesystem::path(dir) / (step_dir_name(st.step) + ".tmp");
-  std::filesystem::create_directories(tmp);
+  std::filesystem::create_directories(tmp);  // emptied by rank 0 (begin_checkpoint) before any rank writes
   const auto params = model.parameters();
   std::vector<std::pair<std::string, at::Tensor>> ts;
   for (const piece& p : held_pieces(model)) {
@@ -208,35 +286,115 @@ void save_shard(const std::string& dir, int rank, Model& model, Optim& optim, co
   meta["data_cursor"] = std::to_string(st.data_cursor);
   meta["adam_steps"] = std::to_string(st.adam_steps);
   meta["rank"] = std::to_string(rank);
-  char name[32];
-  std::snprintf(name, sizeof name, "rank_%05d.safetensors", rank);
-  write_safetensors((tmp / name).string(), ts, meta);
+  return write_safetensors((tmp / rank_file_name(rank)).string(), ts, meta);
 }
 
-// Rank 0, after every rank's save_shard: meta.json, rename, then `latest`.
-inline std::string finish_checkpoint(const std::string& dir, const train_state& st, const nlohmann::json& meta) {
+// Rank 0, before any rank's save_shard: an empty step_N.tmp (a job killed
+// while saving leaves one behind, perhaps with another world's rank files).
+inline void begin_checkpoint(const std::string& dir, int64_t step) {
+  const std::filesystem::path tmp = std::filesystem::path(dir) / (step_dir_name(step) + ".tmp");
+  std::filesystem::remove_all(tmp);
+  std::filesystem::create_directories(tmp);
+}
+
+// Rank 0, after every rank's save_shard: meta.json (with each rank file's
+// size and CRC-32, `sums[r]` for rank r), rename, then `latest`.
+inline std::string finish_checkpoint(const std::string& dir, const train_state& st, nlohmann::json meta,
+                                     const std::vector<file_sum>& sums) {
   const std::filesystem::path root(dir), tmp = root / (step_dir_name(st.step) + ".tmp"), fin = root / step_dir_name(st.step);
-  {
-    std::ofstream m(tmp / "meta.json");
-    m << meta.dump(2) << "\n";
-  }
+  for (size_t r = 0; r < sums.size(); ++r)
+    meta["files"][rank_file_name(static_cast<int>(r))] = {{"bytes", sums[r].bytes}, {"crc32", sums[r].crc32}};
+  write_text_atomically((tmp / "meta.json").string(), meta.dump(2) + "\n");
   std::filesystem::remove_all(fin);
   std::filesystem::rename(tmp, fin);
-  {
-    std::ofstream l(root / "latest.tmp");
-    l << step_dir_name(st.step) << "\n";
-  }
-  std::filesystem::rename(root / "latest.tmp", root / "latest");
+  write_text_atomically((root / "latest").string(), step_dir_name(st.step) + "\n");
   return fin.string();
 }
 
-// "auto": dir/latest if it exists (else ""), otherwise the path as given.
-inline std::string resolve_checkpoint(const std::string& spec, const std::string& dir) {
-  if (spec != "auto") return spec;
-  std::ifstream l(std::filesystem::path(dir) / "latest");
-  std::string name;
-  if (!(l >> name)) return {};
-  return (std::filesystem::path(dir) / name).string();
+// Throws checkpoint_error naming what is wrong with the checkpoint folder
+// `path`: meta.json missing or unreadable, a rank file missing, extra, of the
+// wrong size (truncated) or with another CRC-32 (damaged). Reads every byte.
+inline void verify_checkpoint(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(path)) throw checkpoint_error(path + ": no such checkpoint folder");
+  const fs::path meta_path = fs::path(path) / "meta.json";
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(std::ifstream(meta_path));
+    if (!meta.at("files").is_object() || meta.at("files").empty()) throw std::runtime_error("no files listed");
+  } catch (const std::exception& e) {
+    throw checkpoint_error(meta_path.string() + ": " + (fs::exists(meta_path) ? "unreadable (" + std::string(e.what()) + ")" : "missing") +
+                           ": the checkpoint is incomplete or damaged");
+  }
+  for (const auto& e : fs::directory_iterator(path))
+    if (e.path().extension() == ".safetensors" && !meta["files"].contains(e.path().filename().string()))
+      throw checkpoint_error(e.path().string() + ": not listed in meta.json: the checkpoint is damaged");
+  for (const auto& [name, want] : meta["files"].items()) {
+    const fs::path f = fs::path(path) / name;
+    if (name.find('/') != std::string::npos || !fs::is_regular_file(f))
+      throw checkpoint_error(f.string() + ": missing: the checkpoint is incomplete");
+    uint64_t bytes = 0;
+    uint32_t crc = 0;
+    try {
+      bytes = want.at("bytes").get<uint64_t>();
+      crc = want.at("crc32").get<uint32_t>();
+    } catch (const std::exception&) {
+      throw checkpoint_error(meta_path.string() + ": the entry of " + name + " lacks bytes or crc32");
+    }
+    if (const uint64_t have = fs::file_size(f); have != bytes)
+      throw checkpoint_error(f.string() + ": " + std::to_string(have) + " bytes, meta.json says " + std::to_string(bytes) +
+                             ": the file is truncated or damaged");
+    if (const file_sum s = sum_of_file(f.string()); s.crc32 != crc)
+      throw checkpoint_error(f.string() + ": CRC-32 " + std::to_string(s.crc32) + ", meta.json says " + std::to_string(crc) +
+                             ": the file is damaged");
+  }
+}
+
+// The checkpoint to resume from, verified: "" (a fresh start), a folder, or
+// "auto": the newest folder of dir that verifies — `latest` first, then the
+// step_N folders from the highest N down; each refused one is reported
+// through `log`. Throws checkpoint_error for a folder given by name that does
+// not verify, or when dir holds checkpoints and none verifies.
+inline std::string choose_checkpoint(const std::string& spec, const std::string& dir,
+                                     const std::function<void(const std::string&)>& log) {
+  namespace fs = std::filesystem;
+  if (spec.empty()) return {};
+  if (spec != "auto") {
+    verify_checkpoint(spec);
+    return spec;
+  }
+  static const std::regex step_name("step_[0-9]+");
+  std::vector<std::string> names;
+  {
+    std::ifstream l(fs::path(dir) / "latest");
+    std::string name;
+    if (l >> name) {
+      if (std::regex_match(name, step_name)) names.push_back(name);
+      else log((fs::path(dir) / "latest").string() + " names '" + name + "', not a step_N folder of " + dir + ": ignored");
+    }
+  }
+  std::vector<std::string> found;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_directory() && std::regex_match(e.path().filename().string(), step_name)) found.push_back(e.path().filename().string());
+  std::sort(found.begin(), found.end(), [](const std::string& a, const std::string& b) {
+    return std::stoll(a.substr(5)) > std::stoll(b.substr(5));
+  });
+  names.insert(names.end(), found.begin(), found.end());
+  std::string refused;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), names[i]) != names.begin() + static_cast<std::ptrdiff_t>(i)) continue;
+    const std::string p = (fs::path(dir) / names[i]).string();
+    try {
+      verify_checkpoint(p);
+      return p;
+    } catch (const checkpoint_error& e) {
+      log(std::string("refusing checkpoint ") + p + ": " + e.what());
+      refused += std::string(refused.empty() ? "" : "; ") + e.what();
+    }
+  }
+  if (!refused.empty()) throw checkpoint_error(dir + ": no checkpoint verifies (" + refused + ")");
+  return {};
 }
 
 // Loads parameters, AdamW moments and the training state into a model on any mesh.

@@ -14,8 +14,11 @@
 // Needs yaml-cpp (Debian: libyaml-cpp-dev).
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -44,7 +47,8 @@ struct config {
     std::string type = "manifest";           // manifest | synthetic
     std::string manifest = "data/default/train.jsonl";
     std::string eval_manifest = "data/default/eval.jsonl";  // "" : no held-out evaluation
-    long max_seq_len = 256;                  // longer samples are skipped (and counted)
+    long max_seq_len = 256;                  // a longer sample is a bad sample
+    std::string bad_samples = "error";       // error: a bad manifest line stops the run (file:line) | skip: skipped, counted by reason
     long token_budget = 0;                   // > 0: micro-batches packed up to this many tokens per rank
     long sample_rate = 8000;                 // WAV files must have it
     long synthetic_seq_len = 64;             // tokens per synthetic sample
@@ -120,6 +124,7 @@ inline std::vector<field> schema(config& c) {
       make_field("data.manifest", K::string, c.data.manifest),
       make_field("data.eval_manifest", K::string, c.data.eval_manifest),
       make_field("data.max_seq_len", K::integer, c.data.max_seq_len),
+      make_field("data.bad_samples", K::string, c.data.bad_samples, {"error", "skip"}),
       make_field("data.token_budget", K::integer, c.data.token_budget),
       make_field("data.sample_rate", K::integer, c.data.sample_rate),
       make_field("data.synthetic_seq_len", K::integer, c.data.synthetic_seq_len),
@@ -207,7 +212,13 @@ inline void set_value(std::vector<field>& fields, const std::string& key, const 
 
 inline void walk(std::vector<field>& fields, const YAML::Node& n, const std::string& prefix) {
   for (const auto& kv : n) {
-    const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) {  // "? [a, b]: 1" or "~: 1" (as<std::string>() would throw YAML::TypedBadConversion)
+      const YAML::Mark at = kv.first.Mark();
+      throw config_error((prefix.empty() ? std::string("config") : prefix) + ": a key must be a name, got a " +
+                         (kv.first.IsMap() ? "mapping" : kv.first.IsSequence() ? "list" : "null") +
+                         (at.is_null() ? std::string() : " (line " + std::to_string(at.line + 1) + ")"));
+    }
+    const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
     if (kv.second.IsMap()) {
       bool is_section = false;  // a mapping is fine only where the schema has keys below it
       for (const auto& f : fields) is_section |= f.key.rfind(key + ".", 0) == 0;
@@ -301,15 +312,22 @@ inline void resolve(config& c, long world) {
   positive("train.accelerator.dp_replicate_size", a.dp_replicate_size);
   positive("train.accelerator.ulysses_size", a.ulysses_size);
   positive("train.accelerator.ep_size", a.ep_size);
+  // sizes (>= 1 here) can be anything a config says: a product past 2^63 is an error, not undefined behaviour
+  auto times = [](long x, long y, const char* what) {
+    if (x > std::numeric_limits<long>::max() / y)
+      throw config_error(std::string("train.accelerator: ") + what + " overflows (" + std::to_string(x) + " * " + std::to_string(y) + ")");
+    return x * y;
+  };
   if (a.dp_shard_size == 0) {
-    const long rest = a.dp_replicate_size * a.ulysses_size;
+    const long rest = times(a.dp_replicate_size, a.ulysses_size, "dp_replicate_size*ulysses_size");
     if (world % rest != 0)
       throw config_error("train.accelerator: dp_replicate_size*ulysses_size = " + std::to_string(rest) +
                          " does not divide WORLD_SIZE = " + std::to_string(world));
     a.dp_shard_size = world / rest;
   }
   positive("train.accelerator.dp_shard_size", a.dp_shard_size);
-  const long product = a.dp_replicate_size * a.dp_shard_size * a.ulysses_size;
+  const long product = times(times(a.dp_replicate_size, a.dp_shard_size, "dp_replicate_size*dp_shard_size*ulysses_size"),
+                             a.ulysses_size, "dp_replicate_size*dp_shard_size*ulysses_size");
   if (product != world)
     throw config_error("train.accelerator: dp_replicate_size*dp_shard_size*ulysses_size = " + std::to_string(product) +
                        " but WORLD_SIZE = " + std::to_string(world));
@@ -330,9 +348,19 @@ inline void resolve(config& c, long world) {
     throw config_error("train.micro_batch_size: " + std::to_string(c.train.micro_batch_size) +
                        " does not divide each data rank's " + std::to_string(share) + " samples (train.global_batch_size / " +
                        std::to_string(dp) + ")");
-  if (c.train.lr < 0) throw config_error("train.lr: must be >= 0");
+  for (const auto& [key, v] : {std::pair<const char*, double>{"train.lr", c.train.lr}, {"train.lr_min", c.train.lr_min},
+                                {"train.weight_decay", c.train.weight_decay}, {"train.max_grad_norm", c.train.max_grad_norm},
+                                {"train.aux_weight", c.train.aux_weight}, {"train.peak_flops_per_rank", c.train.peak_flops_per_rank}})
+    if (!std::isfinite(v) || v < 0) {
+      char got[32];
+      std::snprintf(got, sizeof got, "%g", v);
+      throw config_error(std::string(key) + ": must be a finite number >= 0, got " + got);
+    }
   if (c.train.save_steps < 0) throw config_error("train.save_steps: must be >= 0");
   if (c.data.token_budget < 0) throw config_error("data.token_budget: must be >= 0");
+  if (c.data.token_budget % a.ulysses_size != 0)
+    throw config_error("data.token_budget: " + std::to_string(c.data.token_budget) + " is not a multiple of train.accelerator.ulysses_size = " +
+                       std::to_string(a.ulysses_size) + " (each sequence-parallel rank holds token_budget / ulysses_size tokens)");
 }
 
 }  // namespace veomni::train

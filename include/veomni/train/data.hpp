@@ -9,17 +9,13 @@
 //      by count or by token budget, packed padding-free, sliced over sp
 //      (parallel/data.hpp).
 //
-// A manifest line (paths relative to the manifest's folder):
+// A manifest line (manifest.hpp, torch-free, parses and checks it):
 //   {"prompt": "<image>colour?", "answer": " red", "images": ["images/0001.png"]}
-//   {"prompt": "<audio>digit?", "answer": " 7", "audio": ["audio/0001.wav"]}
-//   {"prompt": "draw: red square, top left", "generate_image": "images/0002.png"}
-//   {"text": "loss on every token of this"}
-// "<image>" / "<audio>" in a prompt mark where each image / clip goes (in
-// order; media without markers go first). The loss is on the answer (and the
-// end-of-sequence token), or on every token of "text"; an image to generate
-// becomes one placeholder per image_out patch with its colour code as target.
+// Bad lines (malformed, empty, missing or corrupt media, over-long) are errors
+// naming the file and line; under data.bad_samples: skip they are skipped and
+// counted by reason (dataset::skipped).
 //
-// Tokenizer: bytes (0..255) plus specials; the model's vocabulary must hold them.
+// Tokenizer (manifest.hpp): bytes (0..255) plus specials; the model's vocabulary must hold them.
 // Images are decoded by stb_image (PNG, PPM, ...), WAV by libsndfile, and
 // turned into Whisper-style log-mel frames (n_fft 256, hop 128, Hann).
 #include <sndfile.h>
@@ -33,6 +29,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -40,59 +37,42 @@
 
 #include "../parallel/data.hpp"
 #include "config.hpp"
+#include "manifest.hpp"
 
 namespace veomni::train {
 
-struct data_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// ---- tokenizer -------------------------------------------------------------------------
-
-struct byte_tokenizer {
-  static constexpr int64_t bos = 256, eos = 257, image = 258, audio = 259, gen = 260, pad = 261;
-  static constexpr int64_t vocab_size = 262;
-
-  static std::vector<int64_t> encode(const std::string& s) {
-    std::vector<int64_t> out;
-    out.reserve(s.size());
-    for (unsigned char ch : s) out.push_back(ch);
-    return out;
-  }
-  static std::string decode(const std::vector<int64_t>& ids) {
-    std::string s;
-    for (int64_t t : ids)
-      if (t >= 0 && t < 256) s.push_back(static_cast<char>(t));
-    return s;
-  }
-};
-
-// ---- media ----------------------------------------------------------------------------
-
-// What the model expects of its inputs.
-struct media_spec {
-  int64_t vision_patch = 4;   // image sides must be multiples of 2 * patch; tokens = (H/2p) * (W/2p)
-  int64_t channels = 3;
-  int64_t mel_bins = 16;
-  int64_t audio_kernel = 3;   // audio tokens = frames after the stride-2 conv
-  int64_t code_patch = 4;     // image_out patch; one code per patch
-  int64_t codebook = 256;
-  int64_t sample_rate = 8000;
-  bool images = false, audio = false, generation = false;  // what the model can take
-};
-
-inline int64_t image_tokens(const media_spec& m, int64_t h, int64_t w) {
-  return (h / (2 * m.vision_patch)) * (w / (2 * m.vision_patch));
+namespace detail {
+// A media file must be there and be a file: both are missing_media.
+inline void check_media_file(const char* what, const std::string& path) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(st)) throw data_error(std::string(what) + " '" + path + "': not found", bad_sample::missing_media);
+  if (!std::filesystem::is_regular_file(st))
+    throw data_error(std::string(what) + " '" + path + "': not a file", bad_sample::missing_media);
 }
-inline int64_t audio_tokens(const media_spec& m, int64_t frames) {
-  return (frames + 2 * (m.audio_kernel / 2) - m.audio_kernel) / 2 + 1;
+inline std::string stbi_reason() {
+  const char* r = stbi_failure_reason();
+  return r ? r : "unknown error";
 }
+}  // namespace detail
+
+// The most pixels (and the most audio samples) veomni reads: a damaged header
+// can claim 2^24 x 2^24 pixels, and decoding it would exhaust memory.
+inline constexpr int64_t max_image_pixels = int64_t{1} << 24;
+inline constexpr int64_t max_audio_samples = int64_t{1} << 26;
 
 // [C, H, W] floats in [0, 1].
 inline at::Tensor load_image(const std::string& path, int64_t channels = 3) {
+  detail::check_media_file("image", path);
   int w = 0, h = 0, c = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &c))
+    throw data_error("image '" + path + "': corrupt or not an image (" + detail::stbi_reason() + ")", bad_sample::corrupt_image);
+  if (w < 1 || h < 1 || int64_t{w} * h > max_image_pixels)
+    throw data_error("image '" + path + "': its header says " + std::to_string(w) + "x" + std::to_string(h) + " pixels (at most " +
+                         std::to_string(max_image_pixels) + " are read)",
+                     bad_sample::corrupt_image);
   unsigned char* px = stbi_load(path.c_str(), &w, &h, &c, static_cast<int>(channels));
-  if (!px) throw data_error("image '" + path + "': " + (std::filesystem::exists(path) ? stbi_failure_reason() : "not found"));
+  if (!px) throw data_error("image '" + path + "': corrupt or not an image (" + detail::stbi_reason() + ")", bad_sample::corrupt_image);
   at::Tensor t = at::from_blob(px, {h, w, channels}, at::kByte).permute({2, 0, 1}).to(at::kFloat).div_(255.0).contiguous();
   stbi_image_free(px);
   return t;
@@ -116,20 +96,30 @@ inline std::vector<int64_t> colour_codes(const at::Tensor& img, int64_t patch) {
 
 // Mono samples of a WAV file (libsndfile); its rate must be `rate`.
 inline std::vector<float> load_wav(const std::string& path, int64_t rate) {
-  if (!std::filesystem::exists(path)) throw data_error("audio '" + path + "': not found");
+  detail::check_media_file("audio", path);
   SF_INFO info{};
   SNDFILE* f = sf_open(path.c_str(), SFM_READ, &info);
-  if (!f) throw data_error("audio '" + path + "': " + sf_strerror(nullptr));
+  if (!f) throw data_error("audio '" + path + "': corrupt or not a WAV file (" + sf_strerror(nullptr) + ")", bad_sample::corrupt_audio);
+  if (info.channels < 1 || info.frames < 1 || info.frames > max_audio_samples / info.channels) {
+    sf_close(f);
+    throw data_error("audio '" + path + "': its header says " + std::to_string(info.frames) + " frames of " +
+                         std::to_string(info.channels) + " channel(s) (1 to " + std::to_string(max_audio_samples) +
+                         " samples are read)",
+                     bad_sample::corrupt_audio);
+  }
   std::vector<float> frames(static_cast<size_t>(info.frames * info.channels));
-  sf_readf_float(f, frames.data(), info.frames);
+  const sf_count_t got = sf_readf_float(f, frames.data(), info.frames);
   sf_close(f);
+  if (got < 1) throw data_error("audio '" + path + "': no samples could be read", bad_sample::corrupt_audio);
   if (info.samplerate != rate)
     throw data_error("audio '" + path + "': sample rate " + std::to_string(info.samplerate) +
-                     " Hz, but data.sample_rate = " + std::to_string(rate));
-  std::vector<float> mono(static_cast<size_t>(info.frames));
-  for (sf_count_t i = 0; i < info.frames; ++i) {
+                         " Hz, but data.sample_rate = " + std::to_string(rate),
+                     bad_sample::unsupported_media);
+  std::vector<float> mono(static_cast<size_t>(got));
+  for (sf_count_t i = 0; i < got; ++i) {
     float s = 0;
     for (int c = 0; c < info.channels; ++c) s += frames[static_cast<size_t>(i * info.channels + c)];
+    if (!std::isfinite(s)) throw data_error("audio '" + path + "': NaN or infinite samples", bad_sample::corrupt_audio);
     mono[static_cast<size_t>(i)] = s / static_cast<float>(info.channels);
   }
   return mono;
@@ -171,123 +161,77 @@ inline at::Tensor log_mel(const std::vector<float>& wav, int64_t bins, int64_t r
 
 // ---- samples ----------------------------------------------------------------------------
 
-namespace detail {
-inline void add_tokens(std::vector<int64_t>& to, const std::vector<int64_t>& t) { to.insert(to.end(), t.begin(), t.end()); }
-}  // namespace detail
-
-// One manifest line -> one sample. `dir`: the manifest's folder. Throws data_error
-// (without the line number: the caller adds it).
-inline parallel::sample make_sample(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m) {
-  using tok = byte_tokenizer;
-  if (!j.is_object()) throw data_error("expected a JSON object");
-  static const std::vector<std::string> known{"prompt", "answer", "text", "images", "audio", "generate_image", "id", "kind"};
-  for (const auto& [k, v] : j.items())
-    if (std::find(known.begin(), known.end(), k) == known.end()) throw data_error("unknown field '" + k + "'");
-  auto str = [&](const char* k) -> std::string {
-    if (!j.contains(k)) return {};
-    if (!j[k].is_string()) throw data_error(std::string("field '") + k + "' must be a string");
-    return j[k].get<std::string>();
-  };
-  auto paths = [&](const char* k) {
-    std::vector<std::string> out;
-    if (!j.contains(k)) return out;
-    if (!j[k].is_array()) throw data_error(std::string("field '") + k + "' must be a list of paths");
-    for (const auto& p : j[k]) {
-      if (!p.is_string()) throw data_error(std::string("field '") + k + "' must be a list of paths");
-      out.push_back((dir / p.get<std::string>()).string());
-    }
-    return out;
-  };
+// One checked manifest line -> one sample: reads its media and lays out its
+// tokens. Throws data_error (without the line number: the caller adds it).
+inline parallel::sample make_sample(const manifest_entry& e, const media_spec& m) {
   parallel::sample s;
-  const auto image_files = paths("images");
-  const auto audio_files = paths("audio");
-  if (!image_files.empty() && !m.images) throw data_error("this model takes no images");
-  if (!audio_files.empty() && !m.audio) throw data_error("this model takes no audio");
   std::vector<int64_t> image_n, audio_n;
-  for (const auto& f : image_files) {
+  for (const auto& f : e.images) {
     at::Tensor img = load_image(f, m.channels);
     if (img.size(1) % (2 * m.vision_patch) || img.size(2) % (2 * m.vision_patch))
       throw data_error("image '" + f + "' is " + std::to_string(img.size(2)) + "x" + std::to_string(img.size(1)) +
-                       ", not a multiple of 2 * vision patch (" + std::to_string(2 * m.vision_patch) + ")");
+                           ", not a multiple of 2 * vision patch (" + std::to_string(2 * m.vision_patch) + ")",
+                       bad_sample::unsupported_media);
     image_n.push_back(image_tokens(m, img.size(1), img.size(2)));
     s.images.push_back(img);
   }
-  for (const auto& f : audio_files) {
+  for (const auto& f : e.audio) {
     at::Tensor mel = log_mel(load_wav(f, m.sample_rate), m.mel_bins, m.sample_rate);
     audio_n.push_back(audio_tokens(m, mel.size(0)));
     s.audio.push_back(mel);
   }
-  // prompt with its media placeholders
-  std::vector<int64_t> tokens{tok::bos};
-  const std::string text = str("text"), prompt = str("prompt"), answer = str("answer");
-  if (!text.empty() && (!prompt.empty() || !answer.empty())) throw data_error("'text' goes without 'prompt' and 'answer'");
-  size_t next_image = 0, next_audio = 0;
-  auto put = [&](int64_t id, int64_t n) { tokens.insert(tokens.end(), static_cast<size_t>(n), id); };
-  const std::string body = text.empty() ? prompt : text;
-  const bool marked = body.find("<image>") != std::string::npos || body.find("<audio>") != std::string::npos;
-  if (!marked) {
-    for (; next_image < image_n.size(); ++next_image) put(tok::image, image_n[next_image]);
-    for (; next_audio < audio_n.size(); ++next_audio) put(tok::audio, audio_n[next_audio]);
-  }
-  for (size_t i = 0; i < body.size();) {
-    if (body.compare(i, 7, "<image>") == 0) {
-      if (next_image >= image_n.size()) throw data_error("more <image> markers than images");
-      put(tok::image, image_n[next_image++]);
-      i += 7;
-    } else if (body.compare(i, 7, "<audio>") == 0) {
-      if (next_audio >= audio_n.size()) throw data_error("more <audio> markers than audio clips");
-      put(tok::audio, audio_n[next_audio++]);
-      i += 7;
-    } else {
-      tokens.push_back(static_cast<unsigned char>(body[i++]));
-    }
-  }
-  if (next_image != image_n.size()) throw data_error("fewer <image> markers than images");
-  if (next_audio != audio_n.size()) throw data_error("fewer <audio> markers than audio clips");
-  // loss region: [loss_from, end) of the targets (targets[j] = tokens[j + 1])
-  size_t loss_from = text.empty() ? tokens.size() : 1;
-  if (!answer.empty() || !text.empty()) {
-    detail::add_tokens(tokens, tok::encode(answer));
-    tokens.push_back(tok::eos);
-  }
   std::vector<int64_t> codes;
-  if (j.contains("generate_image")) {
-    if (!m.generation) throw data_error("this model does not generate images");
-    if (!j["generate_image"].is_string()) throw data_error("field 'generate_image' must be a path");
-    const std::string f = (dir / j["generate_image"].get<std::string>()).string();
+  if (!e.generate_image.empty()) {
+    const std::string& f = e.generate_image;
     const at::Tensor img = load_image(f, m.channels);
     if (img.size(1) % m.code_patch || img.size(2) % m.code_patch)
-      throw data_error("image '" + f + "' is not a multiple of the image_out patch (" + std::to_string(m.code_patch) + ")");
+      throw data_error("image '" + f + "' is not a multiple of the image_out patch (" + std::to_string(m.code_patch) + ")",
+                       bad_sample::unsupported_media);
     codes = colour_codes(img, m.code_patch);
     for (int64_t c : codes)
-      if (c >= m.codebook) throw data_error("image codes need model.image_out.codebook >= 256");
+      if (c >= m.codebook) throw data_error("image codes need model.image_out.codebook >= 256", bad_sample::unsupported_media);
   }
-  const size_t n_text = tokens.size();
-  put(tok::gen, static_cast<int64_t>(codes.size()));
-  s.tokens = tokens;
-  s.targets.assign(tokens.size(), -100);
-  if (!answer.empty() || !text.empty())
-    for (size_t p = loss_from - 1; p + 1 < n_text; ++p) {
-      const int64_t next = tokens[p + 1];
-      if (next != tok::image && next != tok::audio) s.targets[p] = next;
-    }
+  sample_layout l = lay_out(e, image_n, audio_n, codes.size());
+  s.tokens = std::move(l.tokens);
+  s.targets = std::move(l.targets);
   if (!codes.empty()) {
-    s.code_targets.assign(tokens.size(), -100);
-    for (size_t i = 0; i < codes.size(); ++i) s.code_targets[n_text + i] = codes[i];
+    s.code_targets.assign(s.tokens.size(), -100);
+    for (size_t i = 0; i < codes.size(); ++i) s.code_targets[l.codes_from + i] = codes[i];
   }
-  if (s.targets.size() == 1 && codes.empty()) throw data_error("empty sample (no prompt, answer or text)");
   return s;
+}
+
+// One manifest line, parsed as JSON, -> one sample. `dir`: the manifest's folder.
+inline parallel::sample make_sample(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m) {
+  return make_sample(parse_manifest_entry(j, dir, m), m);
 }
 
 struct dataset {
   std::vector<parallel::sample> samples;
-  std::vector<std::string> kinds;  // the manifest's "kind" of each sample ("all" when absent), for per-kind evaluation
-  long skipped_too_long = 0;
+  std::vector<std::string> kinds;          // the manifest's "kind" of each sample ("all" when absent), for per-kind evaluation
+  std::map<std::string, long> skipped;     // data.bad_samples: skip — bad lines by reason (bad_sample::too_long, ...)
 };
 
-// Reads a JSONL manifest. Errors name the file and line:
+// "2 too_long, 1 corrupt_image"
+inline std::string describe_skipped(const std::map<std::string, long>& skipped) {
+  std::string out;
+  for (const auto& [why, n] : skipped) out += (out.empty() ? "" : ", ") + std::to_string(n) + " " + why;
+  return out;
+}
+inline long count_skipped(const std::map<std::string, long>& skipped) {
+  long n = 0;
+  for (const auto& kv : skipped) n += kv.second;
+  return n;
+}
+
+// Reads a JSONL manifest. A bad line is an error naming the file and line:
 //   "data/train.jsonl:12: malformed JSON: ..."   "data/train.jsonl:3: image 'data/images/x.png': not found"
-inline dataset load_manifest(const std::string& path, const media_spec& m, long max_seq_len) {
+//   "data/train.jsonl:7: sample has 300 tokens, data.max_seq_len = 256 ..."
+// or, with skip_bad (data.bad_samples: skip), is skipped and counted by reason.
+// A manifest left without samples is an error either way.
+inline dataset load_manifest(const std::string& path, const media_spec& m, long max_seq_len, bool skip_bad = false) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw data_error(path + ": a folder, not a JSONL manifest");
   std::ifstream in(path);
   if (!in) throw data_error(path + ": cannot open the manifest");
   const std::filesystem::path dir = std::filesystem::path(path).parent_path();
@@ -297,28 +241,28 @@ inline dataset load_manifest(const std::string& path, const media_spec& m, long 
   while (std::getline(in, line)) {
     ++no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(no) + ": ";
-    nlohmann::json j;
     try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw data_error(where + "malformed JSON: " + e.what());
-    }
-    try {
-      parallel::sample s = make_sample(j, dir, m);
-      if (static_cast<long>(s.tokens.size()) > max_seq_len) {
-        ++d.skipped_too_long;
-        continue;
+      try {
+        const manifest_entry e = parse_manifest_line(line, dir, m);
+        parallel::sample s = make_sample(e, m);
+        if (static_cast<long>(s.tokens.size()) > max_seq_len)
+          throw data_error("sample has " + std::to_string(s.tokens.size()) + " tokens, data.max_seq_len = " + std::to_string(max_seq_len) +
+                               " (raise data.max_seq_len, or set data.bad_samples: skip)",
+                           bad_sample::too_long);
+        d.samples.push_back(std::move(s));
+        d.kinds.push_back(e.kind);
+      } catch (const c10::Error& e) {
+        throw data_error(e.what_without_backtrace());
       }
-      d.samples.push_back(std::move(s));
-      d.kinds.push_back(j.contains("kind") && j["kind"].is_string() ? j["kind"].get<std::string>() : "all");
     } catch (const data_error& e) {
-      throw data_error(where + e.what());
-    } catch (const c10::Error& e) {
-      throw data_error(where + e.what_without_backtrace());
+      if (!skip_bad) throw data_error(path + ":" + std::to_string(no) + ": " + e.what(), e.reason);
+      ++d.skipped[e.reason];
     }
   }
-  if (d.samples.empty()) throw data_error(path + ": no samples (" + std::to_string(d.skipped_too_long) + " longer than data.max_seq_len)");
+  if (d.samples.empty())
+    throw data_error(path + ": no samples" + (d.skipped.empty() ? std::string()
+                                                               : " (" + std::to_string(count_skipped(d.skipped)) +
+                                                                     " bad lines skipped: " + describe_skipped(d.skipped) + ")"));
   return d;
 }
 

@@ -38,6 +38,7 @@
 #include "data.hpp"
 #include "metrics.hpp"
 #include "optimizer.hpp"
+#include "paths.hpp"
 #include "schedule.hpp"
 
 namespace veomni::train {
@@ -351,7 +352,31 @@ struct prepared {
   media_spec media;
   dataset train, eval;
   bool synthetic = false;
+  std::string resume;  // the verified checkpoint folder to start from ("": a fresh start), see resume_point
 };
+
+// What the trainer writes, all inside train.output_dir (paths.hpp).
+inline const std::vector<std::string>& output_names() {
+  static const std::vector<std::string> names{"config.yaml", "metrics.jsonl", "loss_curve.png", "summary.json", "checkpoints",
+                                              "checkpoints/latest", "hf", "hf/model.safetensors", "hf/config.json"};
+  return names;
+}
+
+// On every rank, before any collective: the output folder's names stay inside
+// it, and train.load_checkpoint_path resolves to a checkpoint that verifies
+// (checkpoint.hpp choose_checkpoint; refusals are reported on rank 0).
+// Throws config_error or checkpoint_error.
+inline std::string resume_point(const config& c, int rank, const std::function<void(const std::string&)>& log) {
+  const output_root out(c.train.output_dir);
+  for (const auto& name : output_names()) (void)out.file(name);
+  try {
+    return choose_checkpoint(c.train.load_checkpoint_path, out.file("checkpoints").string(), [&](const std::string& m) {
+      if (rank == 0) log("veomni-train: " + m);
+    });
+  } catch (const checkpoint_error& e) {
+    throw checkpoint_error(std::string("train.load_checkpoint_path: ") + e.what());
+  }
+}
 
 template <Model G>
 prepared<G> prepare(config& c, long world) {
@@ -369,8 +394,9 @@ prepared<G> prepare(config& c, long world) {
     throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the byte tokenizer's " +
                        std::to_string(byte_tokenizer::vocab_size) + " ids");
   if (c.data.manifest.empty()) throw config_error("data.manifest: empty (give a JSONL manifest, or data.type: synthetic)");
-  p.train = load_manifest(c.data.manifest, p.media, c.data.max_seq_len);
-  if (!c.data.eval_manifest.empty()) p.eval = load_manifest(c.data.eval_manifest, p.media, c.data.max_seq_len);
+  const bool skip_bad = c.data.bad_samples == "skip";
+  p.train = load_manifest(c.data.manifest, p.media, c.data.max_seq_len, skip_bad);
+  if (!c.data.eval_manifest.empty()) p.eval = load_manifest(c.data.eval_manifest, p.media, c.data.max_seq_len, skip_bad);
   return p;
 }
 
@@ -381,12 +407,9 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   const mesh_shape shape{.dp_replicate = acc.dp_replicate_size, .dp_shard = acc.dp_shard_size, .sp = acc.ulysses_size,
                          .ep = acc.ep_size};
   const bool lead = env.rank == 0;
-  const std::filesystem::path out(c.train.output_dir);
-  const std::string ckpt_dir = (out / "checkpoints").string();
-  // resolve "auto" before any rank may write a new checkpoint
-  const std::string resume = c.train.load_checkpoint_path.empty() ? "" : resolve_checkpoint(c.train.load_checkpoint_path, ckpt_dir);
-  if (!resume.empty() && !std::filesystem::is_directory(resume))
-    throw config_error("train.load_checkpoint_path: '" + resume + "' is not a checkpoint folder");
+  const output_root out(c.train.output_dir);
+  const std::string ckpt_dir = out.file("checkpoints").string();
+  const std::string& resume = prep.resume;  // chosen and verified before any rank could write (resume_point)
 
   comm::gloo_mesh mesh(shape, env);
   parallel::options popt;
@@ -403,14 +426,13 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     if (lead) ro.log("veomni-train: resumed from " + resume + " at step " + std::to_string(st.step));
   }
   if (lead) {
-    std::filesystem::create_directories(out);
-    std::ofstream(out / "config.yaml") << to_yaml(c);
+    std::ofstream(out.file("config.yaml")) << to_yaml(c);
   }
   // metrics.jsonl: keep the lines of steps before the resumed one
   std::vector<std::pair<double, double>> curve, eval_points;
   if (lead) {
     std::vector<std::string> keep;
-    std::ifstream old(out / "metrics.jsonl");
+    std::ifstream old(out.file("metrics.jsonl"));
     for (std::string line; std::getline(old, line);) {
       try {
         const auto j = nlohmann::json::parse(line);
@@ -422,11 +444,12 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       } catch (const std::exception&) {
       }
     }
-    std::ofstream rewrite(out / "metrics.jsonl", std::ios::trunc);
-    for (const auto& l : keep) rewrite << l << "\n";
+    std::string kept;
+    for (const auto& l : keep) kept += l + "\n";
+    write_text_atomically(out.file("metrics.jsonl").string(), kept);  // a kill now leaves the old file or this one
   }
   std::ofstream metrics;
-  if (lead) metrics.open(out / "metrics.jsonl", std::ios::app);
+  if (lead) metrics.open(out.file("metrics.jsonl"), std::ios::app);
 
   const double peak = c.train.peak_flops_per_rank > 0 ? c.train.peak_flops_per_rank : (lead ? measure_peak_flops() : 1.0);
   const parallel::data_coords dc = parallel::data_coords_of(shape, env.rank);
@@ -437,9 +460,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
                             " parameter elements on rank 0";
     ro.log(plan_line);
     if (!prep.synthetic)
-      ro.log("veomni-train: " + std::to_string(prep.train.samples.size()) + " training samples (" +
-             std::to_string(prep.train.skipped_too_long) + " longer than data.max_seq_len skipped), " +
-             std::to_string(prep.eval.samples.size()) + " held out; peak " + with_commas(peak / 1e6) +
+      ro.log("veomni-train: " + std::to_string(prep.train.samples.size()) + " training samples" +
+             (prep.train.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.train.skipped) + ")") + ", " +
+             std::to_string(prep.eval.samples.size()) + " held out" +
+             (prep.eval.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.eval.skipped) + ")") + "; peak " + with_commas(peak / 1e6) +
              " MFLOP/s per rank (" + (c.train.peak_flops_per_rank > 0 ? "train.peak_flops_per_rank" : "measured fp32 GEMM") + ")");
   }
 
@@ -449,16 +473,26 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   auto save = [&] {
     const std::map<std::string, std::string> info{{"model", c.model.name}, {"world", std::to_string(env.world_size)}};
     st.adam_steps = optim.steps();
-    save_shard(ckpt_dir, env.rank, model, optim, st, info);
+    if (lead) begin_checkpoint(ckpt_dir, st.step);
     mesh.world().barrier().wait();
+    const file_sum mine = save_shard(ckpt_dir, env.rank, model, optim, st, info);
+    // every rank file's size and CRC-32, for rank 0's meta.json
+    at::Tensor sums = at::zeros({2 * static_cast<int64_t>(env.world_size)}, at::kLong);
+    sums[2 * env.rank] = static_cast<int64_t>(mine.bytes);
+    sums[2 * env.rank + 1] = static_cast<int64_t>(mine.crc32);
+    mesh.world().all_reduce(sums).wait();
     if (lead) {
+      std::vector<file_sum> files(static_cast<size_t>(env.world_size));
+      for (size_t r = 0; r < files.size(); ++r)
+        files[r] = {static_cast<uint64_t>(sums[static_cast<int64_t>(2 * r)].item<int64_t>()),
+                    static_cast<uint32_t>(sums[static_cast<int64_t>(2 * r + 1)].item<int64_t>())};
       const nlohmann::json meta = {{"step", st.step},
                                    {"data_cursor", st.data_cursor},
                                    {"model", c.model.name},
                                    {"world_size", env.world_size},
                                    {"mesh", {{"dp_replicate", shape.dp_replicate}, {"dp_shard", shape.dp_shard},
                                              {"ulysses", shape.sp}, {"ep", shape.ep}}}};
-      ro.log("veomni-train: saved " + finish_checkpoint(ckpt_dir, st, meta));
+      ro.log("veomni-train: saved " + finish_checkpoint(ckpt_dir, st, meta, files));
     }
     mesh.world().barrier().wait();
   };
@@ -550,6 +584,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (c.train.save_checkpoints) save();
   // held-out evaluation and export of the final model
   nlohmann::ordered_json summary = {{"steps", st.step}, {"final_loss", last_loss}};
+  if (!prep.synthetic) {  // data.bad_samples: skip — what was left out, by reason
+    summary["skipped_samples"] = prep.train.skipped;
+    summary["eval_skipped_samples"] = prep.eval.skipped;
+  }
   if (auto e = run_eval()) {
     char b[200];
     std::snprintf(b, sizeof b, "held-out (%ld samples): loss %.4f | answer-token accuracy %.1f%% | exact match %.1f%%", e->samples,
@@ -576,14 +614,14 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (c.train.export_safetensors) {
     const auto all = consolidate<G>(prep.dims, model, mesh);
     if (lead) {
-      export_model<G>((out / "hf").string(), prep.dims, c.model.name, all);
-      ro.log("veomni-train: exported " + (out / "hf" / "model.safetensors").string());
+      export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all);
+      ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
     }
   }
   if (lead) {
-    write_loss_curve((out / "loss_curve.png").string(), curve, eval_points);
-    std::ofstream(out / "summary.json") << summary.dump(2) << "\n";
-    ro.log("veomni-train: outputs in " + out.string() + " (metrics.jsonl, loss_curve.png, config.yaml, summary.json" +
+    write_loss_curve(out.file("loss_curve.png").string(), curve, eval_points);
+    std::ofstream(out.file("summary.json")) << summary.dump(2) << "\n";
+    ro.log("veomni-train: outputs in " + out.dir().string() + " (metrics.jsonl, loss_curve.png, config.yaml, summary.json" +
            (c.train.save_checkpoints ? ", checkpoints/" : "") + (c.train.export_safetensors ? ", hf/" : "") + ")");
   }
   mesh.world().barrier().wait();
