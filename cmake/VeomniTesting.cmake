@@ -3,11 +3,24 @@
 find_package(doctest REQUIRED)
 include(doctest)
 
+# Sanitized builds run slower: every TIMEOUT given to veomni_add_doctest is
+# multiplied by this (ctest's --timeout only sets the default for tests
+# without one). The `asan` preset sets it.
+set(VEOMNI_TEST_TIMEOUT_SCALE 1 CACHE STRING "Factor applied to the TIMEOUT of veomni's doctest tests")
+
 # One executable per area keeps heavy (torch) translation units few; each
 # doctest TEST_CASE becomes its own ctest test carrying LABEL.
 #   veomni_add_doctest(NAME n LABEL l SOURCES a.cpp... [LIBS ...] [PROPERTIES ...])
 function(veomni_add_doctest)
   cmake_parse_arguments(T "" "NAME;LABEL" "SOURCES;LIBS;PROPERTIES" ${ARGN})
+  list(FIND T_PROPERTIES TIMEOUT i)
+  if(i GREATER_EQUAL 0 AND NOT VEOMNI_TEST_TIMEOUT_SCALE EQUAL 1)
+    math(EXPR i "${i} + 1")
+    list(GET T_PROPERTIES ${i} t)
+    math(EXPR t "${t} * ${VEOMNI_TEST_TIMEOUT_SCALE}")
+    list(REMOVE_AT T_PROPERTIES ${i})
+    list(INSERT T_PROPERTIES ${i} ${t})
+  endif()
   add_executable(${T_NAME} ${T_SOURCES})
   target_link_libraries(${T_NAME} PRIVATE doctest::doctest ${T_LIBS})
   target_compile_options(${T_NAME} PRIVATE -Wall -Wextra)
