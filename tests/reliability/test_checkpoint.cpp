@@ -31,14 +31,6 @@ std::string ckpt(const std::string& tag, int step) {
   return tmp_root + "/" + tag + "/out/checkpoints/" + b;
 }
 
-std::vector<nlohmann::json> done(const job& j, const std::string& tag, size_t steps) {
-  INFO(j.output);
-  REQUIRE(j.rc == 0);
-  auto m = metrics(tmp_root + "/" + tag + "/out");
-  REQUIRE(m.size() == steps);
-  return m;
-}
-
 // A 2-rank run of 4 steps (checkpoints at 2 and 4), and the uninterrupted 6-step reference.
 struct runs {
   std::string tag, cfg;
@@ -46,8 +38,8 @@ struct runs {
 };
 runs written(const std::string& tag) {
   runs r{tag, ckpt_config(tag, 6), {}};
-  r.reference = done(train(tag + "_ref", 2, ckpt_config(tag + "_ref", 6)), tag + "_ref", 6);
-  done(train(tag, 2, r.cfg, "--train.max_steps=4"), tag, 4);
+  r.reference = ok_metrics(train(tag + "_ref", 2, ckpt_config(tag + "_ref", 6)), tag + "_ref", 6);
+  ok_metrics(train(tag, 2, r.cfg, "--train.max_steps=4"), tag, 4);
   return r;
 }
 
@@ -55,7 +47,7 @@ runs written(const std::string& tag) {
 void resumes_exactly(const runs& r, const std::string& spec, const std::string& from) {
   const job j = train(r.tag, 2, r.cfg, "--train.load_checkpoint_path=" + spec);
   CHECK(contains(j.output, "resumed from " + from));
-  const auto got = done(j, r.tag, 6);
+  const auto got = ok_metrics(j, r.tag, 6);
   for (size_t i = 2; i < 6; ++i) {
     CHECK(got[i]["loss"].get<double>() == r.reference[i]["loss"].get<double>());
     CHECK(got[i]["grad_norm"].get<double>() == r.reference[i]["grad_norm"].get<double>());
@@ -71,7 +63,7 @@ uint32_t crc_of(const std::string& path) {
 TEST_SUITE("checkpoint") {
 TEST_CASE("meta.json lists every rank file with its size and CRC-32, and no temporaries are left" * doctest::timeout(120)) {
   const std::string tag = "ck_meta";
-  done(train(tag, 2, ckpt_config(tag, 4)), tag, 4);
+  ok_metrics(train(tag, 2, ckpt_config(tag, 4)), tag, 4);
   const auto meta = nlohmann::json::parse(slurp(ckpt(tag, 4) + "/meta.json"));
   REQUIRE(meta["files"].size() == 2);
   for (const char* f : {"rank_00000.safetensors", "rank_00001.safetensors"}) {
@@ -135,7 +127,7 @@ TEST_CASE("an incomplete checkpoint: meta.json missing, a rank file missing, an 
 
 TEST_CASE("when no checkpoint verifies, auto refuses them all instead of starting afresh" * doctest::timeout(180)) {
   const std::string tag = "ck_none", cfg = ckpt_config(tag, 4);
-  done(train(tag, 1, cfg), tag, 4);
+  ok_metrics(train(tag, 1, cfg), tag, 4);
   for (int s : {2, 4}) fs::remove(ckpt(tag, s) + "/meta.json");
   const job j = train(tag, 1, cfg, "--train.load_checkpoint_path=auto");
   expect_error(j, "train.load_checkpoint_path: " + tmp_root + "/" + tag + "/out/checkpoints: no checkpoint verifies (");
@@ -145,7 +137,7 @@ TEST_CASE("when no checkpoint verifies, auto refuses them all instead of startin
 
 TEST_CASE("a `latest` that names a path outside the checkpoints folder is ignored" * doctest::timeout(120)) {
   const std::string tag = "ck_latest", cfg = ckpt_config(tag, 4);
-  done(train(tag, 1, cfg), tag, 4);
+  ok_metrics(train(tag, 1, cfg), tag, 4);
   const std::string out = tmp_root + "/" + tag + "/out";
   write_file(out + "/checkpoints/latest", "../../ck_meta/out/checkpoints/step_000004\n");
   const job j = train(tag, 1, cfg, "--train.load_checkpoint_path=auto --train.max_steps=6");

@@ -96,6 +96,7 @@ inline void expect_error_on_each_rank(const std::string& tag, const std::string&
     CHECK(contains(j.output, "veomni-train: error: " + message));
   }
 }
+
 #endif
 
 inline std::vector<nlohmann::json> metrics(const std::string& out_dir) {
@@ -104,6 +105,17 @@ inline std::vector<nlohmann::json> metrics(const std::string& out_dir) {
   for (std::string line; std::getline(in, line);) m.push_back(nlohmann::json::parse(line));
   return m;
 }
+
+#ifdef DOCTEST_VERSION
+// The metrics of a job that must succeed with `steps` steps, written to tmp/<tag>/out.
+inline std::vector<nlohmann::json> ok_metrics(const job& j, const std::string& tag, size_t steps) {
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  auto m = metrics(tmp_root + "/" + tag + "/out");
+  REQUIRE(m.size() == steps);
+  return m;
+}
+#endif
 
 inline double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }
 

@@ -32,14 +32,6 @@ std::string synthetic_config(const std::string& tag, const std::string& model, i
          "\n  global_batch_size: 8\n  lr: 0.003\n  log_steps: 100\n  save_checkpoints: false\n  export_safetensors: false\n";
 }
 
-std::vector<nlohmann::json> ok_metrics(const job& j, const std::string& tag, size_t steps) {
-  INFO(j.output);
-  REQUIRE(j.rc == 0);
-  auto m = metrics(tmp_root + "/" + tag + "/out");
-  REQUIRE(m.size() == steps);
-  return m;
-}
-
 void check_same(const std::vector<nlohmann::json>& ref, const std::vector<nlohmann::json>& got, double tol,
                 size_t from = 0) {
   double worst_loss = 0, worst_norm = 0;
