@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
                  "  trains model.name (dense_lm | tiny_vl | omni_moe) as CONFIG says; keys: docs/trainer.md\n");
     return argc < 2 ? 2 : 0;
   }
+  parallel::retain_host_memory();  // freed step temporaries stay in the process (no page faults every step)
   train::config c;
   comm::launch_env env;
   try {
