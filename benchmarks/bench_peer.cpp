@@ -11,6 +11,11 @@
 //   bench_peer comm RECIPE STEPS WARMUP
 //       Issues, with no computation, the collectives of one step exactly as
 //       the plan prices them (same ops, groups and sizes), one at a time.
+//   bench_peer ab RECIPE STEPS WARMUP THREADS OVERLAP_A OVERLAP_B
+//       Two models with different backward-overlap options (each
+//       "ASYNC_REDUCE,BACKWARD_PREFETCH,MAX_REDUCES_IN_FLIGHT", e.g. 0,0,0 and
+//       1,1,1), steps interleaved under the same load; exit 4 if their losses
+//       differ. BENCH_PEER_OVERLAP sets the same options for `train`.
 //   bench_peer peak THREADS
 //       fp32 GEMM throughput (at::mm, square sizes), the MFU denominator.
 //   bench_peer flops
@@ -88,6 +93,62 @@ int64_t sum_bytes(const std::map<std::pair<std::string, std::string>, int64_t>& 
   return s;
 }
 
+// The backward overlap's options from "ASYNC_REDUCE,BACKWARD_PREFETCH,MAX_REDUCES_IN_FLIGHT"
+// (e.g. "0,0,0": synchronous backward; "1,1,1": the defaults); null: the defaults.
+parallel::options overlap_options(const char* spec) {
+  parallel::options opt;
+  opt.seed = 1234;
+  if (spec) {
+    int a = opt.async_reduce, p = opt.backward_prefetch, w = opt.max_reduces_in_flight;
+    std::sscanf(spec, "%d,%d,%d", &a, &p, &w);
+    opt.async_reduce = a != 0, opt.backward_prefetch = p != 0, opt.max_reduces_in_flight = w;
+  }
+  return opt;
+}
+
+// Two models with different overlap options, on one mesh, trained on the
+// same batches with their steps interleaved (A B B A A B ...), so that both
+// see the same machine load; prints both medians and the median of the
+// per-pair differences (B - A). Their losses must agree step for step.
+template <class R>
+int run_ab(const std::string& name, int steps, int warmup, int threads, const char* spec_a, const char* spec_b) {
+  at::set_num_threads(threads);
+  const comm::launch_env env = comm::read_launch_env();
+  const mesh_shape m{.dp_shard = env.world_size};
+  comm::gloo_mesh mesh(m, env);
+  const dense_lm::dims d = bench::peer_dims();
+  using model_t = parallel::parallel_model<dense_lm, R, comm::gloo_mesh>;
+  model_t ma(d, mesh, overlap_options(spec_a)), mb(d, mesh, overlap_options(spec_b));
+  train::adamw oa(ma.parameters(), ma.decay_masks(), {.lr = 1e-3, .eps = 1e-8, .weight_decay = 0.1});
+  train::adamw ob(mb.parameters(), mb.decay_masks(), {.lr = 1e-3, .eps = 1e-8, .weight_decay = 0.1});
+  auto one = [](model_t& md, train::adamw& o, const nn::batch& b, double& loss) {
+    const auto t0 = clock_type::now();
+    md.zero_grad();
+    loss = md.forward_backward(b).loss;
+    o.step(1e-3, train::clip_scale(md.grad_norm(), 1.0));
+    return seconds_since(t0);
+  };
+  std::vector<double> ta, tb, diff;
+  int mismatches = 0;
+  for (int step = 0; step < warmup + steps; ++step) {
+    const nn::batch b = parallel::local_batch(bench::peer_batch(step), m, env.rank, -1, -1);
+    double la = 0, lb = 0, sa, sb;
+    if (step % 2 == 0) {
+      sa = one(ma, oa, b, la), sb = one(mb, ob, b, lb);
+    } else {
+      sb = one(mb, ob, b, lb), sa = one(ma, oa, b, la);
+    }
+    if (la != lb) ++mismatches;
+    if (step >= warmup) ta.push_back(sa), tb.push_back(sb), diff.push_back(sb - sa);
+  }
+  if (env.rank != 0) return 0;
+  std::printf("RESULT mode=ab recipe=%s world=%d threads=%d steps=%d a=%s b=%s a_step_s=%.6f b_step_s=%.6f "
+              "diff_median_s=%.6f diff_rel=%.4f loss_mismatches=%d\n",
+              name.c_str(), env.world_size, threads, steps, spec_a, spec_b, median(ta), median(tb), median(diff),
+              median(diff) / median(ta), mismatches);
+  return mismatches ? 4 : 0;
+}
+
 template <class R>
 int run_training(const std::string& name, int steps, int warmup, int threads, long data_world, long data_rank) {
   using P = plan<dense_lm, R>;
@@ -100,8 +161,7 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
   const long data_index = solo ? data_rank : env.rank;
   comm::gloo_mesh mesh(m, env);
   const dense_lm::dims d = bench::peer_dims();
-  parallel::options opt;
-  opt.seed = 1234;
+  parallel::options opt = overlap_options(std::getenv("BENCH_PEER_OVERLAP"));
   parallel::parallel_model<dense_lm, R, comm::gloo_mesh> model(d, mesh, opt);
   train::adamw optim(model.parameters(), model.decay_masks(), {.lr = 1e-3, .eps = 1e-8, .weight_decay = 0.1});
 
@@ -289,6 +349,12 @@ int main(int argc, char** argv) {
       const long dw = arg(5, 0), dr = arg(6, 0);
       if (a[1] == "fsdp") return run_training<fsdp_recipe>(a[1], steps, warmup, threads, dw, dr);
       if (a[1] == "ddp") return run_training<ddp_recipe>(a[1], steps, warmup, threads, dw, dr);
+    } else if (a.size() >= 7 && a[0] == "ab") {
+      // bench_peer ab RECIPE STEPS WARMUP THREADS OVERLAP_A OVERLAP_B
+      const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5)),
+                threads = static_cast<int>(arg(4, 1));
+      if (a[1] == "fsdp") return run_ab<fsdp_recipe>(a[1], steps, warmup, threads, a[5].c_str(), a[6].c_str());
+      if (a[1] == "ddp") return run_ab<ddp_recipe>(a[1], steps, warmup, threads, a[5].c_str(), a[6].c_str());
     } else if (a.size() >= 2 && a[0] == "comm") {
       const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5));
       if (a[1] == "fsdp") return comm_only<fsdp_recipe>(a[1], steps, warmup);

@@ -240,10 +240,13 @@ class gloo_communicator : public detail::communicator_identity {
   }
 
   // reduce_scatter's receive buffer, reused while no collective in flight
-  // holds it (a fresh 16 MiB buffer costs page faults on every call).
+  // holds it (a fresh 16 MiB buffer costs page faults on every call). An
+  // issued reduce_scatter holds either scratch_ itself (the same TensorImpl:
+  // the storage's count stays 1) or a narrowed view of it (another holder
+  // of the storage) until its work is dropped.
   at::Tensor scratch(std::int64_t elements, const at::TensorOptions& like) {
-    if (!scratch_.defined() || scratch_.storage().use_count() > 1 || scratch_.numel() < elements ||
-        scratch_.scalar_type() != like.dtype().toScalarType())
+    if (!scratch_.defined() || scratch_.use_count() > 1 || scratch_.storage().use_count() > 1 ||
+        scratch_.numel() < elements || scratch_.scalar_type() != like.dtype().toScalarType())
       scratch_ = at::empty({elements}, like);
     return scratch_.numel() == elements ? scratch_ : scratch_.narrow(0, 0, elements);
   }

@@ -21,11 +21,31 @@
 // Gradients reach the shards directly (not through autograd's leaves), so a
 // rank whose batch has no image still reduces the vision encoder's (zero)
 // gradients: the plan never depends on the data.
+//
+// Overlap in backward (options::async_reduce, options::backward_prefetch):
+// a unit's gradient reduction (FSDP/HSDP reduce_scatter, DDP all_reduce) is
+// issued as soon as backward has finished that unit, and waited for at the
+// end of forward_backward (a reduce_scatter earlier, once
+// options::max_reduces_in_flight newer ones are issued), which adds it to the
+// group's .grad: grad_norm and the optimizer see what they saw before. While
+// block k differentiates, the all_gather of the block backward needs next
+// (the one before k in forward order) is already in flight. Collectives are issued at points fixed by the
+// program (autograd's order of units, which the synchronous version relied
+// on too; DDP's all-reduces strictly in the plan's reverse unit order), never
+// by how far a collective has got, so every rank issues the same sequence.
+//
+//   backward of block k:   wait all_gather(k) . issue all_gather(k-1) . grads of k
+//                          . issue reduce_scatter(k) . wait reduce_scatter(k+1),
+//                          .grad += it (HSDP: issue its all_reduce) . free block
+//                          k's gathered copy
+//   end of backward:       wait the rest (reduce_scatters, then HSDP's all_reduces,
+//                          DDP's all_reduces) in issue order; .grad += result
 #include <torch/torch.h>
 #include <ATen/native/Resize.h>
 
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -45,6 +65,16 @@ namespace veomni::parallel {
 struct options {
   bool checkpoint = false;  // activation checkpointing per block (recompute in backward)
   bool prefetch = true;     // all-gather the next block while this one computes
+  // backward: all-gather the block backward needs next while this one differentiates
+  bool backward_prefetch = true;
+  // issue each unit's gradient reduction when backward finishes the unit, wait
+  // at the end of backward (false: wait for each as soon as it is issued)
+  bool async_reduce = true;
+  // FSDP/HSDP reduce_scatters in flight at most (0: no limit, all waited at the
+  // end of backward): issuing one more first waits for the oldest, so at most
+  // this many units' unsharded gradients (and Gloo receive buffers) are held
+  // besides the one backward is computing (1 measured as fast as 2 or 0)
+  int max_reduces_in_flight = 1;
   double aux_weight = 0.01;  // MoE load-balancing loss weight
   uint64_t seed = 0;
 };
@@ -115,8 +145,15 @@ struct param_group {
   double replicas = 1;                       // copies within dp_shard*sp (for the gradient norm)
   at::ScalarType compute = at::kFloat;       // gathered / computed in (mixed precision)
   at::ScalarType reduce_type = at::kFloat;   // gradients reduced in
+  // DDP: this micro-batch's gradient, all-reduced in place
+  at::Tensor reduce_buf;
+  bool arrived = false;  // reduce_buf holds this micro-batch's gradient
   bool empty() const { return numel == 0; }
   int64_t padded() const { return shard ? shard->size() * value.numel() : numel; }
+  // Gathered parameters live in their own storage (freed when resharding).
+  bool gathers() const { return shard && !empty(); }
+  // Its gradient is all-reduced whole (DDP) over more than one rank.
+  bool replicated_reduce() const { return !shard && reduce && reduce->size() > 1 && !empty(); }
 };
 
 template <class Comm>
@@ -124,10 +161,26 @@ struct unit_state {
   nn::unit_id id;
   param_group<Comm> dense, experts;
   bool reshard = false;
-  // forward prefetch
+  // forward prefetch (and, with checkpointing, backward prefetch)
   comm::work pending_d, pending_e;
   at::Tensor pending_dense, pending_experts;
   bool has_pending = false;
+  // resharded block between its forward and its backward: the gathered
+  // storage autograd saved (freed), and a backward all_gather into it
+  at::Tensor saved_dense, saved_experts;
+  comm::work regather_d, regather_e;
+  bool regathering = false;
+  int64_t forward_pos = -1;  // position in this micro-batch's forward order of blocks
+  nn::tensors ddp_views;     // DDP: this micro-batch's parameter views (through ddp_fn)
+};
+
+// A gradient reduction in flight: its collective reads `in` and leaves the
+// reduced gradient in `out`, to be added to group->value.grad().
+template <class Comm>
+struct pending_reduce {
+  param_group<Comm>* group = nullptr;
+  at::Tensor in, out;
+  comm::work w;
 };
 
 template <Model G, Recipe R, class Mesh>
@@ -143,13 +196,21 @@ class parallel_model : public nn::unit_source {
     shard_group_ = &mesh_[axes<axis::dp_shard, axis::sp>];
     ep_rank_ = comm::coords_of(m, mesh_.rank()).ep;
     for_each_node<G>([&](auto I) { build_node<I.value>(); });
+    for (auto it = units_.rbegin(); it != units_.rend(); ++it)
+      for (auto* g : {&it->dense, &it->experts})
+        if (g->replicated_reduce()) ddp_order_.push_back(g);
   }
 
   // ---- nn::unit_source --------------------------------------------------------
   nn::tensors unit(const nn::unit_id& u) override {
     unit_state<Comm>& s = state(u);
     if (u.block >= 0 && block_wrapped(s)) return current_block_params_;  // inside block_fn
-    if (!s.dense.shard && !s.experts.shard) return views(s, s.dense.value, s.experts.value);
+    if (!s.dense.shard && !s.experts.shard) {
+      if (!async_ddp(s)) return views(s, s.dense.value, s.experts.value);
+      // once per micro-batch: the unit's gradient reaches ddp_fn's backward complete
+      if (s.ddp_views.empty()) s.ddp_views = views(s, ddp_input(s.dense), ddp_input(s.experts));
+      return s.ddp_views;
+    }
     return gather_fn::apply(dummy_, this, &s);
   }
 
@@ -233,8 +294,11 @@ class parallel_model : public nn::unit_source {
     nn::context ctx;
     ctx.data = &b;
     ctx_ = &ctx;
+    begin_micro_batch();
     // the hooks differ per node: route them through the context by node
     nn::port_map outs = forward_nodes(ctx);
+    // the first block backward needs: gather it while the loss is computed
+    if (!forward_order_.empty()) prefetch_backward(forward_order_.size());
     // global counts of loss targets, and the global loss for reporting
     std::vector<at::Tensor> stat_parts;
     for (const auto& t : ctx.losses) {
@@ -270,6 +334,7 @@ class parallel_model : public nn::unit_source {
     loss.backward();
     ctx_ = nullptr;
     finish_backward();
+    in_step_ = false;
     return out;
   }
 
@@ -436,47 +501,216 @@ class parallel_model : public nn::unit_source {
     return {dense, experts};
   }
 
-  void prefetch_next(const nn::unit_id& u) {
-    nn::unit_id next{u.node, u.block + 1};
-    if (next.block >= nn::node_blocks<G>(d_, u.node)) return;
-    unit_state<Comm>& s = state(next);
+  void start_prefetch(unit_state<Comm>& s) {
     if (s.has_pending || !(s.dense.shard || s.experts.shard)) return;
     s.pending_dense = start_gather(s.dense, s.pending_d);
     s.pending_experts = start_gather(s.experts, s.pending_e);
     s.has_pending = true;
   }
 
-  // Reduces a unit's full gradient (flat, unpadded) into its group's .grad.
-  void reduce_into(param_group<Comm>& g, const at::Tensor& full_grad) {
-    if (g.empty()) return;
-    at::Tensor gr = full_grad.defined() ? full_grad.reshape({-1}) : at::zeros({g.numel});
-    at::Tensor shard_grad;
-    if (g.shard) {
-      const auto opts = at::TensorOptions().dtype(g.reduce_type);
-      at::Tensor padded = at::zeros({g.padded()}, opts);
-      padded.narrow(0, 0, g.numel).copy_(gr);
-      shard_grad = at::empty({g.value.numel()}, opts);
-      g.shard->reduce_scatter(shard_grad, padded).wait();
-      if (g.reduce) g.reduce->all_reduce(shard_grad, comm::reduce_op::sum).wait();
-      shard_grad = shard_grad.to(g.value.scalar_type());  // into the fp32 master shard
-    } else {
-      shard_grad = gr.clone();
-    }
-    if (g.value.grad().defined())
-      g.value.mutable_grad().add_(shard_grad);
-    else
-      g.value.mutable_grad() = shard_grad;
+  void prefetch_next(const nn::unit_id& u) {
+    nn::unit_id next{u.node, u.block + 1};
+    if (next.block >= nn::node_blocks<G>(d_, u.node)) return;
+    start_prefetch(state(next));
   }
 
-  // After backward: DDP's per-unit all-reduce (reverse unit order, as the plan),
-  // and zero gradients for replicated units that got none.
+  // Resharded block: frees the gathered copy autograd saved (after forward,
+  // and again after backward), or gathers it back into the same storage.
+  static void free_gathered(unit_state<Comm>& s, const at::Tensor& dense, const at::Tensor& experts) {
+    if (s.dense.gathers()) detail::resize_storage(dense, 0);
+    if (s.experts.gathers()) detail::resize_storage(experts, 0);
+  }
+  static void start_regather(unit_state<Comm>& s) {
+    for (auto [grp, t, w] : {std::tuple{&s.dense, s.saved_dense, &s.regather_d},
+                             std::tuple{&s.experts, s.saved_experts, &s.regather_e}}) {
+      if (!grp->gathers()) continue;
+      detail::resize_storage(t, static_cast<size_t>(grp->padded()) * t.element_size());
+      *w = grp->shard->all_gather(detail::alias_of(t), grp->value.detach().to(grp->compute).contiguous());
+    }
+    s.regathering = true;
+  }
+  static void finish_regather(unit_state<Comm>& s) {
+    if (!s.regathering) start_regather(s);
+    s.regathering = false;
+    s.regather_d.wait();
+    s.regather_e.wait();
+  }
+
+  // Backward prefetch: before block forward_order_[pos] differentiates, start
+  // gathering block forward_order_[pos - 1], the one backward reaches next.
+  void prefetch_backward(std::size_t pos) {
+    if (!opt_.backward_prefetch || pos == 0 || pos > forward_order_.size()) return;
+    unit_state<Comm>& p = *forward_order_[pos - 1];
+    if (!(p.dense.gathers() || p.experts.gathers())) return;
+    if (opt_.checkpoint)
+      start_prefetch(p);  // block_fn's recompute gathers through gather()
+    else if (p.reshard && p.saved_dense.defined() && !p.regathering)
+      start_regather(p);
+  }
+
+  void prefetch_backward_before(const unit_state<Comm>& s) {
+    if (s.forward_pos >= 0) prefetch_backward(static_cast<std::size_t>(s.forward_pos));
+  }
+
+  // ---- reducing gradients ----------------------------------------------------------------
+  // The reduced gradient into the master .grad (accumulating micro-batches).
+  static void accumulate(param_group<Comm>& g, const at::Tensor& reduced, bool owned) {
+    at::Tensor t = reduced.to(g.value.scalar_type());
+    if (g.value.grad().defined())
+      g.value.mutable_grad().add_(t);
+    else
+      g.value.mutable_grad() = owned || !t.is_same(reduced) ? t : t.clone();
+  }
+
+  // Reduces a unit's gradient into its group's .grad: `grad` is the gradient
+  // of the gathered flat buffer (padded, or just the group's numel elements;
+  // undefined: zeros). With async_reduce the reduce_scatter is only issued;
+  // finish_backward waits for it.
+  void reduce_into(param_group<Comm>& g, const at::Tensor& grad) {
+    if (g.empty()) return;
+    at::Tensor gr = grad.defined() ? grad.reshape({-1}) : at::zeros({g.numel});
+    if (!g.shard) return accumulate(g, gr, false);  // held whole: nothing to scatter
+    pending_reduce<Comm> r{&g, {}, {}, {}};
+    const auto opts = at::TensorOptions().dtype(g.reduce_type);
+    if (gr.numel() == g.padded() && gr.scalar_type() == g.reduce_type) {
+      r.in = gr;  // the gathered buffer's own gradient: only its padding to clear
+      r.in.narrow(0, g.numel, g.padded() - g.numel).zero_();
+    } else {
+      r.in = at::empty({g.padded()}, opts);
+      r.in.narrow(0, 0, g.numel).copy_(gr.narrow(0, 0, g.numel));
+      r.in.narrow(0, g.numel, g.padded() - g.numel).zero_();
+    }
+    r.out = at::empty({g.value.numel()}, opts);
+    r.w = g.shard->reduce_scatter(r.out, r.in);
+    if (!opt_.async_reduce || !in_step_) {
+      scattered(r);
+      return finish_replicas();
+    }
+    reducing_.push_back(std::move(r));
+    // Wait for the oldest at points that depend only on the program: when over
+    // the limit, or when its reduce_scatter ran in place (a shard group of one:
+    // HSDP's all_reduce can start now).
+    while (!reducing_.empty() && ((opt_.max_reduces_in_flight > 0 &&
+                                   reducing_.size() > static_cast<std::size_t>(opt_.max_reduces_in_flight)) ||
+                                  reducing_.front().group->shard->size() == 1)) {
+      scattered(reducing_.front());
+      reducing_.pop_front();
+    }
+  }
+
+  // A reduce_scatter done: accumulate, or (HSDP) start the all_reduce over dp_replicate.
+  void scattered(pending_reduce<Comm>& r) {
+    r.w.wait();
+    r.in = at::Tensor();
+    if (!r.group->reduce) return accumulate(*r.group, r.out, true);
+    r.w = r.group->reduce->all_reduce(r.out, comm::reduce_op::sum);
+    replicating_.push_back(std::move(r));
+  }
+  void finish_replicas() {
+    for (auto& r : replicating_) {
+      r.w.wait();
+      accumulate(*r.group, r.out, true);
+    }
+    replicating_.clear();
+  }
+
+  // DDP: a unit's parameters pass through ddp_fn, whose backward receives the
+  // unit's whole gradient of this micro-batch. (All-reducing the accumulated
+  // .grad instead would sum earlier micro-batches over the ranks again.)
+  bool async_ddp(const unit_state<Comm>& s) const {
+    return in_step_ && (s.dense.replicated_reduce() || s.experts.replicated_reduce());
+  }
+  at::Tensor ddp_input(param_group<Comm>& g) {
+    return g.replicated_reduce() ? ddp_fn::apply(dummy_, this, &g) : g.value;
+  }
+  // The gradient of group g is complete: keep it, and all-reduce every group
+  // whose turn has come. The turn is the plan's order (reverse unit order,
+  // dense then experts), so ranks issue the same sequence whatever order
+  // autograd finishes units in.
+  //
+  // The gradient is all-reduced in place when nothing else can see its memory:
+  // ddp_fn's output (and a checkpointed block's leaves) feed only the narrow()
+  // views made in views(), whose backward allocates a fresh buffer of the
+  // group's size, so autograd hands over a tensor only this call holds (and
+  // a copy would cost a pass over every gradient). Anything else (a view, a
+  // shared storage, another dtype) is copied.
+  void ddp_arrived(param_group<Comm>& g, const at::Tensor& grad) {
+    if (g.arrived) throw std::logic_error("veomni::parallel: a DDP unit's gradient arrived twice in one backward");
+    const bool own = grad.defined() && grad.is_contiguous() && grad.numel() == g.numel && grad.storage_offset() == 0 &&
+                     grad.storage().use_count() == 1 && grad.scalar_type() == g.value.scalar_type() &&
+                     static_cast<int64_t>(grad.storage().nbytes()) == g.numel * grad.element_size();
+    if (own) {
+      g.reduce_buf = grad.view({-1});
+    } else {
+      g.reduce_buf = at::empty({g.numel}, g.value.options().requires_grad(false));
+      if (grad.defined())
+        g.reduce_buf.copy_(grad.reshape({-1}));
+      else
+        g.reduce_buf.zero_();
+    }
+    g.arrived = true;
+    while (ddp_issued_ < ddp_order_.size() && ddp_order_[ddp_issued_]->arrived) {
+      param_group<Comm>* next = ddp_order_[ddp_issued_++];
+      comm::work w = next->reduce->all_reduce(next->reduce_buf, comm::reduce_op::sum);
+      ddp_reducing_.push_back({next, {}, next->reduce_buf, std::move(w)});
+      if (!opt_.async_reduce) finish_ddp();
+    }
+  }
+  void finish_ddp() {
+    for (auto& r : ddp_reducing_) {
+      r.w.wait();
+      r.group->reduce_buf = at::Tensor();
+      accumulate(*r.group, r.out, true);
+    }
+    ddp_reducing_.clear();
+  }
+
+  void begin_micro_batch() {
+    // what an interrupted step (an exception) left behind
+    reducing_.clear();
+    replicating_.clear();
+    ddp_reducing_.clear();
+    for (auto& s : units_) {
+      s.saved_dense = s.saved_experts = at::Tensor();
+      s.regathering = false;
+      s.forward_pos = -1;
+      s.ddp_views.clear();
+      s.dense.arrived = s.experts.arrived = false;
+      s.dense.reduce_buf = s.experts.reduce_buf = at::Tensor();
+    }
+    forward_order_.clear();
+    ddp_issued_ = 0;
+    in_step_ = true;
+  }
+
+  // After backward: everything issued is waited for and added to .grad.
+  // Replicated groups backward did not reach reduce zeros (as the plan).
   void finish_backward() {
-    for (auto it = units_.rbegin(); it != units_.rend(); ++it)
-      for (auto* g : {&it->dense, &it->experts}) {
-        if (g->empty() || g->shard) continue;
-        if (!g->value.grad().defined()) g->value.mutable_grad() = at::zeros_like(g->value);
-        if (g->reduce) g->reduce->all_reduce(g->value.mutable_grad(), comm::reduce_op::sum).wait();
+    while (ddp_issued_ < ddp_order_.size()) ddp_arrived(*ddp_order_[ddp_issued_], at::Tensor());
+    while (!reducing_.empty()) {
+      scattered(reducing_.front());
+      reducing_.pop_front();
+    }
+    finish_replicas();
+    finish_ddp();
+    for (auto& s : units_) {
+      // prefetched for a backward that did not run: complete, and drop (the
+      // next forward must gather the updated shards)
+      if (s.regathering) {
+        finish_regather(s);
+        free_gathered(s, s.saved_dense, s.saved_experts);
       }
+      if (s.has_pending) {
+        gather(s);
+        s.pending_dense = s.pending_experts = at::Tensor();
+      }
+      s.saved_dense = s.saved_experts = at::Tensor();
+      s.ddp_views.clear();
+    }
+    forward_order_.clear();
+    for (auto& s : units_)
+      for (auto* g : {&s.dense, &s.experts})
+        if (!g->empty() && !g->shard && !g->value.grad().defined()) g->value.mutable_grad() = at::zeros_like(g->value);
   }
 
   // ---- autograd functions --------------------------------------------------------------
@@ -504,6 +738,24 @@ class parallel_model : public nn::unit_source {
       const at::Tensor flat = torch::autograd::Function<gather_fn>::apply(dummy, self, s);
       const int64_t dn = s->dense.numel;
       return views(*s, flat.narrow(0, 0, dn), flat.narrow(0, dn, s->experts.numel));
+    }
+  };
+
+  // A DDP group's parameters (no copy) whose backward hands the unit's whole
+  // gradient of this micro-batch to its all_reduce instead of the leaf.
+  struct ddp_fn : torch::autograd::Function<ddp_fn> {
+    static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor&, parallel_model* self,
+                              param_group<Comm>* g) {
+      ctx->saved_data["self"] = reinterpret_cast<int64_t>(self);
+      ctx->saved_data["g"] = reinterpret_cast<int64_t>(g);
+      return g->value.detach();
+    }
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list g) {
+      auto* self = reinterpret_cast<parallel_model*>(ctx->saved_data["self"].toInt());
+      auto* grp = reinterpret_cast<param_group<Comm>*>(ctx->saved_data["g"].toInt());
+      self->ddp_arrived(*grp, g[0]);
+      return {at::Tensor(), at::Tensor(), at::Tensor()};
     }
   };
 
@@ -570,9 +822,14 @@ class parallel_model : public nn::unit_source {
         torch::AutoGradMode grad(true);
         *holder = run(self, s, *body, x, dense, experts, sharded);
         if (s->reshard && sharded) {  // free the gathered copy; backward gathers it again
-          detail::resize_storage(holder->dense, 0);
-          detail::resize_storage(holder->experts, 0);
+          free_gathered(*s, holder->dense, holder->experts);
+          s->saved_dense = holder->dense;
+          s->saved_experts = holder->experts;
         }
+      }
+      if (self->in_step_) {
+        s->forward_pos = static_cast<int64_t>(self->forward_order_.size());
+        self->forward_order_.push_back(s);
       }
       ctx->saved_data["inner"] = reinterpret_cast<int64_t>(new std::shared_ptr<inner>(holder));
       at::Tensor aux = holder->aux.defined() ? holder->aux.detach() : at::zeros({});
@@ -593,18 +850,13 @@ class parallel_model : public nn::unit_source {
         delete body_ptr;
         const at::Tensor x = ctx->get_saved_variables()[0];
         auto [dense, experts] = full_params(self, s);  // backward all_gather
+        self->prefetch_backward_before(*s);
         torch::AutoGradMode grad(true);
         self->ctx_->h = self->node_hooks_[s->id.node];  // the recompute runs this node's hooks
         *holder = run(self, s, *body, x, dense, experts, sharded);
-      } else if (s->reshard && sharded) {  // backward all_gather into the freed storage
-        comm::work wd, we;
-        for (auto [grp, t, w] : {std::tuple{&s->dense, holder->dense, &wd}, std::tuple{&s->experts, holder->experts, &we}}) {
-          if (grp->empty() || !grp->shard) continue;
-          detail::resize_storage(t, static_cast<size_t>(grp->padded()) * t.element_size());
-          *w = grp->shard->all_gather(detail::alias_of(t), grp->value.detach().to(grp->compute).contiguous());
-        }
-        wd.wait();
-        we.wait();
+      } else {
+        if (s->reshard && sharded) finish_regather(*s);  // backward all_gather into the freed storage
+        self->prefetch_backward_before(*s);
       }
       std::vector<at::Tensor> outs{holder->y}, grads_out{g[0]};
       if (holder->aux.defined() && g[1].defined()) {
@@ -619,16 +871,18 @@ class parallel_model : public nn::unit_source {
       const auto grads = torch::autograd::grad(outs, wrt, grads_out, false, false, /*allow_unused=*/true);
       const std::size_t o = x_grad ? 1 : 0;
       if (sharded) {
-        self->reduce_into(s->dense, grads[o].defined() ? grads[o].narrow(0, 0, s->dense.numel) : at::Tensor());
-        self->reduce_into(s->experts,
-                          grads[o + 1].defined() ? grads[o + 1].narrow(0, 0, s->experts.numel) : at::Tensor());
-        if (s->reshard) {
-          detail::resize_storage(holder->dense, 0);
-          detail::resize_storage(holder->experts, 0);
-        }
-      } else {  // checkpointed replicated unit: accumulate into the leaves
+        self->reduce_into(s->dense, grads[o]);
+        self->reduce_into(s->experts, grads[o + 1]);
+        if (s->reshard) free_gathered(*s, holder->dense, holder->experts);
+        s->saved_dense = s->saved_experts = at::Tensor();
+      } else {  // checkpointed replicated unit: all-reduce (DDP) or accumulate into the leaves
         for (auto [grp, gr] : {std::pair{&s->dense, grads[o]}, std::pair{&s->experts, grads[o + 1]}}) {
-          if (grp->empty() || !gr.defined()) continue;
+          if (grp->empty()) continue;
+          if (self->in_step_ && grp->replicated_reduce()) {
+            self->ddp_arrived(*grp, gr);
+            continue;
+          }
+          if (!gr.defined()) continue;
           if (grp->value.grad().defined()) grp->value.mutable_grad().add_(gr);
           else grp->value.mutable_grad() = gr.clone();
         }
@@ -703,6 +957,14 @@ class parallel_model : public nn::unit_source {
   std::vector<unit_state<Comm>> units_;
   at::Tensor dummy_ = torch::zeros({}, torch::requires_grad());  // makes gather and block functions differentiable
   nn::tensors current_block_params_;
+  // backward overlap (see the top of this file)
+  bool in_step_ = false;                            // inside forward_backward
+  std::vector<unit_state<Comm>*> forward_order_;   // blocks in this micro-batch's forward order
+  std::deque<pending_reduce<Comm>> reducing_;       // reduce_scatters issued, oldest first
+  std::vector<pending_reduce<Comm>> replicating_;   // HSDP all_reduces issued
+  std::vector<param_group<Comm>*> ddp_order_;       // DDP groups, in the plan's order of all_reduces
+  std::size_t ddp_issued_ = 0;                      // ddp_order_[0, ddp_issued_) are issued
+  std::vector<pending_reduce<Comm>> ddp_reducing_;  // DDP all_reduces issued
   nn::context* ctx_ = nullptr;
   nn::context* hook_ctx_ = nullptr;
   std::vector<nn::hooks> node_hooks_;
