@@ -2,8 +2,9 @@
 // command line for STEPS fp32 AdamW steps on the synthetic global batches,
 // and (rank 0) writes "step loss grad_norm" lines to OUT. Every step it also
 // holds the communicators' counters against the plan's cost model, and fails
-// on any difference.
-//   parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint]
+// on any difference. With --micro=N each step's global batch is cut into N
+// micro-batches (contiguous runs of samples), whose gradients accumulate.
+//   parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint] [--micro=N]
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -31,24 +32,38 @@ struct args {
   mesh_shape mesh;
   int steps = 20;
   bool checkpoint = false;
+  int micro = 1;
 };
 
-// The plan's payload bytes for this rank's step, by (collective, axis key).
+using byte_map = std::map<std::pair<std::string, std::string>, int64_t>;
+
+// The plan's payload bytes, by (collective, axis key), added to `out`: of
+// one micro-batch of lm_tokens (forward and backward), or of the optimizer
+// (once a step).
 template <class P>
-std::map<std::pair<std::string, std::string>, int64_t> predicted(const typename P::model::dims& d,
-                                                                 const mesh_shape& m, int64_t lm_tokens,
-                                                                 bool recompute) {
+void predicted(byte_map& out, const typename P::model::dims& d, const mesh_shape& m, int64_t lm_tokens,
+               bool recompute, bool optimizer) {
   workload w;
   w.default_tokens = 0;
   w.with("lm", lm_tokens);
-  std::map<std::pair<std::string, std::string>, int64_t> out;
   for (const auto& o : P::ops) {
+    if ((o.ph == phase::optimizer) != optimizer) continue;
     op_cost c = cost_of<P>(o, d, m, w);
     // a recomputed block runs its layers' forward collectives again
     if (recompute && o.ph == phase::forward && !o.target.is_unit && o.repeat == scope::block) c.calls *= 2;
     out[{std::string(to_string(o.coll)), comm::axis_key(o.over)}] += c.step_payload();
   }
-  return out;
+}
+
+// Global target counts of a batch by loss term, as forward_backward's
+// accumulation divides by.
+std::map<std::string, double> target_counts(const std::vector<parallel::sample>& batch) {
+  double lm = 0, codes = 0;
+  for (const auto& s : batch) {
+    for (int64_t t : s.targets) lm += t != -100;
+    for (int64_t t : s.code_targets) codes += t != -100;
+  }
+  return {{"lm", lm}, {"image_codes", codes}};
 }
 
 template <class G, class R>
@@ -64,20 +79,31 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
   train::adamw optim(model.parameters(), model.decay_masks(), {.lr = lr, .eps = eps, .weight_decay = 0.1});
   std::ofstream out;
   if (env.rank == 0) out.open(a.out);
+  using P = plan<G, R>;
   for (int step = 0; step < a.steps; ++step) {
-    const nn::batch b = parallel::local_batch(testing::global_batch(k, step), a.mesh, env.rank, testing::image_token,
-                                              testing::audio_token, decltype(model)::layout());
+    const std::vector<parallel::sample> global = testing::global_batch(k, step);
+    typename decltype(model)::accumulation acc;
+    acc.global_counts = target_counts(global);
+    acc.aux_scale = 1.0 / a.micro;
     const auto before = mesh.counters().snapshot();
+    byte_map want;
+    predicted<P>(want, d, a.mesh, 0, a.checkpoint, true);
     model.zero_grad();
-    const auto stats = model.forward_backward(b);
+    double loss = 0;
+    const auto per = static_cast<std::ptrdiff_t>(global.size()) / a.micro;
+    for (int m = 0; m < a.micro; ++m) {
+      const std::vector<parallel::sample> part(global.begin() + m * per, global.begin() + (m + 1) * per);
+      const nn::batch b = parallel::local_batch(part, a.mesh, env.rank, testing::image_token, testing::audio_token,
+                                                decltype(model)::layout());
+      loss += a.micro == 1 ? model.forward_backward(b).loss : model.forward_backward(b, acc).loss;
+      predicted<P>(want, d, a.mesh, b.tokens.size(0), a.checkpoint, false);
+    }
     const double norm = model.grad_norm();
     optim.step(lr, train::clip_scale(norm, 1.0));
     // counters of this step against the plan
     std::map<std::pair<std::string, std::string>, int64_t> ran;
     for (const auto& e : mesh.counters().snapshot()) ran[{e.op, e.axis}] += e.count.bytes;
     for (const auto& e : before) ran[{e.op, e.axis}] -= e.count.bytes;
-    using P = plan<G, R>;
-    const auto want = predicted<P>(d, a.mesh, b.tokens.size(0), a.checkpoint);
     // EP's all-to-alls move data-dependent rows; what is sent equals what is
     // received over the ep group, so compare their sums over all ranks.
     at::Tensor ep_sums = at::zeros({2}, at::kDouble);
@@ -108,7 +134,7 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
     }
     if (env.rank == 0) {
       char line[128];
-      std::snprintf(line, sizeof line, "%d %.9e %.9e\n", step, stats.loss, norm);
+      std::snprintf(line, sizeof line, "%d %.9e %.9e\n", step, loss, norm);
       out << line;
     }
   }
@@ -134,7 +160,8 @@ using fsdp_on = apply<N, Shard<FSDP>>;
 
 int main(int argc, char** argv) {
   if (argc < 9) {
-    std::fprintf(stderr, "usage: parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint]\n");
+    std::fprintf(stderr,
+                 "usage: parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint] [--micro=N]\n");
     return 2;
   }
   args a;
@@ -144,7 +171,21 @@ int main(int argc, char** argv) {
             .ep = std::atol(argv[6])};
   a.steps = std::atoi(argv[7]);
   a.out = argv[8];
-  a.checkpoint = argc > 9 && std::string(argv[9]) == "--checkpoint";
+  for (int i = 9; i < argc; ++i) {
+    const std::string o = argv[i];
+    if (o == "--checkpoint") {
+      a.checkpoint = true;
+    } else if (o.rfind("--micro=", 0) == 0 && std::atoi(o.c_str() + 8) > 0) {
+      a.micro = std::atoi(o.c_str() + 8);
+      if (8 % a.micro != 0) {
+        std::fprintf(stderr, "parity_worker: --micro=%d does not divide the 8 samples of a step\n", a.micro);
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "parity_worker: unknown option '%s'\n", o.c_str());
+      return 2;
+    }
+  }
   try {
     static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_bf16", "ring_ddp", "ring_fsdp"};
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;

@@ -6,6 +6,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,12 +35,20 @@ int sh(const std::string& cmd) {
 }
 
 // `tag` keeps files of concurrently running cases (ctest -j) apart.
+// Letters and digits of s (for file names).
+std::string alnum(const std::string& s) {
+  std::string out;
+  for (char c : s)
+    if (std::isalnum(static_cast<unsigned char>(c))) out += c;
+  return out;
+}
+
 std::string run_job(const std::string& tag, const std::string& model, const std::string& recipe, int rep, int shard,
                     int sp, int ep, const std::string& extra = "") {
   const int world = rep * shard * sp;
   const std::string out = std::string(VEOMNI_TEST_TMP) + "/parity_" + tag + "_" + model + "_" + recipe + "_" +
                           std::to_string(rep) + std::to_string(shard) + std::to_string(sp) + std::to_string(ep) +
-                          (extra.empty() ? "" : "_ckpt") + ".txt";
+                          alnum(extra) + ".txt";
   std::remove(out.c_str());
   const std::string cmd = std::string(VEOMNI_TEST_LAUNCH) + " --nproc " + std::to_string(world) +
                           " --timeout 120 -- " + VEOMNI_TEST_WORKER + " " + model + " " + recipe + " " +
@@ -50,12 +59,14 @@ std::string run_job(const std::string& tag, const std::string& model, const std:
   return out;
 }
 
+// `micro` > 1: both runs cut each step into that many micro-batches.
 void check_parity(const std::string& model, const std::string& recipe, int rep, int shard, int sp, int ep,
-                  const std::string& extra = "", double tolerance = 1e-5) {
+                  const std::string& extra = "", double tolerance = 1e-5, int micro = 1) {
+  const std::string split = micro > 1 ? " --micro=" + std::to_string(micro) : "";
   const std::string tag = recipe + std::to_string(rep) + std::to_string(shard) + std::to_string(sp) +
-                          std::to_string(ep) + (extra.empty() ? "" : "ckpt");
-  const auto ref = read_rows(run_job(tag, model, "fsdp", 1, 1, 1, 1));
-  const auto got = read_rows(run_job(tag, model, recipe, rep, shard, sp, ep, extra));
+                          std::to_string(ep) + alnum(extra + split);
+  const auto ref = read_rows(run_job(tag, model, "fsdp", 1, 1, 1, 1, split));
+  const auto got = read_rows(run_job(tag, model, recipe, rep, shard, sp, ep, extra + split));
   REQUIRE(ref.size() == 20);
   REQUIRE(got.size() == 20);
   double worst_loss = 0, worst_norm = 0;
@@ -121,4 +132,14 @@ TEST_CASE("parity omni_moe fsdp_sp_ep world 2") { check_parity("omni_moe", "fsdp
 TEST_CASE("parity omni_moe fsdp_sp_ep world 4") { check_parity("omni_moe", "fsdp_sp_ep", 1, 2, 2, 4); }
 TEST_CASE("parity omni_moe fsdp_sp_ep world 4 with activation checkpointing") {
   check_parity("omni_moe", "fsdp_sp_ep", 1, 2, 2, 4, "--checkpoint");
+}
+
+// Gradient accumulation: each step in 2 micro-batches. Every rank's
+// gradient of each micro-batch is reduced once (DDP: not the accumulated
+// .grad again), so the step is that of the whole batch in one process.
+TEST_CASE("parity dense_lm ddp world 2 with 2 micro-batches") { check_parity("dense_lm", "ddp", 1, 2, 1, 1, "", 1e-5, 2); }
+TEST_CASE("parity dense_lm hsdp world 4 with 2 micro-batches") { check_parity("dense_lm", "hsdp", 2, 2, 1, 1, "", 1e-5, 2); }
+TEST_CASE("parity tiny_vl ddp world 4 with 2 micro-batches") { check_parity("tiny_vl", "ddp", 2, 2, 1, 1, "", 1e-5, 2); }
+TEST_CASE("parity omni_moe fsdp_sp_ep world 4 with 2 micro-batches and activation checkpointing") {
+  check_parity("omni_moe", "fsdp_sp_ep", 1, 2, 2, 4, "--checkpoint", 1e-5, 2);
 }
