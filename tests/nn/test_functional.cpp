@@ -105,6 +105,73 @@ TEST_CASE("varlen attention equals softmax(QK^T)V with the explicit block-diagon
   CHECK_THROWS_WITH(varlen_attention(at::randn({8, 3, 8}, f64), k, v, cu, true), doctest::Contains("not a multiple"));
 }
 
+// The blocked form: runs of equal-length samples batched together, causal
+// query blocks that skip the masked triangle. Every block size, including
+// ones that do not divide a sample, and a pack that mixes runs and singles.
+TEST_CASE("varlen attention in query blocks equals the reference for every block size, in value and gradient") {
+  const std::vector<int64_t> lens{5, 5, 5, 3, 7, 7, 1};
+  std::vector<int64_t> cu_v{0};
+  for (int64_t l : lens) cu_v.push_back(cu_v.back() + l);
+  const at::Tensor cu = at::tensor(cu_v, at::kLong);
+  const int64_t t = cu_v.back();
+  const at::Tensor q = at::randn({t, 4, 6}, f64), k = at::randn({t, 2, 6}, f64), v = at::randn({t, 2, 6}, f64);
+  for (bool causal : {true, false}) {
+    const at::Tensor want = reference_attention(q, k, v, lens, causal);
+    for (int64_t block : {1, 2, 3, 4, 64}) {
+      CAPTURE(causal);
+      CAPTURE(block);
+      CHECK(close(varlen_attention(q, k, v, cu, causal, block), want));
+    }
+  }
+  for (int64_t block : {2, 3})
+    check_gradients(
+        [&](const std::vector<at::Tensor>& a) { return varlen_attention(a[0], a[1], a[2], cu, true, block).pow(2).sum(); },
+        {q, k, v});
+  // a sample of length 0 in the pack, and no token at all
+  const at::Tensor cu0 = at::tensor({0, 3, 3, 8}, at::kLong);
+  const at::Tensor q8 = q.narrow(0, 0, 8), k8 = k.narrow(0, 0, 8), v8 = v.narrow(0, 0, 8);
+  CHECK(close(varlen_attention(q8, k8, v8, cu0, true, 2), reference_attention(q8, k8, v8, {3, 5}, true)));
+  CHECK(varlen_attention(q.narrow(0, 0, 0), k.narrow(0, 0, 0), v.narrow(0, 0, 0), at::tensor({0}, at::kLong), true)
+            .sizes() == at::IntArrayRef{0, 4, 6});
+}
+
+TEST_CASE("rope: a table built once equals the per-call form, and a mismatched table is refused") {
+  const at::Tensor x = at::randn({5, 3, 8}, f64), pos = at::tensor({0, 1, 2, 0, 4}, at::kLong);
+  const rope_table table = make_rope_table(pos, 8, at::kDouble);
+  // rotate-half form written out
+  const at::Tensor inv = at::pow(10000.0, -at::arange(0, 8, 2, f64) / 8.0);
+  const at::Tensor ang = pos.to(at::kDouble).unsqueeze(1) * inv.unsqueeze(0);
+  const at::Tensor c = at::cat({ang.cos(), ang.cos()}, -1).unsqueeze(1), sn = at::cat({ang.sin(), ang.sin()}, -1).unsqueeze(1);
+  const at::Tensor want = x * c + at::cat({-x.narrow(-1, 4, 4), x.narrow(-1, 0, 4)}, -1) * sn;
+  CHECK(close(rope(x, table), want));
+  CHECK(close(rope(x, pos), want));
+  CHECK_THROWS_WITH(rope(at::randn({5, 3, 6}, f64), table), doctest::Contains("does not match a table"));
+  // a layout builds its table once per head dim and type
+  veomni::nn::seq_layout s{at::tensor({0, 5}, at::kLong), pos, true, {}};
+  const rope_table a = s.rope_for(8, at::kDouble), b = s.rope_for(8, at::kDouble);
+  CHECK(a.cos.is_same(b.cos));
+  CHECK(!s.rope_for(4, at::kDouble).cos.is_same(a.cos));
+  CHECK(s.rope_tables->size() == 2);
+}
+
+TEST_CASE("chunked lm loss: gradients reach whichever input wants them, and no-grad forward computes none") {
+  const at::Tensor h = at::randn({7, 5}, f64), w = at::randn({11, 5}, f64);
+  const at::Tensor t = at::tensor({1, -100, 3, 10, 0, -100, 4}, at::kLong);
+  const at::Tensor full_h = h.clone().requires_grad_(), full_w = w.clone().requires_grad_();
+  lm_loss_sum(full_h, full_w, t, 3).backward(at::tensor(2.0, f64));
+  const at::Tensor only_w = w.clone().requires_grad_();
+  (lm_loss_sum(h, only_w, t, 3) * 2).backward();
+  CHECK(close(only_w.grad(), full_w.grad()));
+  // plain cross-entropy's gradient, scaled by the incoming 2
+  const at::Tensor rh = h.clone().requires_grad_();
+  (2 * at::cross_entropy_loss(at::matmul(rh, w.t()), t, {}, at::Reduction::Sum, -100)).backward();
+  CHECK(close(full_h.grad(), rh.grad()));
+  CHECK(full_h.grad()[1].abs().sum().item<double>() == 0);  // an ignored row
+  torch::NoGradGuard off;
+  CHECK(lm_loss_sum(full_h, full_w, t, 3).item<double>() ==
+        doctest::Approx(at::cross_entropy_loss(at::matmul(h, w.t()), t, {}, at::Reduction::Sum, -100).item<double>()));
+}
+
 TEST_CASE("moe: a router that sends everything to one expert equals that expert's MLP") {
   const int64_t t = 6, h = 8, f = 12, e = 4;
   const at::Tensor x = at::randn({t, h}, f64).abs() + 0.1;  // positive: the router below picks expert 2

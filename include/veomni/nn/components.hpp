@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,16 @@ struct seq_layout {
   at::Tensor position_ids;
   bool causal = true;
   at::Tensor global_index;  // sequence parallel: each local row's index in the whole pack (else undefined)
+  // rotary tables of these positions, built on first use and shared by every
+  // block (and every copy of this layout)
+  std::shared_ptr<std::vector<rope_table>> rope_tables = std::make_shared<std::vector<rope_table>>();
+
+  rope_table rope_for(int64_t head_dim, at::ScalarType type) const {
+    for (const auto& t : *rope_tables)
+      if (t.dim == head_dim && t.cos.scalar_type() == type && t.pos.is_same(position_ids)) return t;
+    rope_tables->push_back(make_rope_table(position_ids, head_dim, type));
+    return rope_tables->back();
+  }
 };
 
 // Where parallel policies interpose on the math.
@@ -109,8 +120,9 @@ inline at::Tensor attention_sublayer(const at::Tensor& x, const at::Tensor& norm
   at::Tensor q = at::matmul(h, wq.t()).view({t, heads, head_dim});
   at::Tensor k = at::matmul(h, wk.t()).view({t, kv_heads, head_dim});
   const at::Tensor v = at::matmul(h, wv.t()).view({t, kv_heads, head_dim});
-  q = rope(q, s.position_ids);
-  k = rope(k, s.position_ids);
+  const rope_table table = s.rope_for(head_dim, x.scalar_type());
+  q = rope(q, table);
+  k = rope(k, table);
   const at::Tensor o = ctx.h.attention(q, k, v, s).reshape({t, heads * head_dim});
   return x + at::matmul(o, wo.t());
 }
