@@ -28,7 +28,16 @@ comm::gloo_communicator* group = nullptr;
 
 // The c10d calls the communicator makes, by hand (LibTorch 1.13's Gloo).
 namespace by_hand {
+// n copies of the input through alltoall_base (what the communicator does)
 void all_gather(at::Tensor& out, at::Tensor& in, int n) {
+  const auto k = in.numel();
+  at::Tensor src = at::empty({n * k}, in.options());
+  src.view({n, k}).copy_(in.unsqueeze(0).expand({n, k}));
+  std::vector<std::int64_t> even;
+  group->c10d_group()->alltoall_base(out, src, even, even)->wait();
+}
+// Gloo's own list allgather (what the communicator did before)
+void all_gather_list(at::Tensor& out, at::Tensor& in, int n) {
   const auto k = in.numel();
   std::vector<std::vector<at::Tensor>> outs(1);
   for (int i = 0; i < n; ++i) outs[0].push_back(out.narrow(0, i * k, k));
@@ -54,10 +63,13 @@ void broadcast(at::Tensor& t) {
 }
 }  // namespace by_hand
 
-enum class op { all_gather, reduce_scatter, all_reduce, all_to_all, broadcast };
+// all_gather_vs_list: the communicator's all_gather against Gloo's list
+// allgather by hand (not the same calls: the "overhead" is the difference).
+enum class op { all_gather, all_gather_vs_list, reduce_scatter, all_reduce, all_to_all, broadcast };
 const char* name_of(op o) {
   switch (o) {
     case op::all_gather: return "all_gather";
+    case op::all_gather_vs_list: return "all_gather_vs_list";
     case op::reduce_scatter: return "reduce_scatter";
     case op::all_reduce: return "all_reduce";
     case op::all_to_all: return "all_to_all";
@@ -75,11 +87,13 @@ void run_pair(benchmark::State& state, op o) {
   const int n = group->size();
   const std::int64_t bytes = state.range(0), elems = bytes / 4;
   at::Tensor in = at::ones({elems});
-  at::Tensor out = at::empty({o == op::all_gather ? elems * n : (o == op::reduce_scatter ? elems / n : elems)});
+  const bool gather = o == op::all_gather || o == op::all_gather_vs_list;
+  at::Tensor out = at::empty({gather ? elems * n : (o == op::reduce_scatter ? elems / n : elems)});
   at::Tensor scratch = at::empty({elems});
   auto through_comm = [&] {
     switch (o) {
-      case op::all_gather: group->all_gather(out, in).wait(); break;
+      case op::all_gather:
+      case op::all_gather_vs_list: group->all_gather(out, in).wait(); break;
       case op::reduce_scatter: group->reduce_scatter(out, in).wait(); break;
       case op::all_reduce: group->all_reduce(in).wait(); break;
       case op::all_to_all: group->all_to_all(out, in).wait(); break;
@@ -89,6 +103,7 @@ void run_pair(benchmark::State& state, op o) {
   auto through_c10d = [&] {
     switch (o) {
       case op::all_gather: by_hand::all_gather(out, in, n); break;
+      case op::all_gather_vs_list: by_hand::all_gather_list(out, in, n); break;
       case op::reduce_scatter: by_hand::reduce_scatter(out, in, scratch, n); break;
       case op::all_reduce: by_hand::all_reduce(in); break;
       case op::all_to_all: by_hand::all_to_all(out, in); break;
@@ -145,7 +160,8 @@ int main(int argc, char** argv) {
   // Sizes: 64 KiB (latency-bound), 1 MiB, 16 MiB (bandwidth-bound); fixed
   // iterations so both ranks run the same number of collectives.
   const std::vector<std::pair<std::int64_t, std::int64_t>> sizes{{64 << 10, 2000}, {1 << 20, 400}, {16 << 20, 60}};
-  for (op o : {op::all_gather, op::reduce_scatter, op::all_reduce, op::all_to_all, op::broadcast})
+  for (op o : {op::all_gather, op::all_gather_vs_list, op::reduce_scatter, op::all_reduce, op::all_to_all,
+               op::broadcast})
     for (const auto& [bytes, iterations] : sizes)
       benchmark::RegisterBenchmark(name_of(o), [o](benchmark::State& s) { run_pair(s, o); })
           ->Arg(bytes)

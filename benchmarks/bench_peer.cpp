@@ -3,7 +3,8 @@
 // and prints one "RESULT key=value ..." line (rank 0).
 //
 //   bench_peer train RECIPE STEPS WARMUP THREADS [DATA_WORLD DATA_RANK]
-//       RECIPE fsdp | ddp; the mesh is dp_shard = launched world size.
+//       RECIPE fsdp | fsdp_keep (reshard_after_forward = false) | ddp; the
+//       mesh is dp_shard = launched world size.
 //       Every step holds the communicators' bytes against the plan's cost
 //       model (exit 3 on any difference). With DATA_WORLD, a world-1 run
 //       computes only data rank DATA_RANK's share of a DATA_WORLD-rank batch:
@@ -22,14 +23,21 @@
 //       Model FLOPs per token (core/flops.hpp) and parameter counts.
 //
 // Launch multi-rank modes with veomni-launch --nproc 2 -- bench_peer ...
+// BENCH_PEER_PROFILE=FILE (train): LibTorch's op-level trace of the timed
+// steps of rank 0, summarised by benchmarks/profile_summary.py.
+// Like veomni-train, it keeps freed host memory (parallel::retain_host_memory)
+// unless BENCH_PEER_GLIBC_DEFAULTS=1 is set.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <torch/csrc/autograd/profiler.h>
 
 #include <veomni/comm.hpp>
 #include <veomni/core.hpp>
@@ -168,7 +176,13 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
   std::vector<double> t_step, t_fb, t_norm, t_opt;
   int64_t step_bytes = -1, plan_bytes = -1, tokens = 0;
   double first_loss = 0, last_loss = 0;
+  // BENCH_PEER_PROFILE=FILE: the op-level trace (LibTorch's profiler, chrome
+  // format) of the timed steps, for benchmarks/profile_summary.py
+  const char* profile_path = std::getenv("BENCH_PEER_PROFILE");
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   for (int step = 0; step < warmup + steps; ++step) {
+    if (step == warmup && profile_path && env.rank == 0)
+      profile = std::make_unique<torch::autograd::profiler::RecordProfile>(std::string(profile_path));
     const nn::batch b = parallel::local_batch(bench::peer_batch(step), data_mesh, data_index, -1, -1);
     tokens = b.tokens.size(0);
     const auto before = mesh.counters().snapshot();
@@ -196,6 +210,7 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
     last_loss = stats.loss;
     if (step >= warmup) t_step.push_back(total), t_fb.push_back(fb), t_norm.push_back(gn), t_opt.push_back(op);
   }
+  profile.reset();  // writes the trace
   if (env.rank != 0) return 0;
   const auto mem = memory<P>(d, m);
   const int64_t local = model.local_numel();
@@ -336,12 +351,18 @@ int flops() {
 
 using fsdp_recipe = recipe<apply<"lm", Shard<FSDP>>>;
 using ddp_recipe = recipe<apply<"lm", Shard<DDP>>>;
+// FSDP keeping gathered parameters from forward to backward (PyTorch FSDP's
+// SHARD_GRAD_OP, ZeRO-2-like): no backward all-gather; shards, gradients and
+// optimizer state still 1/N per rank.
+using fsdp_keep_recipe = recipe<apply<"lm", Shard<fsdp<fsdp_options{.reshard_after_forward = false}>>>>;
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::vector<std::string> a(argv + 1, argv + argc);
   auto arg = [&](size_t i, long dflt) { return i < a.size() ? std::atol(a[i].c_str()) : dflt; };
+  const char* glibc = std::getenv("BENCH_PEER_GLIBC_DEFAULTS");
+  if (!(glibc && std::string(glibc) == "1")) parallel::retain_host_memory();
   try {
     if (a.size() >= 2 && a[0] == "train") {
       const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5)),
@@ -349,6 +370,7 @@ int main(int argc, char** argv) {
       const long dw = arg(5, 0), dr = arg(6, 0);
       if (a[1] == "fsdp") return run_training<fsdp_recipe>(a[1], steps, warmup, threads, dw, dr);
       if (a[1] == "ddp") return run_training<ddp_recipe>(a[1], steps, warmup, threads, dw, dr);
+      if (a[1] == "fsdp_keep") return run_training<fsdp_keep_recipe>(a[1], steps, warmup, threads, dw, dr);
     } else if (a.size() >= 7 && a[0] == "ab") {
       // bench_peer ab RECIPE STEPS WARMUP THREADS OVERLAP_A OVERLAP_B
       const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5)),
@@ -359,14 +381,15 @@ int main(int argc, char** argv) {
       const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5));
       if (a[1] == "fsdp") return comm_only<fsdp_recipe>(a[1], steps, warmup);
       if (a[1] == "ddp") return comm_only<ddp_recipe>(a[1], steps, warmup);
+      if (a[1] == "fsdp_keep") return comm_only<fsdp_keep_recipe>(a[1], steps, warmup);
     } else if (!a.empty() && a[0] == "peak") {
       return peak(static_cast<int>(arg(1, 2)));
     } else if (!a.empty() && a[0] == "flops") {
       return flops();
     }
     std::fprintf(stderr,
-                 "usage: bench_peer train fsdp|ddp STEPS WARMUP THREADS [DATA_WORLD DATA_RANK]\n"
-                 "       bench_peer comm fsdp|ddp STEPS WARMUP\n       bench_peer peak THREADS\n       bench_peer flops\n");
+                 "usage: bench_peer train fsdp|fsdp_keep|ddp STEPS WARMUP THREADS [DATA_WORLD DATA_RANK]\n"
+                 "       bench_peer comm fsdp|fsdp_keep|ddp STEPS WARMUP\n       bench_peer peak THREADS\n       bench_peer flops\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_peer: %s\n", e.what());

@@ -53,8 +53,8 @@ def main(d):
     print(f"\n{'run':<18}{'tokens/s':>10}{'step ms':>9}{'MFU':>7}{'MFU(paper)':>11}{'MFU(quiet)':>11}"
           f"  tokens/s per round; loss step0 -> last")
     tp = {}
-    for name in ["torch_single", "veomni_w1_ddp", "veomni_w1_fsdp", "torch_single_t1", "veomni_w1_ddp_t1",
-                 "torch_ddp2", "veomni_fsdp2", "veomni_ddp2"]:
+    for name in ["torch_single", "torch_single_retain", "veomni_w1_ddp", "veomni_w1_fsdp", "torch_single_t1",
+                 "veomni_w1_ddp_t1", "torch_ddp2", "torch_ddp2_retain", "veomni_fsdp2", "veomni_ddp2"]:
         if name not in r:
             continue
         step = med(name, "step_s")
@@ -70,6 +70,11 @@ def main(d):
     print(f"  veomni world 1 (FSDP recipe) / single  {tp['veomni_w1_fsdp'] / tp['torch_single']:.3f}x  (>= 1.1x)")
     if "veomni_w1_ddp_t1" in tp:
         print(f"  1 thread: veomni world 1 / single      {tp['veomni_w1_ddp_t1'] / tp['torch_single_t1']:.3f}x")
+    if "torch_single_retain" in tp:
+        print("  against PyTorch with the same allocator setting (glibc thresholds 1 GiB, as veomni keeps):")
+        print(f"  veomni FSDP-2 / PyTorch DDP-2          {tp['veomni_fsdp2'] / tp['torch_ddp2_retain']:.3f}x")
+        print(f"  veomni world 1 (DDP recipe) / single   {tp['veomni_w1_ddp'] / tp['torch_single_retain']:.3f}x")
+        print(f"  veomni world 1 (FSDP recipe) / single  {tp['veomni_w1_fsdp'] / tp['torch_single_retain']:.3f}x")
     best = max(v for k, v in tp.items() if k.startswith("veomni"))
     print(f"  best veomni MFU                        {100 * fpt * best / peak:.1f}% of the measured peak, "
           f"{100 * fpt * best / quiet:.1f}% of the quiet peak  (>= 65%)")

@@ -16,6 +16,11 @@
 # Every command runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they
 # halve OpenBLAS's GEMM speed here), on both sides alike; one process uses 2
 # intra-op threads, 2 ranks on 2 cores use 1 each.
+#
+# veomni keeps freed host memory (parallel::retain_host_memory, as
+# veomni-train does); PyTorch runs as shipped (glibc's defaults) and again
+# with the same setting through glibc's environment (the *_retain runs), so
+# the summary gives the ratios both ways.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build/bench}
@@ -29,6 +34,8 @@ for f in "$PEER" "$LAUNCH"; do
   [[ -x $f ]] || { echo "bench_peer.sh: $f is missing: cmake --build $B -j1 --target bench_peer veomni-launch" >&2; exit 2; }
 done
 OUT=$(mktemp -d /tmp/bench_peer.XXXXXX)
+# glibc's equivalent of parallel::retain_host_memory (mmap and trim thresholds 1 GiB)
+RETAIN="MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824"
 run() {  # run NAME CMD...: keeps the RESULT lines, shows the command and the load
   local name=$1; shift
   echo "== $name  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -42,6 +49,7 @@ run peak "$PEER" peak 2
 for round in $(seq 1 "$ROUNDS"); do
   echo "==== round $round of $ROUNDS"
   run torch_single OMP_NUM_THREADS=2 $PY benchmarks/peer_torch.py --threads 2 --steps "$STEPS" --warmup "$WARMUP"
+  run torch_single_retain $RETAIN OMP_NUM_THREADS=2 $PY benchmarks/peer_torch.py --threads 2 --steps "$STEPS" --warmup "$WARMUP"
   run veomni_w1_ddp "$PEER" train ddp "$STEPS" "$WARMUP" 2
   run veomni_w1_fsdp "$PEER" train fsdp "$STEPS" "$WARMUP" 2
   # supplementary: one process on one thread (no OpenMP team to stall when another process takes a core)
@@ -49,6 +57,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run veomni_w1_ddp_t1 OMP_NUM_THREADS=1 "$PEER" train ddp "$STEPS" "$WARMUP" 1
   run torch_ddp2 OMP_NUM_THREADS=1 /usr/bin/torchrun --nproc_per_node 2 --master_port 29561 --redirects 1 --tee 1 \
     benchmarks/peer_torch.py --threads 1 --steps "$STEPS" --warmup "$WARMUP"
+  run torch_ddp2_retain $RETAIN OMP_NUM_THREADS=1 /usr/bin/torchrun --nproc_per_node 2 --master_port 29562 --redirects 1 \
+    --tee 1 benchmarks/peer_torch.py --threads 1 --steps "$STEPS" --warmup "$WARMUP"
   run veomni_fsdp2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train fsdp "$STEPS" "$WARMUP" 1
   run veomni_ddp2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train ddp "$STEPS" "$WARMUP" 1
   # Compute only, under the same contention: two world-1 processes at once,

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <veomni/nn.hpp>
+#include <veomni/train/optimizer.hpp>
 
 using namespace veomni::nn;
 
@@ -135,6 +136,16 @@ TEST_CASE("varlen attention in query blocks equals the reference for every block
             .sizes() == at::IntArrayRef{0, 4, 6});
 }
 
+TEST_CASE("rms_norm: value and gradients by finite differences, and the weight's gradient when only it wants one") {
+  check_gradients([&](const std::vector<at::Tensor>& a) { return rms_norm(a[0], a[1]).pow(3).sum(); },
+                  {at::randn({4, 3, 6}, f64), at::randn({6}, f64)});
+  const at::Tensor x = at::randn({5, 6}, f64), w = at::randn({6}, f64).requires_grad_();
+  const at::Tensor wr = w.detach().clone().requires_grad_();
+  (rms_norm(x, w) * x).sum().backward();
+  ((x / (x.pow(2).mean(-1, true) + 1e-6).sqrt() * wr) * x).sum().backward();
+  CHECK(close(w.grad(), wr.grad()));
+}
+
 TEST_CASE("rope: a table built once equals the per-call form, and a mismatched table is refused") {
   const at::Tensor x = at::randn({5, 3, 8}, f64), pos = at::tensor({0, 1, 2, 0, 4}, at::kLong);
   const rope_table table = make_rope_table(pos, 8, at::kDouble);
@@ -260,3 +271,25 @@ TEST_CASE("conv1d_frames equals a double-precision convolution, in value and gra
   (y64 * g.to(at::kDouble)).sum().backward();
   for (size_t i = 0; i < p32.size(); ++i) CHECK(close(p32[i].grad().to(at::kDouble), p64[i].grad(), 1e-5));
 }
+
+TEST_CASE("adamw: three steps equal the textbook update, with the decay mask and a clipping scale") {
+  const at::Tensor p0 = at::randn({7}, f64), mask = at::tensor({1, 1, 0, 1, 0, 0, 1}, f64);
+  at::Tensor p = p0.clone().requires_grad_();
+  veomni::train::adamw opt({p}, {mask}, {.lr = 0.1, .beta1 = 0.8, .beta2 = 0.9, .eps = 1e-3, .weight_decay = 0.3});
+  at::Tensor rp = p0.clone(), m = at::zeros({7}, f64), v = at::zeros({7}, f64);
+  const double scales[] = {1.0, 0.5, 1.0}, lrs[] = {0.1, 0.05, 0.02};
+  for (int t = 1; t <= 3; ++t) {
+    const at::Tensor g = at::randn({7}, f64);
+    p.mutable_grad() = g.clone();
+    opt.step(lrs[t - 1], scales[t - 1]);
+    const at::Tensor gs = g * scales[t - 1];
+    m = 0.8 * m + 0.2 * gs;
+    v = 0.9 * v + 0.1 * gs * gs;
+    const at::Tensor mh = m / (1 - std::pow(0.8, t)), vh = v / (1 - std::pow(0.9, t));
+    rp = rp * (1 - lrs[t - 1] * 0.3 * mask);
+    rp = rp - lrs[t - 1] * mh / (vh.sqrt() + 1e-3);
+    CHECK(close(p.detach(), rp, 1e-12));
+  }
+  CHECK(opt.steps() == 3);
+}
+

@@ -18,9 +18,36 @@
 
 namespace veomni::nn {
 
+// y = x / sqrt(mean(x^2) + eps) * w over the last dim. One autograd function:
+// forward keeps x_hat = x r (r = 1 / rms per row) and r; backward
+//   dw = sum_rows(dy * x_hat),  dx = r * (dy w - x_hat * mean(dy w * x_hat)).
+class rms_norm_fn : public torch::autograd::Function<rms_norm_fn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
+    const auto n = static_cast<double>(x.size(-1));
+    // sum of squares by a vector norm: one pass, no x^2 temporary
+    const at::Tensor r = at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).square_().div_(n).add_(eps).rsqrt_();
+    const at::Tensor x_hat = x * r;
+    ctx->save_for_backward({x_hat, r, weight});
+    return x_hat * weight;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x_hat = saved[0], &r = saved[1], &weight = saved[2];
+    const at::Tensor& dy = grads[0];
+    at::Tensor dw;
+    if (weight.requires_grad()) dw = (dy * x_hat).reshape({-1, x_hat.size(-1)}).sum(0).reshape(weight.sizes());
+    at::Tensor dx = dy * weight;
+    const at::Tensor c = (dx * x_hat).mean(-1, /*keepdim=*/true);
+    dx.addcmul_(x_hat, c, -1).mul_(r);
+    return {dx, dw, at::Tensor()};
+  }
+};
+
 inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps = 1e-6) {
-  const at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
-  return x * at::rsqrt(var + eps) * weight;
+  return rms_norm_fn::apply(x, weight, eps);
 }
 
 // Rotary embedding (rotate-half form). A table holds, for positions pos [T]
@@ -115,6 +142,14 @@ inline at::Tensor to_run(const at::Tensor& x, const attention_run& r) {
       .permute({0, 2, 1, 3})
       .reshape({r.count * h, r.len, d});
 }
+// Whether the runs cover all t tokens (then outputs need no zero fill).
+inline bool covers(const std::vector<attention_run>& runs, int64_t t) {
+  if (runs.empty()) return t == 0;
+  return runs.front().begin == 0 && runs.back().begin + runs.back().count * runs.back().len == t;
+}
+inline at::Tensor run_output(const at::Tensor& like, bool covered) {
+  return covered ? at::empty_like(like, at::MemoryFormat::Contiguous) : at::zeros_like(like, at::MemoryFormat::Contiguous);
+}
 inline void from_run(at::Tensor& out, const at::Tensor& y, const attention_run& r) {
   const int64_t h = out.size(1), d = out.size(2);
   out.narrow(0, r.begin, r.count * r.len).view({r.count, r.len, h, d}).copy_(y.view({r.count, h, r.len, d}).permute({0, 2, 1, 3}));
@@ -129,7 +164,7 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
     const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
     const auto runs = detail::attention_runs(cu_seqlens);
-    at::Tensor out = at::zeros_like(q, at::MemoryFormat::Contiguous);
+    at::Tensor out = detail::run_output(q, detail::covers(runs, q.size(0)));  // tokens of no sample: zeros
     std::vector<at::Tensor> saved;  // per run: q, k, v, o, then each query block's probabilities
     std::vector<int64_t> meta;      // per run: begin, count, len
     std::map<int64_t, at::Tensor> upper;  // [m, m] strictly upper triangles, by m
@@ -168,10 +203,13 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
     const int64_t block = ctx->saved_data["block"].toInt();
     const at::Tensor g = grads[0].contiguous();
     const double scale = 1.0 / std::sqrt(static_cast<double>(g.size(2)));
-    at::Tensor dq = at::zeros_like(g), dk = at::zeros_like(g), dv = at::zeros_like(g);
+    std::vector<detail::attention_run> runs;
+    for (std::size_t i = 0; i + 2 < meta.size(); i += 3) runs.push_back({meta[i], meta[i + 1], meta[i + 2]});
+    const bool covered = detail::covers(runs, g.size(0));
+    at::Tensor dq = detail::run_output(g, covered), dk = detail::run_output(g, covered),
+               dv = detail::run_output(g, covered);
     std::size_t at_saved = 0;
-    for (std::size_t i = 0; i + 2 < meta.size(); i += 3) {
-      const detail::attention_run r{meta[i], meta[i + 1], meta[i + 2]};
+    for (const auto& r : runs) {
       const at::Tensor &qr = saved[at_saved], &kr = saved[at_saved + 1], &vr = saved[at_saved + 2],
                        &o = saved[at_saved + 3];
       at_saved += 4;

@@ -27,6 +27,9 @@ class adamw {
   }
 
   // One update at learning rate lr, with gradients scaled by grad_scale (clipping).
+  // Written as few passes over the parameters as the math allows:
+  //   m = b1 m + (1 - b1) s g,  v = b2 v + (1 - b2) s^2 g^2,
+  //   p -= lr wd mask p,  p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
   void step(double lr, double grad_scale = 1.0) {
     torch::NoGradGuard no_grad;
     ++t_;
@@ -34,11 +37,11 @@ class adamw {
     for (size_t i = 0; i < params_.size(); ++i) {
       at::Tensor& p = params_[i];
       if (!p.grad().defined()) continue;
-      const at::Tensor g = p.grad() * grad_scale;
-      m_[i].mul_(o_.beta1).add_(g, 1 - o_.beta1);
-      v_[i].mul_(o_.beta2).addcmul_(g, g, 1 - o_.beta2);
-      p.mul_(1 - lr * o_.weight_decay * masks_[i]);
-      p.addcdiv_(m_[i] / bc1, (v_[i] / bc2).sqrt_().add_(o_.eps), -lr);
+      const at::Tensor& g = p.grad();
+      m_[i].mul_(o_.beta1).add_(g, (1 - o_.beta1) * grad_scale);
+      v_[i].mul_(o_.beta2).addcmul_(g, g, (1 - o_.beta2) * grad_scale * grad_scale);
+      if (o_.weight_decay != 0) p.addcmul_(p, masks_[i], -lr * o_.weight_decay);
+      p.addcdiv_(m_[i], v_[i].sqrt().div_(std::sqrt(bc2)).add_(o_.eps), -lr / bc1);
     }
   }
   int64_t steps() const { return t_; }
