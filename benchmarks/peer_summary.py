@@ -54,7 +54,7 @@ def main(d):
           f"  tokens/s per round; loss step0 -> last")
     tp = {}
     for name in ["torch_single", "torch_single_retain", "veomni_w1_ddp", "veomni_w1_fsdp", "torch_single_t1",
-                 "veomni_w1_ddp_t1", "torch_ddp2", "torch_ddp2_retain", "veomni_fsdp2", "veomni_ddp2"]:
+                 "veomni_w1_ddp_t1", "torch_ddp2", "torch_ddp2_retain", "veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2"]:
         if name not in r:
             continue
         step = med(name, "step_s")
@@ -66,6 +66,8 @@ def main(d):
     print("\nratios (target):")
     print(f"  veomni FSDP-2 / PyTorch DDP-2          {tp['veomni_fsdp2'] / tp['torch_ddp2']:.3f}x  (>= 1.2x)")
     print(f"  veomni DDP-2  / PyTorch DDP-2          {tp['veomni_ddp2'] / tp['torch_ddp2']:.3f}x")
+    if "veomni_fsdp_keep2" in tp:
+        print(f"  veomni FSDP-2 keeping gathered params  {tp['veomni_fsdp_keep2'] / tp['torch_ddp2']:.3f}x")
     print(f"  veomni world 1 (DDP recipe) / single   {tp['veomni_w1_ddp'] / tp['torch_single']:.3f}x  (>= 1.1x)")
     print(f"  veomni world 1 (FSDP recipe) / single  {tp['veomni_w1_fsdp'] / tp['torch_single']:.3f}x  (>= 1.1x)")
     if "veomni_w1_ddp_t1" in tp:
@@ -106,7 +108,9 @@ def main(d):
               f"model grads {x['plan_grad_bytes']:.0f}, optimizer {x['plan_optimizer_bytes']:.0f}")
 
     print("\ncommunicator bytes per step vs the plan's cost model (every step checked; a difference exits 3):")
-    for k in ["veomni_fsdp2", "veomni_ddp2"]:
+    for k in ["veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2"]:
+        if k not in r:
+            continue
         x = r[k][0]
         ok = "equal" if all(y["comm_bytes_step"] == y["plan_bytes_step"] for y in r[k]) else "DIFFERENT"
         print(f"  {k:<14} ran {x['comm_bytes_step']:.0f} B, plan {x['plan_bytes_step']:.0f} B: {ok}")

@@ -61,6 +61,8 @@ for round in $(seq 1 "$ROUNDS"); do
     --tee 1 benchmarks/peer_torch.py --threads 1 --steps "$STEPS" --warmup "$WARMUP"
   run veomni_fsdp2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train fsdp "$STEPS" "$WARMUP" 1
   run veomni_ddp2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train ddp "$STEPS" "$WARMUP" 1
+  # supplementary: FSDP keeping gathered parameters from forward to backward (no backward all-gather)
+  run veomni_fsdp_keep2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train fsdp_keep "$STEPS" "$WARMUP" 1
   # Compute only, under the same contention: two world-1 processes at once,
   # each computing one data rank's share of the 2-rank batch (no collective).
   for r in fsdp ddp; do

@@ -366,7 +366,8 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
       at::Tensor& d = logits.sub_(lse).exp_();  // softmax, in place
       d.scatter_add_(1, safe_t, -vf);           // - onehot(target)
       d.mul_(vf);                               // no gradient from ignored rows
-      d_hidden.narrow(0, b, n).copy_(at::matmul(d, weight));
+      at::Tensor rows = d_hidden.narrow(0, b, n);  // contiguous rows: written in place
+      at::mm_out(rows, d, weight);
       d_weight.addmm_(d.t(), h);
     }
     if (grads) ctx->save_for_backward({d_hidden, d_weight});
