@@ -7,6 +7,14 @@
 //                               algorithm (RoPE from positions, attention per sequence)
 //                   batched     the module a LibTorch user writes for equal lengths:
 //                               cached RoPE tables, one [B, H, L, L] causal attention
+//   attention/*   forward + backward of the causal attention core alone, on the
+//                 block's q, k, v [2048, 4, 64] (8 sequences of 256):
+//                   blocked       nn::varlen_attention (equal-length samples
+//                                 batched, query blocks of 64, one autograd function)
+//                   per_sequence  the composition it replaced: autograd through
+//                                 matmul, mask, softmax, matmul, one sequence at a time
+//                   batched       one [B, H, L, L] causal attention, as the
+//                                 PyTorch peer (benchmarks/peer_torch.py) computes it
 //   train_step/*  one training step of the dense_peer model (4 such blocks,
 //                 vocabulary 1024, AdamW, clipping) at world 1:
 //                   veomni      parallel_model (DDP or FSDP recipe, world of one)
@@ -29,6 +37,7 @@
 #include <ctime>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -239,6 +248,69 @@ struct block_case {
   }
 };
 
+// ---- attention core: blocked vs the per-sequence composition vs one batched [B, H, L, L] ------
+
+// The per-sequence composition nn::varlen_attention replaced (autograd through every op).
+torch::Tensor per_sequence_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     int64_t seq) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
+  std::vector<torch::Tensor> outs;
+  for (int64_t b = 0; b < q.size(0); b += seq) {
+    const torch::Tensor qs = q.narrow(0, b, seq).transpose(0, 1), ks = k.narrow(0, b, seq).transpose(0, 1),
+                        vs = v.narrow(0, b, seq).transpose(0, 1);
+    torch::Tensor s = torch::matmul(qs, ks.transpose(1, 2)) * scale;
+    s = s.masked_fill(torch::ones({seq, seq}, q.options().dtype(torch::kBool)).triu(1),
+                      -std::numeric_limits<double>::infinity());
+    outs.push_back(torch::matmul(s.softmax(-1), vs).transpose(0, 1));
+  }
+  return torch::cat(outs, 0);
+}
+
+struct attention_case {
+  bench::peer_config c;
+  torch::Tensor q, k, v, gy, mask;
+  nn::seq_layout layout;
+
+  attention_case() {
+    const int64_t t = c.global_batch * c.seq, d = c.hidden / c.heads;
+    torch::manual_seed(0);
+    q = torch::randn({t, c.heads, d}).requires_grad_(true);
+    k = torch::randn({t, c.heads, d}).requires_grad_(true);
+    v = torch::randn({t, c.heads, d}).requires_grad_(true);
+    gy = torch::randn({t, c.heads, d});
+    layout = nn::detail::uniform_layout(c.global_batch, c.seq, true);
+    mask = torch::ones({c.seq, c.seq}, torch::kBool).triu(1);
+  }
+  torch::Tensor batched() {
+    const int64_t b = c.global_batch, h = c.heads, d = c.hidden / c.heads;
+    auto split = [&](const torch::Tensor& y) { return y.view({b, c.seq, h, d}).transpose(1, 2); };  // [B, H, L, D]
+    torch::Tensor s = torch::matmul(split(q), split(k).transpose(-1, -2)) * (1.0 / std::sqrt(double(d)));
+    s = s.masked_fill(mask, -std::numeric_limits<double>::infinity());
+    return torch::matmul(s.softmax(-1), split(v)).transpose(1, 2).reshape(q.sizes());
+  }
+  torch::Tensor out(int which) {
+    return which == 0 ? nn::varlen_attention(q, k, v, layout.cu_seqlens, true)
+                      : which == 1 ? per_sequence_attention(q, k, v, c.seq) : batched();
+  }
+  void clear() {
+    for (auto* t : {&q, &k, &v}) t->mutable_grad().reset();
+  }
+  void run(int which) { out(which).backward(gy); }
+  void check() {
+    double worst = 0;
+    const torch::Tensor y0 = out(0);
+    const auto g0 = torch::autograd::grad({y0}, {q, k, v}, {gy});
+    for (int w = 1; w < 3; ++w) {
+      const torch::Tensor y = out(w);
+      worst = std::max(worst, max_rel(y, y0));
+      const auto g = torch::autograd::grad({y}, {q, k, v}, {gy});
+      for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, max_rel(g[i], g0[i]));
+    }
+    require(worst < 1e-5, "attention variants differ (max relative " + std::to_string(worst) + ")");
+    std::printf("bench_nn: attention check: outputs and gradients max rel diff %.2e\n", worst);
+  }
+};
+
 int threads() {
   const char* e = std::getenv("BENCH_NN_THREADS");
   return e ? std::atoi(e) : 2;
@@ -290,6 +362,14 @@ void block_fwd_bwd(benchmark::State& state) {
   (void)checked;
   for (int i = 0; i < 3; ++i) for (int v = 0; v < 3; ++v) bc.clear(), bc.run(v);  // warm up
   time_alternating(state, 3, [&](int v) { bc.run(v); }, [&] { bc.clear(); }, {"functional", "module", "batched"});
+}
+
+void attention_fwd_bwd(benchmark::State& state) {
+  static attention_case ac;
+  static const bool checked = (ac.check(), true);
+  (void)checked;
+  for (int i = 0; i < 3; ++i) for (int v = 0; v < 3; ++v) ac.clear(), ac.run(v);  // warm up
+  time_alternating(state, 3, [&](int v) { ac.run(v); }, [&] { ac.clear(); }, {"blocked", "per_sequence", "batched"});
 }
 
 // ---- training step: veomni at world 1 vs a hand-written LibTorch loop ----------------------
@@ -370,6 +450,7 @@ using fsdp_recipe = recipe<apply<"lm", Shard<FSDP>>>;
 
 }  // namespace
 
+BENCHMARK(attention_fwd_bwd)->Name("attention/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(block_fwd_bwd)->Name("block/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(train_step<ddp_recipe>)->Name("train_step/ddp_recipe_world1")->Iterations(30)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(train_step<fsdp_recipe>)->Name("train_step/fsdp_recipe_world1")->Iterations(30)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -16,6 +16,8 @@
 #include <optional>
 #include <vector>
 
+#include "kernels.hpp"
+
 namespace veomni::nn {
 
 // y = x / sqrt(mean(x^2) + eps) * w over the last dim. One autograd function:
@@ -262,7 +264,7 @@ inline at::Tensor conv1d_frames(const at::Tensor& x, const at::Tensor& w, const 
 
 inline at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                          const at::Tensor& w_down) {
-  return at::matmul(at::silu(at::matmul(x, w_gate.t())) * at::matmul(x, w_up.t()), w_down.t());
+  return at::matmul(kernels::silu_mul(at::matmul(x, w_gate.t()), at::matmul(x, w_up.t())), w_down.t());
 }
 
 // ---- mixture of experts ---------------------------------------------------------
