@@ -175,6 +175,42 @@ TEST_CASE("silu_mul: the fused fp32 kernel equals silu(a) * b in double, in valu
               (at::silu(wide.select(1, 0)) * wide.select(1, 1)).to(at::kDouble), 1e-6));
 }
 
+// The fused fp32 RMSNorm and rotary kernels against the double-precision
+// formulas (the double tests above run the ATen forms): values and every
+// gradient, with widths that leave a tail after the 8-wide loops.
+TEST_CASE("rms_norm and rope: the fused fp32 kernels equal the double formulas, in value and gradient") {
+  auto rel = [](const at::Tensor& x, const at::Tensor& ref) {
+    return ((x.to(at::kDouble) - ref).abs().max() / ref.abs().max()).item<double>();
+  };
+  for (int64_t n : {256, 13}) {
+    CAPTURE(n);
+    const at::Tensor x = at::randn({37, n}) * 3, w = at::randn({n}), g = at::randn({37, n});
+    const at::Tensor x32 = x.clone().requires_grad_(), w32 = w.clone().requires_grad_();
+    rms_norm(x32, w32).backward(g);
+    const at::Tensor x64 = x.to(at::kDouble).requires_grad_(), w64 = w.to(at::kDouble).requires_grad_();
+    const at::Tensor y64 = x64 / (x64.pow(2).mean(-1, true) + 1e-6).sqrt() * w64;
+    y64.backward(g.to(at::kDouble));
+    CHECK(rel(rms_norm(x, w), y64.detach()) < 1e-6);
+    CHECK(rel(x32.grad(), x64.grad()) < 1e-5);
+    CHECK(rel(w32.grad(), w64.grad()) < 1e-5);
+  }
+  for (int64_t d : {64, 10}) {
+    CAPTURE(d);
+    const at::Tensor pos = at::randint(0, 300, {21}, at::kLong);
+    const at::Tensor x = at::randn({21, 3, d}), g = at::randn({21, 3, d});
+    const rope_table t32 = make_rope_table(pos, d, at::kFloat);
+    const at::Tensor x32 = x.clone().requires_grad_();
+    rope(x32, t32).backward(g);
+    // the same (fp32) table in double: what is left is the kernel's arithmetic
+    const rope_table t64{pos, t32.cos.to(at::kDouble), t32.sin.to(at::kDouble), d};
+    const at::Tensor x64 = x.to(at::kDouble).requires_grad_();
+    const at::Tensor y64 = rope(x64, t64);
+    y64.backward(g.to(at::kDouble));
+    CHECK(rel(rope(x, t32), y64.detach()) < 1e-6);
+    CHECK(rel(x32.grad(), x64.grad()) < 1e-6);
+  }
+}
+
 TEST_CASE("rope: a table built once equals the per-call form, and a mismatched table is refused") {
   const at::Tensor x = at::randn({5, 3, 8}, f64), pos = at::tensor({0, 1, 2, 0, 4}, at::kLong);
   const rope_table table = make_rope_table(pos, 8, at::kDouble);

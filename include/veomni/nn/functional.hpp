@@ -49,6 +49,7 @@ class rms_norm_fn : public torch::autograd::Function<rms_norm_fn> {
 };
 
 inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps = 1e-6) {
+  if (kernels::rms_norm_fusable(x, weight)) return kernels::rms_norm_fused_fn::apply(x, weight, eps);
   return rms_norm_fn::apply(x, weight, eps);
 }
 
@@ -73,6 +74,7 @@ inline rope_table make_rope_table(const at::Tensor& pos, int64_t d, at::ScalarTy
 class rope_fn : public torch::autograd::Function<rope_fn> {
  public:
   static at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, double sign) {
+    if (kernels::rope_fusable(x, cos, sin)) return kernels::rope_rows(x, cos, sin, static_cast<float>(sign));
     const int64_t h = x.size(-1) / 2;
     const at::Tensor x1 = x.narrow(-1, 0, h), x2 = x.narrow(-1, h, h);
     at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);

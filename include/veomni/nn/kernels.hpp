@@ -9,6 +9,9 @@
 //
 //   silu_mul:  z = silu(a) * b = a * sigmoid(a) * b              (SwiGLU's middle)
 //     backward: da = g * b * s * (1 + a - a s),  db = g * a * s,   s = sigmoid(a)
+//   rope_rows: y1 = x1 c - sign x2 s,  y2 = x2 c + sign x1 s      (rotary; sign -1: its backward)
+//   rms_norm:  y = x r w,  r = 1 / sqrt(mean(x^2) + eps) per row
+//     backward: dx = r dy w - x r^3 mean(dy w x),  dw = sum_rows(dy x r)
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -72,6 +75,91 @@ __attribute__((target("avx2,fma"))) inline void silu_mul_backward_avx2(const flo
     da[i] = g[i] * b[i] * s * (1.0f + a[i] - as);
   }
 }
+
+// Rows [t0, t1) of x [T, H, D] with tables cos, sin [T, D/2].
+__attribute__((target("avx2,fma"))) inline void rope_rows_avx2(const float* x, const float* cos, const float* sin,
+                                                               float* y, int64_t t0, int64_t t1, int64_t heads,
+                                                               int64_t d, float sign) {
+  const int64_t h2 = d / 2;
+  const __m256 vsign = _mm256_set1_ps(sign);
+  for (int64_t t = t0; t < t1; ++t) {
+    const float *c = cos + t * h2, *s = sin + t * h2;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* xr = x + (t * heads + h) * d;
+      float* yr = y + (t * heads + h) * d;
+      int64_t i = 0;
+      for (; i + 8 <= h2; i += 8) {
+        const __m256 x1 = _mm256_loadu_ps(xr + i), x2 = _mm256_loadu_ps(xr + h2 + i);
+        const __m256 vc = _mm256_loadu_ps(c + i), vs = _mm256_mul_ps(vsign, _mm256_loadu_ps(s + i));
+        _mm256_storeu_ps(yr + i, _mm256_fnmadd_ps(x2, vs, _mm256_mul_ps(x1, vc)));
+        _mm256_storeu_ps(yr + h2 + i, _mm256_fmadd_ps(x1, vs, _mm256_mul_ps(x2, vc)));
+      }
+      for (; i < h2; ++i) {
+        const float x1 = xr[i], x2 = xr[h2 + i], ss = sign * s[i];
+        yr[i] = x1 * c[i] - x2 * ss;
+        yr[h2 + i] = x2 * c[i] + x1 * ss;
+      }
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float sum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Rows [t0, t1) of x [T, n]: y and r (1 / rms per row).
+__attribute__((target("avx2,fma"))) inline void rms_norm_rows_avx2(const float* x, const float* w, float* y, float* r,
+                                                                   int64_t t0, int64_t t1, int64_t n, float eps) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* xr = x + t * n;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = sum8(acc);
+    for (; i < n; ++i) ss += xr[i] * xr[i];
+    const float rr = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    r[t] = rr;
+    const __m256 vr = _mm256_set1_ps(rr);
+    float* yr = y + t * n;
+    for (i = 0; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vr), _mm256_loadu_ps(w + i)));
+    for (; i < n; ++i) yr[i] = xr[i] * rr * w[i];
+  }
+}
+
+// Rows [t0, t1): dx, and dy x r added into dw_acc [n].
+__attribute__((target("avx2,fma"))) inline void rms_norm_backward_rows_avx2(const float* dy, const float* x,
+                                                                            const float* w, const float* r, float* dx,
+                                                                            float* dw_acc, int64_t t0, int64_t t1,
+                                                                            int64_t n) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const float *g = dy + t * n, *xr = x + t * n;
+    const float rr = r[t];
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_loadu_ps(w + i)), _mm256_loadu_ps(xr + i), acc);
+    float dot = sum8(acc);
+    for (; i < n; ++i) dot += g[i] * w[i] * xr[i];
+    const float k = rr * rr * rr * dot / static_cast<float>(n);
+    const __m256 vr = _mm256_set1_ps(rr), vk = _mm256_set1_ps(k);
+    float* d = dx + t * n;
+    for (i = 0; i + 8 <= n; i += 8) {
+      const __m256 vg = _mm256_loadu_ps(g + i), vx = _mm256_loadu_ps(xr + i);
+      _mm256_storeu_ps(d + i, _mm256_fnmadd_ps(vk, vx, _mm256_mul_ps(vr, _mm256_mul_ps(vg, _mm256_loadu_ps(w + i)))));
+      _mm256_storeu_ps(dw_acc + i, _mm256_fmadd_ps(vg, _mm256_mul_ps(vx, vr), _mm256_loadu_ps(dw_acc + i)));
+    }
+    for (; i < n; ++i) {
+      d[i] = rr * g[i] * w[i] - k * xr[i];
+      dw_acc[i] += g[i] * xr[i] * rr;
+    }
+  }
+}
 #endif
 
 // Whether the fused fp32 kernels run on this CPU.
@@ -127,5 +215,72 @@ inline at::Tensor silu_mul(const at::Tensor& a, const at::Tensor& b) {
   if (fusable(a, b)) return silu_mul_fn::apply(a, b);
   return at::silu(a) * b;
 }
+
+// x [T, H, D] rotated by tables cos, sin [T, 1, D/2] (sign -1: the inverse
+// rotation, rotary's backward). Fused when all are contiguous fp32.
+inline bool rope_fusable(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return fused_available() && x.dim() == 3 && x.size(-1) % 2 == 0 && x.scalar_type() == at::kFloat &&
+         cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && x.is_contiguous() &&
+         cos.is_contiguous() && sin.is_contiguous() && cos.numel() == x.size(0) * x.size(2) / 2 &&
+         sin.numel() == cos.numel() && x.device().is_cpu();
+}
+inline at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, float sign) {
+  at::Tensor y = at::empty_like(x);
+#ifdef VEOMNI_KERNELS_AVX2
+  const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  const int64_t heads = x.size(1), d = x.size(2);
+  at::parallel_for(0, x.size(0), std::max<int64_t>(1, silu_mul_fn::grain / (heads * d)), [&](int64_t t0, int64_t t1) {
+    rope_rows_avx2(px, pc, ps, py, t0, t1, heads, d, sign);
+  });
+#else
+  (void)cos, (void)sin, (void)sign;
+#endif
+  return y;
+}
+
+// RMSNorm over the last dim of a contiguous fp32 x [..., n], weight [n].
+inline bool rms_norm_fusable(const at::Tensor& x, const at::Tensor& w) {
+  return fused_available() && x.dim() >= 1 && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+         w.dim() == 1 && w.size(0) == x.size(-1) && x.is_contiguous() && w.is_contiguous() && x.device().is_cpu();
+}
+
+class rms_norm_fused_fn : public torch::autograd::Function<rms_norm_fused_fn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            double eps) {
+    const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(1, n);
+    at::Tensor y = at::empty_like(x), r = at::empty({rows}, x.options());
+#ifdef VEOMNI_KERNELS_AVX2
+    const float *px = x.data_ptr<float>(), *pw = w.data_ptr<float>();
+    float *py = y.data_ptr<float>(), *pr = r.data_ptr<float>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, silu_mul_fn::grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
+      rms_norm_rows_avx2(px, pw, py, pr, t0, t1, n, static_cast<float>(eps));
+    });
+#else
+    (void)eps;
+#endif
+    ctx->save_for_backward({x, w, r});
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &r = saved[2];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(1, n);
+    at::Tensor dx = at::empty_like(x);
+    // per-thread partial sums of dw, added in a fixed order after
+    at::Tensor partial = at::zeros({at::get_num_threads(), n}, x.options());
+#ifdef VEOMNI_KERNELS_AVX2
+    const float *pg = g.data_ptr<float>(), *px = x.data_ptr<float>(), *pw = w.data_ptr<float>(), *pr = r.data_ptr<float>();
+    float *pdx = dx.data_ptr<float>(), *pp = partial.data_ptr<float>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, silu_mul_fn::grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
+      rms_norm_backward_rows_avx2(pg, px, pw, pr, pdx, pp + at::get_thread_num() * n, t0, t1, n);
+    });
+#endif
+    return {dx, partial.sum(0), at::Tensor()};
+  }
+};
 
 }  // namespace veomni::nn::kernels
