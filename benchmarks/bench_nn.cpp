@@ -15,6 +15,11 @@
 //                                 matmul, mask, softmax, matmul, one sequence at a time
 //                   batched       one [B, H, L, L] causal attention, as the
 //                                 PyTorch peer (benchmarks/peer_torch.py) computes it
+//   kernels/*     forward + backward of each fused fp32 kernel (nn/kernels.hpp)
+//                 against the ATen composition it replaced, at the block's
+//                 shapes: silu_mul [2048, 1024], rms_norm [2048, 256],
+//                 rope [2048, 4, 64] (the composition recomputes its angles,
+//                 as the old rope did on every call)
 //   train_step/*  one training step of the dense_peer model (4 such blocks,
 //                 vocabulary 1024, AdamW, clipping) at world 1:
 //                   veomni      parallel_model (DDP or FSDP recipe, world of one)
@@ -364,6 +369,52 @@ void block_fwd_bwd(benchmark::State& state) {
   time_alternating(state, 3, [&](int v) { bc.run(v); }, [&] { bc.clear(); }, {"functional", "module", "batched"});
 }
 
+// ---- fused kernels vs the ATen compositions --------------------------------------------
+
+struct kernel_case {
+  torch::Tensor a, b, ga, x, w, gx, q, gq, pos;
+  nn::rope_table table;
+  kernel_case() {
+    torch::manual_seed(0);
+    a = torch::randn({2048, 1024}).requires_grad_(true);
+    b = torch::randn({2048, 1024}).requires_grad_(true);
+    ga = torch::randn({2048, 1024});
+    x = torch::randn({2048, 256}).requires_grad_(true);
+    w = torch::randn({256}).requires_grad_(true);
+    gx = torch::randn({2048, 256});
+    q = torch::randn({2048, 4, 64}).requires_grad_(true);
+    gq = torch::randn({2048, 4, 64});
+    pos = torch::arange(0, 256, torch::kLong).repeat({8});
+    table = nn::make_rope_table(pos, 64, torch::kFloat);
+    require(nn::kernels::fused_available(), "the fused kernels need AVX2 + FMA");
+  }
+  void clear() {
+    for (auto* t : {&a, &b, &x, &w, &q}) t->mutable_grad().reset();
+  }
+  static torch::Tensor rope_composed(const torch::Tensor& x, const torch::Tensor& pos) {
+    const int64_t d = x.size(-1);
+    const torch::Tensor inv = torch::pow(10000.0, -torch::arange(0, d, 2, x.options()) / double(d));
+    const torch::Tensor ang = pos.to(x.scalar_type()).unsqueeze(1) * inv.unsqueeze(0);
+    const torch::Tensor c = torch::cat({ang.cos(), ang.cos()}, -1).unsqueeze(1),
+                        s = torch::cat({ang.sin(), ang.sin()}, -1).unsqueeze(1);
+    return x * c + rotate_half(x) * s;
+  }
+  void run(int kernel, int fused) {
+    switch (kernel) {
+      case 0: (fused ? nn::kernels::silu_mul(a, b) : torch::silu(a) * b).backward(ga); break;
+      case 1: (fused ? nn::rms_norm(x, w) : x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w).backward(gx); break;
+      default: (fused ? nn::rope(q, table) : rope_composed(q, pos)).backward(gq); break;
+    }
+  }
+};
+
+template <int Kernel>
+void kernel_fwd_bwd(benchmark::State& state) {
+  static kernel_case kc;
+  for (int i = 0; i < 3; ++i) for (int v = 0; v < 2; ++v) kc.clear(), kc.run(Kernel, 1 - v);  // warm up
+  time_alternating(state, 2, [&](int v) { kc.run(Kernel, 1 - v); }, [&] { kc.clear(); }, {"fused", "aten"});
+}
+
 void attention_fwd_bwd(benchmark::State& state) {
   static attention_case ac;
   static const bool checked = (ac.check(), true);
@@ -450,6 +501,9 @@ using fsdp_recipe = recipe<apply<"lm", Shard<FSDP>>>;
 
 }  // namespace
 
+BENCHMARK(kernel_fwd_bwd<0>)->Name("kernels/silu_mul")->Iterations(100)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(kernel_fwd_bwd<1>)->Name("kernels/rms_norm")->Iterations(200)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(kernel_fwd_bwd<2>)->Name("kernels/rope")->Iterations(200)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(attention_fwd_bwd)->Name("attention/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(block_fwd_bwd)->Name("block/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(train_step<ddp_recipe>)->Name("train_step/ddp_recipe_world1")->Iterations(30)->UseManualTime()->Unit(benchmark::kMillisecond);
