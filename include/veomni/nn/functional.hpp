@@ -179,14 +179,16 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
       const int64_t step = causal ? std::max<int64_t>(1, block) : r.len;
       for (int64_t q0 = 0; q0 < r.len; q0 += step) {
         const int64_t m = std::min(step, r.len - q0), n = causal ? q0 + m : r.len;
-        at::Tensor s = at::bmm(qr.narrow(1, q0, m), kr.narrow(1, 0, n).transpose(1, 2)).mul_(scale);
+        at::Tensor s = at::empty({qr.size(0), m, n}, qr.options());
+        kernels::gemm_batched(s, qr.narrow(1, q0, m), false, kr.narrow(1, 0, n), true, scale, 0);
         if (causal) {
           auto& u = upper[m];
           if (!u.defined()) u = at::ones({m, m}, q.options().dtype(at::kBool)).triu(1);
           s.narrow(2, q0, m).masked_fill_(u, -std::numeric_limits<double>::infinity());
         }
         at::Tensor p = s.softmax(-1);
-        o.narrow(1, q0, m).copy_(at::bmm(p, vr.narrow(1, 0, n)));
+        at::Tensor o_block = o.narrow(1, q0, m);
+        kernels::gemm_batched(o_block, p, false, vr.narrow(1, 0, n), false, 1, 0);
         saved.push_back(p);
       }
       detail::from_run(out, o, r);
@@ -225,11 +227,13 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
         const int64_t m = std::min(step, r.len - q0), n = causal ? q0 + m : r.len;
         const at::Tensor& p = saved[at_saved++];
         const at::Tensor gi = go.narrow(1, q0, m), kn = kr.narrow(1, 0, n);
-        gv.narrow(1, 0, n).baddbmm_(p.transpose(1, 2), gi);
-        at::Tensor ds = at::bmm(gi, vr.narrow(1, 0, n).transpose(1, 2));  // dP
-        ds.sub_(rows.narrow(1, q0, m)).mul_(p);                          // dS (zero where masked)
-        gq.narrow(1, q0, m).copy_(at::bmm(ds, kn)).mul_(scale);
-        gk.narrow(1, 0, n).baddbmm_(ds.transpose(1, 2), qr.narrow(1, q0, m), 1, scale);
+        at::Tensor gv_keys = gv.narrow(1, 0, n), gk_keys = gk.narrow(1, 0, n), gq_block = gq.narrow(1, q0, m);
+        kernels::gemm_batched(gv_keys, p, true, gi, false, 1, 1);  // dV += P^T dO
+        at::Tensor ds = at::empty({qr.size(0), m, n}, qr.options());
+        kernels::gemm_batched(ds, gi, false, vr.narrow(1, 0, n), true, 1, 0);  // dP = dO V^T
+        ds.sub_(rows.narrow(1, q0, m)).mul_(p);                               // dS (zero where masked)
+        kernels::gemm_batched(gq_block, ds, false, kn, false, scale, 0);       // dQ = dS K / sqrt(d)
+        kernels::gemm_batched(gk_keys, ds, true, qr.narrow(1, q0, m), false, scale, 1);  // dK += dS^T Q / sqrt(d)
       }
       detail::from_run(dq, gq, r);
       detail::from_run(dk, gk, r);

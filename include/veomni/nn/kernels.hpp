@@ -17,6 +17,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+
+#if defined(__GLIBC__)
+#include <dlfcn.h>
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -282,5 +287,76 @@ class rms_norm_fused_fn : public torch::autograd::Function<rms_norm_fused_fn> {
     return {dx, partial.sum(0), at::Tensor()};
   }
 };
+
+// ---- batched small GEMMs straight to the process's CBLAS ------------------------------
+// LibTorch 1.13 without MKL runs at::bmm as one ATen addmm per batch entry
+// (select, dispatch, checks each time, in sequence). Attention multiplies
+// hundreds of small matrices per layer, so it calls the CBLAS that LibTorch
+// itself loaded (cblas_sgemm / cblas_dgemm, found with dlsym), one entry per
+// task of at::parallel_for. Without a CBLAS in the process: at::bmm.
+namespace detail {
+using sgemm_fn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+using dgemm_fn = void (*)(int, int, int, int, int, int, double, const double*, int, const double*, int, double, double*,
+                          int);
+template <class F>
+F blas_symbol(const char* name) {
+#if defined(__GLIBC__)
+  return reinterpret_cast<F>(dlsym(RTLD_DEFAULT, name));
+#else
+  (void)name;
+  return nullptr;
+#endif
+}
+inline sgemm_fn sgemm() {
+  static const sgemm_fn f = blas_symbol<sgemm_fn>("cblas_sgemm");
+  return f;
+}
+inline dgemm_fn dgemm() {
+  static const dgemm_fn f = blas_symbol<dgemm_fn>("cblas_dgemm");
+  return f;
+}
+// A 3-D view BLAS can read: unit stride in the last dim, rows apart by stride(1).
+inline bool blas_view(const at::Tensor& t) {
+  return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) >= std::max<int64_t>(1, t.size(2)) &&
+         t.size(1) <= INT32_MAX && t.size(2) <= INT32_MAX && t.stride(1) <= INT32_MAX;
+}
+}  // namespace detail
+
+// c[i] = alpha op(a[i]) op(b[i]) + beta c[i] for every batch entry i, with
+// op(x) = x or x^T (trans_*). a, b, c are [batch, rows, cols] views with unit
+// stride in the last dim (any row and batch strides), c written in place.
+inline void gemm_batched(at::Tensor& c, const at::Tensor& a, bool trans_a, const at::Tensor& b, bool trans_b,
+                         double alpha, double beta) {
+  const int64_t batch = c.size(0), m = c.size(1), n = c.size(2), k = trans_a ? a.size(1) : a.size(2);
+  const bool f32 = c.scalar_type() == at::kFloat && detail::sgemm() != nullptr;
+  const bool f64 = c.scalar_type() == at::kDouble && detail::dgemm() != nullptr;
+  const bool ok = (f32 || f64) && a.scalar_type() == c.scalar_type() && b.scalar_type() == c.scalar_type() &&
+                  detail::blas_view(a) && detail::blas_view(b) && detail::blas_view(c) && a.size(0) == batch &&
+                  b.size(0) == batch && c.device().is_cpu();
+  if (!ok) {  // ATen: the same product
+    const at::Tensor pa = trans_a ? a.transpose(1, 2) : a, pb = trans_b ? b.transpose(1, 2) : b;
+    if (beta == 0)
+      c.copy_(at::bmm(pa, pb).mul_(alpha));
+    else
+      c.mul_(beta).add_(at::bmm(pa, pb), alpha);
+    return;
+  }
+  constexpr int row_major = 101, no_trans = 111, trans = 112;
+  const int ta = trans_a ? trans : no_trans, tb = trans_b ? trans : no_trans;
+  const auto lda = static_cast<int>(a.stride(1)), ldb = static_cast<int>(b.stride(1)), ldc = static_cast<int>(c.stride(1));
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (f32)
+        detail::sgemm()(row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                        static_cast<float>(alpha), a.data_ptr<float>() + i * a.stride(0), lda,
+                        b.data_ptr<float>() + i * b.stride(0), ldb, static_cast<float>(beta),
+                        c.data_ptr<float>() + i * c.stride(0), ldc);
+      else
+        detail::dgemm()(row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha,
+                        a.data_ptr<double>() + i * a.stride(0), lda, b.data_ptr<double>() + i * b.stride(0), ldb,
+                        beta, c.data_ptr<double>() + i * c.stride(0), ldc);
+    }
+  });
+}
 
 }  // namespace veomni::nn::kernels
