@@ -136,6 +136,35 @@ TEST_CASE("varlen attention in query blocks equals the reference for every block
             .sizes() == at::IntArrayRef{0, 4, 6});
 }
 
+TEST_CASE("gemm_batched: every transpose, alpha and beta, on strided views, through CBLAS and through the fallback") {
+  for (auto type : {at::kFloat, at::kDouble}) {
+    const auto o = at::TensorOptions().dtype(type);
+    const at::Tensor a = at::randn({3, 7, 5}, o), b = at::randn({3, 6, 5}, o);
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        CAPTURE(ta);
+        CAPTURE(tb);
+        // op(A) is [4, 5] and op(B) is [5, 6]: slice stored matrices to fit
+        const at::Tensor sa = ta ? a.narrow(1, 0, 5).narrow(2, 0, 4) : a.narrow(1, 0, 4);  // [.,5,4] or [.,4,5]
+        const at::Tensor sb = tb ? b : b.transpose(1, 2).contiguous();  // [., 6, 5] or [., 5, 6]
+        const at::Tensor pa = ta ? sa.transpose(1, 2) : sa, pb = tb ? sb.transpose(1, 2) : sb;
+        const at::Tensor c0 = at::randn({3, 4, 9}, o);
+        at::Tensor c = c0.clone(), view = c.narrow(2, 2, 6);  // rows 9 apart
+        veomni::nn::kernels::gemm_batched(view, sa, ta, sb, tb, 0.5, 2.0);
+        CHECK(close(view, c0.narrow(2, 2, 6) * 2.0 + 0.5 * at::bmm(pa, pb), 1e-5));
+        CHECK(close(c.narrow(2, 0, 2), c0.narrow(2, 0, 2), 0));  // outside the view: untouched
+        // a column view (no unit stride): the ATen fallback, same result
+        at::Tensor cc = c0.clone().transpose(1, 2).contiguous().transpose(1, 2);
+        at::Tensor cview = cc.narrow(2, 2, 6);
+        veomni::nn::kernels::gemm_batched(cview, sa, ta, sb, tb, 0.5, 2.0);
+        CHECK(close(cview, view, 1e-5));
+        at::Tensor fresh = at::empty({3, 4, 6}, o);
+        veomni::nn::kernels::gemm_batched(fresh, sa, ta, sb, tb, 1.0, 0.0);  // beta 0: prior contents ignored
+        CHECK(close(fresh, at::bmm(pa, pb), 1e-5));
+      }
+  }
+}
+
 // fp32 goes through cblas_sgemm (double above through cblas_dgemm) when the
 // process has a CBLAS; against the double reference, in value and gradient.
 TEST_CASE("varlen attention in fp32 equals the double reference, in value and gradient") {
