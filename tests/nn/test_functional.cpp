@@ -165,30 +165,87 @@ TEST_CASE("gemm_batched: every transpose, alpha and beta, on strided views, thro
   }
 }
 
-// fp32 goes through cblas_sgemm (double above through cblas_dgemm) when the
-// process has a CBLAS; against the double reference, in value and gradient.
+// fp32 takes the fused path when the CPU has AVX2 and the process a CBLAS:
+// every (sample, head) read in place in [T, H, D], scores through
+// cblas_sgemm, one AVX2 pass for mask + softmax and one for its backward
+// (double above goes through the ATen/cblas_dgemm form). Against the double
+// reference, in value and gradient, for several block sizes (ones that do
+// not divide a sample, and the default), runs and singles, an empty sample,
+// tokens of no sample (zero output, zero gradient) and a strided gradient.
 TEST_CASE("varlen attention in fp32 equals the double reference, in value and gradient") {
-  const std::vector<int64_t> lens{70, 70, 33, 130};
+  MESSAGE("fused fp32 attention on this machine: ",
+          veomni::nn::detail::attention_fusable(at::zeros({1, 1, 8}), at::zeros({1, 1, 8}), at::zeros({1, 1, 8})));
+  const std::vector<int64_t> lens{70, 70, 33, 0, 130};
   std::vector<int64_t> cu_v{0};
   for (int64_t l : lens) cu_v.push_back(cu_v.back() + l);
   const at::Tensor cu = at::tensor(cu_v, at::kLong);
-  const int64_t t = cu_v.back();
-  const at::Tensor q = at::randn({t, 4, 16}), k = at::randn({t, 2, 16}), v = at::randn({t, 2, 16}), g = at::randn({t, 4, 16});
+  const int64_t covered = cu_v.back(), t = covered + 5;  // 5 tokens of no sample at the end
+  const at::Tensor q = at::randn({t, 4, 16}), k = at::randn({t, 2, 16}), v = at::randn({t, 2, 16});
+  const at::Tensor g = at::randn({4, t, 16}).transpose(0, 1);  // [t, 4, 16], not contiguous
   auto rel = [](const at::Tensor& x, const at::Tensor& ref) {
     return ((x.to(at::kDouble) - ref).abs().max() / ref.abs().max()).item<double>();
   };
-  for (bool causal : {true, false}) {
-    CAPTURE(causal);
-    std::vector<at::Tensor> x32{q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_()};
-    std::vector<at::Tensor> x64{q.to(at::kDouble).requires_grad_(), k.to(at::kDouble).requires_grad_(),
-                                v.to(at::kDouble).requires_grad_()};
-    const at::Tensor y32 = varlen_attention(x32[0], x32[1], x32[2], cu, causal);
-    const at::Tensor y64 = reference_attention(x64[0], x64[1], x64[2], lens, causal);
-    y32.backward(g);
-    y64.backward(g.to(at::kDouble));
-    CHECK(rel(y32, y64) < 1e-5);
-    for (int i = 0; i < 3; ++i) CHECK(rel(x32[i].grad(), x64[i].grad()) < 1e-5);
+  for (bool causal : {true, false})
+    for (int64_t block : {7, 64}) {
+      CAPTURE(causal);
+      CAPTURE(block);
+      std::vector<at::Tensor> x32{q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_()};
+      std::vector<at::Tensor> x64{q.narrow(0, 0, covered).to(at::kDouble).requires_grad_(),
+                                  k.narrow(0, 0, covered).to(at::kDouble).requires_grad_(),
+                                  v.narrow(0, 0, covered).to(at::kDouble).requires_grad_()};
+      const at::Tensor y32 = varlen_attention(x32[0], x32[1], x32[2], cu, causal, block);
+      const at::Tensor y64 = reference_attention(x64[0], x64[1], x64[2], lens, causal);
+      y32.backward(g);
+      y64.backward(g.narrow(0, 0, covered).to(at::kDouble));
+      CHECK(rel(y32.narrow(0, 0, covered), y64) < 1e-5);
+      CHECK(y32.narrow(0, covered, 5).abs().max().item<float>() == 0.0f);
+      for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(rel(x32[i].grad().narrow(0, 0, covered), x64[i].grad()) < 1e-5);
+        CHECK(x32[i].grad().narrow(0, covered, 5).abs().max().item<float>() == 0.0f);
+      }
+    }
+}
+
+// The views a flat parameter buffer is cut into, through split_flat's one
+// autograd node: the same gradient as narrow()'s views, zero in the padding
+// and for a view that got none; without grad mode, plain views.
+TEST_CASE("split_flat: views of a flat buffer, whose gradient equals narrow()'s, zero in padding and for unused views") {
+  const std::vector<std::vector<int64_t>> shapes{{3, 4}, {5}, {2, 3}, {4}};
+  const at::Tensor init = at::randn({30}, f64);  // 12 + 5 + 6 + 4 = 27 elements and 3 of padding
+  std::vector<at::Tensor> c;
+  for (const auto& s : shapes) c.push_back(at::randn(s, f64));
+  auto loss = [&](const std::vector<at::Tensor>& w) {  // the third view unused
+    return (w[0] * c[0]).sum() + (w[1] * w[1] * c[1]).sum() + (w[3].exp() * c[3]).sum();
+  };
+  const at::Tensor a = init.clone().requires_grad_(), b = init.clone().requires_grad_();
+  const auto wa = split_flat(a, shapes);
+  std::vector<at::Tensor> wb;
+  for (int64_t off = 0; const auto& s : shapes) {
+    const int64_t n = c10::multiply_integers(s);
+    wb.push_back(b.narrow(0, off, n).view(s));
+    off += n;
   }
+  REQUIRE(wa.size() == 4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    CHECK(wa[i].sizes() == wb[i].sizes());
+    // views of the buffer at the same places, no copy
+    CHECK(wa[i].data_ptr<double>() - a.data_ptr<double>() == wb[i].data_ptr<double>() - b.data_ptr<double>());
+  }
+  CHECK(wa[0].grad_fn()->name().find("split_flat_fn") != std::string::npos);
+  loss(wa).backward();
+  loss(wb).backward();
+  CHECK(close(a.grad(), b.grad(), 0));
+  CHECK(a.grad().narrow(0, 17, 6).abs().max().item<double>() == 0);  // the unused view
+  CHECK(a.grad().narrow(0, 27, 3).abs().max().item<double>() == 0);  // padding
+  {
+    torch::NoGradGuard no_grad;
+    const auto w = split_flat(a, shapes);
+    CHECK((!w[0].grad_fn() || w[0].grad_fn()->name().find("split_flat_fn") == std::string::npos));
+    CHECK(w[3].data_ptr() == wa[3].data_ptr());
+  }
+  CHECK(split_flat(at::Tensor(), {}).empty());
+  CHECK_THROWS_WITH(split_flat(at::zeros({20}), shapes), doctest::Contains("do not fit"));
 }
 
 TEST_CASE("rms_norm: value and gradients by finite differences, and the weight's gradient when only it wants one") {

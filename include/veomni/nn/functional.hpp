@@ -158,6 +158,132 @@ inline void from_run(at::Tensor& out, const at::Tensor& y, const attention_run& 
   const int64_t h = out.size(1), d = out.size(2);
   out.narrow(0, r.begin, r.count * r.len).view({r.count, r.len, h, d}).copy_(y.view({r.count, h, r.len, d}).permute({0, 2, 1, 3}));
 }
+
+// Query rows [q0, q0 + m) of a sample of length len against keys [0, n);
+// offset: where its probabilities [m, n] start in the (sample, head)'s share.
+struct attention_block {
+  int64_t q0, m, n, offset;
+};
+inline std::vector<attention_block> attention_blocks(int64_t len, bool causal, int64_t block, int64_t& total) {
+  std::vector<attention_block> out;
+  const int64_t step = causal ? std::max<int64_t>(1, block) : len;
+  total = 0;
+  for (int64_t q0 = 0; q0 < len; q0 += step) {
+    const int64_t m = std::min(step, len - q0), n = causal ? q0 + m : len;
+    out.push_back({q0, m, n, total});
+    total += m * n;
+  }
+  return out;
+}
+
+// The fused fp32 path: every (sample, head) read and written in place in the
+// [T, H, D] tensors (its rows H * D apart, as CBLAS's leading dimension), the
+// scores of a query block go through CBLAS into the probabilities kept for
+// backward and one AVX2 pass masks, exponentiates and normalises them. No
+// [samples x heads, L, D] copies, no ATen softmax. One (sample, head) per
+// at::parallel_for task.
+inline bool attention_fusable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return kernels::fused_available() && kernels::detail::sgemm() != nullptr && q.scalar_type() == at::kFloat &&
+         k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && q.device().is_cpu() &&
+         q.sizes() == k.sizes() && q.sizes() == v.sizes() && q.size(0) <= INT32_MAX && q.size(1) * q.size(2) <= INT32_MAX;
+}
+struct attention_task {
+  std::size_t run;
+  int64_t bh;  // sample * heads + head within the run
+};
+inline std::vector<attention_task> attention_tasks(const std::vector<attention_run>& runs, int64_t heads) {
+  std::vector<attention_task> out;
+  for (std::size_t i = 0; i < runs.size(); ++i)
+    for (int64_t bh = 0; bh < runs[i].count * heads; ++bh) out.push_back({i, bh});
+  return out;
+}
+#ifdef VEOMNI_KERNELS_AVX2
+// Forward: out written; returns per run the probabilities [count * heads, total].
+inline std::vector<at::Tensor> attention_forward_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       at::Tensor& out, const std::vector<attention_run>& runs,
+                                                       bool causal, int64_t block, float scale) {
+  using kernels::detail::cblas_row_major, kernels::detail::cblas_no_trans, kernels::detail::cblas_trans;
+  const int64_t h = q.size(1), d = q.size(2), ld = h * d;
+  std::vector<std::vector<attention_block>> blocks;
+  std::vector<at::Tensor> probs;
+  std::vector<float*> pp;
+  for (const auto& r : runs) {
+    int64_t total = 0;
+    blocks.push_back(attention_blocks(r.len, causal, block, total));
+    probs.push_back(at::empty({r.count * h, total}, q.options()));
+    pp.push_back(probs.back().data_ptr<float>());
+  }
+  const auto tasks = attention_tasks(runs, h);
+  const float *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const auto gemm = kernels::detail::sgemm();
+  const int ild = static_cast<int>(ld), id = static_cast<int>(d);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const attention_run& r = runs[tasks[t].run];
+      const int64_t bh = tasks[t].bh, base = (r.begin + bh / h * r.len) * ld + bh % h * d;
+      const auto& bl = blocks[tasks[t].run];
+      float* p = pp[tasks[t].run] + bh * (bl.back().offset + bl.back().m * bl.back().n);
+      for (const auto& x : bl) {
+        float* s = p + x.offset;
+        const int m = static_cast<int>(x.m), n = static_cast<int>(x.n);
+        gemm(cblas_row_major, cblas_no_trans, cblas_trans, m, n, id, scale, pq + base + x.q0 * ld, ild, pk + base, ild, 0.0f, s, n);
+        kernels::softmax_rows_avx2(s, x.m, x.n, x.q0, causal);
+        gemm(cblas_row_major, cblas_no_trans, cblas_no_trans, m, id, n, 1.0f, s, n, pv + base, ild, 0.0f, po + base + x.q0 * ld, ild);
+      }
+    }
+  });
+  return probs;
+}
+
+// Backward: dq, dk, dv written from g (= dOut) and forward's q, k, v, out and
+// probabilities. Blocks run last first: the last sees every key, so it sets
+// dK and dV (beta 0) and the others add into them.
+inline void attention_backward_fused(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& o, const std::vector<at::Tensor>& probs,
+                                     const std::vector<attention_run>& runs, bool causal, int64_t block, float scale,
+                                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  using kernels::detail::cblas_row_major, kernels::detail::cblas_no_trans, kernels::detail::cblas_trans;
+  const int64_t h = q.size(1), d = q.size(2), ld = h * d;
+  std::vector<std::vector<attention_block>> blocks;
+  int64_t scratch = 0, longest = 0;
+  for (const auto& r : runs) {
+    int64_t total = 0;
+    blocks.push_back(attention_blocks(r.len, causal, block, total));
+    for (const auto& x : blocks.back()) scratch = std::max(scratch, x.m * x.n);
+    longest = std::max(longest, r.len);
+  }
+  const auto tasks = attention_tasks(runs, h);
+  const float *pg = g.data_ptr<float>(), *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(),
+              *po = o.data_ptr<float>();
+  float *pdq = dq.data_ptr<float>(), *pdk = dk.data_ptr<float>(), *pdv = dv.data_ptr<float>();
+  const auto gemm = kernels::detail::sgemm();
+  const int ild = static_cast<int>(ld), id = static_cast<int>(d);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+    std::vector<float> ds(static_cast<std::size_t>(scratch)), rows(static_cast<std::size_t>(longest));
+    for (int64_t t = b; t < e; ++t) {
+      const attention_run& r = runs[tasks[t].run];
+      const int64_t bh = tasks[t].bh, base = (r.begin + bh / h * r.len) * ld + bh % h * d;
+      const auto& bl = blocks[tasks[t].run];
+      const float* p = probs[tasks[t].run].data_ptr<float>() + bh * probs[tasks[t].run].size(1);
+      kernels::dot_rows_avx2(pg + base, po + base, ld, r.len, d, rows.data());  // rowsum(dO * O)
+      float beta = 0.0f;
+      for (auto x = bl.rbegin(); x != bl.rend(); ++x, beta = 1.0f) {
+        const float* pb = p + x->offset;
+        const float* gi = pg + base + x->q0 * ld;
+        const int m = static_cast<int>(x->m), n = static_cast<int>(x->n);
+        gemm(cblas_row_major, cblas_trans, cblas_no_trans, n, id, m, 1.0f, pb, n, gi, ild, beta, pdv + base, ild);  // dV (+)= P^T dO
+        gemm(cblas_row_major, cblas_no_trans, cblas_trans, m, n, id, 1.0f, gi, ild, pv + base, ild, 0.0f, ds.data(), n);  // dP
+        kernels::softmax_grad_rows_avx2(ds.data(), pb, rows.data() + x->q0, x->m, x->n);  // dS
+        gemm(cblas_row_major, cblas_no_trans, cblas_no_trans, m, id, n, scale, ds.data(), n, pk + base, ild, 0.0f,
+             pdq + base + x->q0 * ld, ild);  // dQ = dS K / sqrt(d)
+        gemm(cblas_row_major, cblas_trans, cblas_no_trans, n, id, m, scale, ds.data(), n, pq + base + x->q0 * ld, ild, beta,
+             pdk + base, ild);  // dK (+)= dS^T Q / sqrt(d)
+      }
+    }
+  });
+}
+#endif
 }  // namespace detail
 
 class attention_fn : public torch::autograd::Function<attention_fn> {
@@ -169,8 +295,23 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
     const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
     const auto runs = detail::attention_runs(cu_seqlens);
     at::Tensor out = detail::run_output(q, detail::covers(runs, q.size(0)));  // tokens of no sample: zeros
+    std::vector<int64_t> meta;  // per run: begin, count, len
+    for (const auto& r : runs) meta.insert(meta.end(), {r.begin, r.count, r.len});
+    ctx->saved_data["meta"] = meta;
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["block"] = block;
+#ifdef VEOMNI_KERNELS_AVX2
+    if (detail::attention_fusable(q, k, v)) {
+      std::vector<at::Tensor> saved{q, k, v, out};  // then per run its probabilities
+      for (auto& p : detail::attention_forward_fused(q, k, v, out, runs, causal, block, static_cast<float>(scale)))
+        saved.push_back(std::move(p));
+      ctx->save_for_backward(saved);
+      ctx->saved_data["fused"] = true;
+      return out;
+    }
+#endif
+    ctx->saved_data["fused"] = false;
     std::vector<at::Tensor> saved;  // per run: q, k, v, o, then each query block's probabilities
-    std::vector<int64_t> meta;      // per run: begin, count, len
     std::map<int64_t, at::Tensor> upper;  // [m, m] strictly upper triangles, by m
     for (const auto& r : runs) {
       const at::Tensor qr = detail::to_run(q, r), kr = detail::to_run(k, r), vr = detail::to_run(v, r);
@@ -192,12 +333,8 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
         saved.push_back(p);
       }
       detail::from_run(out, o, r);
-      meta.insert(meta.end(), {r.begin, r.count, r.len});
     }
     ctx->save_for_backward(saved);
-    ctx->saved_data["meta"] = meta;
-    ctx->saved_data["causal"] = causal;
-    ctx->saved_data["block"] = block;
     return out;
   }
 
@@ -214,6 +351,14 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
     const bool covered = detail::covers(runs, g.size(0));
     at::Tensor dq = detail::run_output(g, covered), dk = detail::run_output(g, covered),
                dv = detail::run_output(g, covered);
+#ifdef VEOMNI_KERNELS_AVX2
+    if (ctx->saved_data["fused"].toBool()) {
+      const std::vector<at::Tensor> probs(saved.begin() + 4, saved.end());
+      detail::attention_backward_fused(g, saved[0], saved[1], saved[2], saved[3], probs, runs, causal, block,
+                                       static_cast<float>(scale), dq, dk, dv);
+      return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+#endif
     std::size_t at_saved = 0;
     for (const auto& r : runs) {
       const at::Tensor &qr = saved[at_saved], &kr = saved[at_saved + 1], &vr = saved[at_saved + 2],
@@ -252,6 +397,65 @@ inline at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, con
   // kv heads repeated for their query group (their gradients summed back by autograd)
   return attention_fn::apply(q, k.repeat_interleave(hq / hkv, 1), v.repeat_interleave(hq / hkv, 1), cu_seqlens, causal,
                              block);
+}
+
+// Parameters laid one after another from the start of a flat buffer, as
+// views of it. When autograd is to differentiate them they come out of one
+// autograd node, whose backward writes their gradients into one fresh flat
+// gradient: zero where no parameter lies (padding) or none got a gradient.
+// (Views made with narrow() each have their own backward, which allocates a
+// zero-filled tensor of the whole flat and autograd adds them all up: two
+// passes over the flat per parameter.)
+class split_flat_fn : public torch::autograd::Function<split_flat_fn> {
+ public:
+  using shape_list = std::vector<std::vector<int64_t>>;
+  static std::vector<at::Tensor> views(const at::Tensor& flat, const shape_list& shapes) {
+    std::vector<at::Tensor> out;
+    int64_t off = 0;
+    for (const auto& shape : shapes) {
+      const int64_t n = c10::multiply_integers(shape);
+      out.push_back(flat.narrow(0, off, n).view(shape));
+      off += n;
+    }
+    return out;
+  }
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& flat,
+                                                const shape_list& shapes) {
+    ctx->set_materialize_grads(false);
+    std::vector<int64_t> sizes;
+    for (const auto& shape : shapes) sizes.push_back(c10::multiply_integers(shape));
+    ctx->saved_data["sizes"] = sizes;
+    ctx->saved_data["numel"] = flat.numel();
+    return views(flat, shapes);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const int64_t numel = ctx->saved_data["numel"].toInt();
+    const auto any = std::find_if(g.begin(), g.end(), [](const at::Tensor& t) { return t.defined(); });
+    if (any == g.end()) return {at::Tensor(), at::Tensor()};
+    at::Tensor flat = at::empty({numel}, any->options());
+    int64_t off = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      at::Tensor part = flat.narrow(0, off, sizes[i]);
+      if (g[i].defined())
+        part.copy_(g[i].reshape({-1}));
+      else
+        part.zero_();
+      off += sizes[i];
+    }
+    if (off < numel) flat.narrow(0, off, numel - off).zero_();
+    return {flat, at::Tensor()};
+  }
+};
+inline std::vector<at::Tensor> split_flat(const at::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes) {
+  if (shapes.empty()) return {};
+  int64_t total = 0;
+  for (const auto& shape : shapes) total += c10::multiply_integers(shape);
+  TORCH_CHECK(flat.dim() == 1 && total <= flat.numel(), "veomni::nn::split_flat: parameters of ", total,
+              " elements do not fit a flat buffer of shape ", flat.sizes());
+  if (flat.requires_grad() && at::GradMode::is_enabled()) return split_flat_fn::apply(flat, shapes);
+  return split_flat_fn::views(flat, shapes);
 }
 
 // 1-D convolution over frames, channels last: x [N, F, C], w [O, C, k] ->

@@ -12,11 +12,15 @@
 //   rope_rows: y1 = x1 c - sign x2 s,  y2 = x2 c + sign x1 s      (rotary; sign -1: its backward)
 //   rms_norm:  y = x r w,  r = 1 / sqrt(mean(x^2) + eps) per row
 //     backward: dx = r dy w - x r^3 mean(dy w x),  dw = sum_rows(dy x r)
+//   softmax_rows:      attention's mask + softmax over a block of scores
+//   softmax_grad_rows: dS = P (dP - rowsum(dO O)),  dot_rows: rowsum(a b)
+//                      (used by nn::varlen_attention's fused fp32 path)
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #if defined(__GLIBC__)
@@ -112,6 +116,70 @@ __attribute__((target("avx2,fma"))) inline float sum8(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+__attribute__((target("avx2,fma"))) inline float max8(__m256 v) {
+  const __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Softmax in place over the rows of s [m, n] (row-major, rows n apart). Row i
+// sees columns [0, q0 + i + 1) when causal (the query at position q0 + i),
+// else all n; the columns it does not see become 0.
+__attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(float* s, int64_t m, int64_t n, int64_t q0,
+                                                                  bool causal) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = s + i * n;
+    const int64_t len = causal ? std::min(n, q0 + i + 1) : n;
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+    float mx = max8(vmax);
+    for (; j < len; ++j) mx = std::max(mx, row[j]);
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= len; j += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+      _mm256_storeu_ps(row + j, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = sum8(vsum);
+    for (; j < len; ++j) sum += (row[j] = std::exp(row[j] - mx));
+    const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (j = 0; j + 8 <= len; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vinv));
+    for (; j < len; ++j) row[j] *= inv;
+    std::fill(row + len, row + n, 0.0f);
+  }
+}
+
+// Softmax's backward in place: dp [m, n] becomes p * (dp - rows[i]) on row i.
+__attribute__((target("avx2,fma"))) inline void softmax_grad_rows_avx2(float* dp, const float* p, const float* rows,
+                                                                       int64_t m, int64_t n) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* d = dp + i * n;
+    const float* pr = p + i * n;
+    const __m256 vr = _mm256_set1_ps(rows[i]);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(d + j, _mm256_mul_ps(_mm256_loadu_ps(pr + j), _mm256_sub_ps(_mm256_loadu_ps(d + j), vr)));
+    for (; j < n; ++j) d[j] = pr[j] * (d[j] - rows[i]);
+  }
+}
+
+// out[i] = sum_j a[i ld + j] b[i ld + j] for rows i < m, columns j < d.
+__attribute__((target("avx2,fma"))) inline void dot_rows_avx2(const float* a, const float* b, int64_t ld, int64_t m,
+                                                              int64_t d, float* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float *x = a + i * ld, *y = b + i * ld;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j), acc);
+    float s = sum8(acc);
+    for (; j < d; ++j) s += x[j] * y[j];
+    out[i] = s;
+  }
 }
 
 // Rows [t0, t1) of x [T, n]: y and r (1 / rms per row).
@@ -315,6 +383,8 @@ inline dgemm_fn dgemm() {
   static const dgemm_fn f = blas_symbol<dgemm_fn>("cblas_dgemm");
   return f;
 }
+// CBLAS's enum values (cblas.h): row-major storage, op(x) = x or x^T
+inline constexpr int cblas_row_major = 101, cblas_no_trans = 111, cblas_trans = 112;
 // A 3-D view BLAS can read: unit stride in the last dim, rows apart by stride(1).
 inline bool blas_view(const at::Tensor& t) {
   return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) >= std::max<int64_t>(1, t.size(2)) &&
@@ -341,18 +411,18 @@ inline void gemm_batched(at::Tensor& c, const at::Tensor& a, bool trans_a, const
       c.mul_(beta).add_(at::bmm(pa, pb), alpha);
     return;
   }
-  constexpr int row_major = 101, no_trans = 111, trans = 112;
-  const int ta = trans_a ? trans : no_trans, tb = trans_b ? trans : no_trans;
+  using detail::cblas_row_major, detail::cblas_no_trans, detail::cblas_trans;
+  const int ta = trans_a ? cblas_trans : cblas_no_trans, tb = trans_b ? cblas_trans : cblas_no_trans;
   const auto lda = static_cast<int>(a.stride(1)), ldb = static_cast<int>(b.stride(1)), ldc = static_cast<int>(c.stride(1));
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       if (f32)
-        detail::sgemm()(row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+        detail::sgemm()(cblas_row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                         static_cast<float>(alpha), a.data_ptr<float>() + i * a.stride(0), lda,
                         b.data_ptr<float>() + i * b.stride(0), ldb, static_cast<float>(beta),
                         c.data_ptr<float>() + i * c.stride(0), ldc);
       else
-        detail::dgemm()(row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha,
+        detail::dgemm()(cblas_row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha,
                         a.data_ptr<double>() + i * a.stride(0), lda, b.data_ptr<double>() + i * b.stride(0), ldb,
                         beta, c.data_ptr<double>() + i * c.stride(0), ldc);
     }

@@ -458,25 +458,12 @@ class parallel_model : public nn::unit_source {
     return s.dense.shard || s.experts.shard || opt_.checkpoint;
   }
 
+  // A unit's parameters as views of its flat buffers (dense, then experts).
   static nn::tensors views(const unit_state<Comm>& s, const at::Tensor& dense, const at::Tensor& experts) {
-    nn::tensors out;
-    int64_t off = 0;
-    for (const auto& shape : s.dense.shapes) {
-      int64_t n = 1;
-      for (auto x : shape) n *= x;
-      out.push_back(dense.narrow(0, off, n).view(shape));
-      off += n;
-    }
-    off = 0;
-    for (const auto& shape : s.experts.shapes) {
-      int64_t n = 1;
-      for (auto x : shape) n *= x;
-      out.push_back(experts.narrow(0, off, n).view(shape));
-      off += n;
-    }
+    nn::tensors out = nn::split_flat(dense, s.dense.shapes);
+    for (auto& t : nn::split_flat(experts, s.experts.shapes)) out.push_back(std::move(t));
     return out;
   }
-
   // ---- gathering and reducing ----------------------------------------------------------
   // Gathers in the compute dtype (bf16 halves the bytes); the shard stays fp32.
   static at::Tensor start_gather(param_group<Comm>& g, comm::work& w) {
@@ -630,11 +617,11 @@ class parallel_model : public nn::unit_source {
   // autograd finishes units in.
   //
   // The gradient is all-reduced in place when nothing else can see its memory:
-  // ddp_fn's output (and a checkpointed block's leaves) feed only the narrow()
-  // views made in views(), whose backward allocates a fresh buffer of the
-  // group's size, so autograd hands over a tensor only this call holds (and
-  // a copy would cost a pass over every gradient). Anything else (a view, a
-  // shared storage, another dtype) is copied.
+  // ddp_fn's output (and a checkpointed block's leaves) feed only the views
+  // made in views(), whose backward (nn::split_flat) allocates a fresh buffer of
+  // the group's size, so autograd hands over a tensor only this call holds
+  // (and a copy would cost a pass over every gradient). Anything else (a
+  // view, a shared storage, another dtype) is copied.
   void ddp_arrived(param_group<Comm>& g, const at::Tensor& grad) {
     if (g.arrived) throw std::logic_error("veomni::parallel: a DDP unit's gradient arrived twice in one backward");
     const bool own = grad.defined() && grad.is_contiguous() && grad.numel() == g.numel && grad.storage_offset() == 0 &&
@@ -737,8 +724,9 @@ class parallel_model : public nn::unit_source {
     }
     static nn::tensors apply(const at::Tensor& dummy, parallel_model* self, unit_state<Comm>* s) {
       const at::Tensor flat = torch::autograd::Function<gather_fn>::apply(dummy, self, s);
-      const int64_t dn = s->dense.numel;
-      return views(*s, flat.narrow(0, 0, dn), flat.narrow(0, dn, s->experts.numel));
+      std::vector<std::vector<int64_t>> shapes = s->dense.shapes;
+      shapes.insert(shapes.end(), s->experts.shapes.begin(), s->experts.shapes.end());
+      return nn::split_flat(flat, shapes);
     }
   };
 
@@ -787,9 +775,7 @@ class parallel_model : public nn::unit_source {
         in.dense = dense;
         in.experts = experts;
       }
-      const int64_t dn = s->dense.numel;
-      self->current_block_params_ =
-          views(*s, in.dense.narrow(0, 0, dn), in.experts.narrow(0, 0, s->experts.numel));
+      self->current_block_params_ = views(*s, in.dense, in.experts);
       const std::size_t aux_before = self->ctx_->aux_losses.size();
       in.y = body(in.x);
       self->block_had_aux_ = self->ctx_->aux_losses.size() > aux_before;
