@@ -472,3 +472,36 @@ TEST_CASE("adamw: three steps equal the textbook update, with the decay mask and
   CHECK(opt.steps() == 3);
 }
 
+// fp32 parameters take the fused one-pass update (when the CPU has AVX2):
+// against the textbook in double, over a length with a loop tail.
+TEST_CASE("adamw in fp32 (the fused update) and squared_norm equal the double formulas") {
+  MESSAGE("fused fp32 kernels available on this CPU: ", veomni::nn::kernels::fused_available());
+  const int64_t n = 1037;
+  const at::Tensor p0 = at::randn({n}), mask = (at::rand({n}) > 0.5).to(at::kFloat);
+  at::Tensor p = p0.clone().requires_grad_();
+  veomni::train::adamw opt({p}, {mask}, {.lr = 0.1, .beta1 = 0.8, .beta2 = 0.9, .eps = 1e-3, .weight_decay = 0.3});
+  at::Tensor rp = p0.to(at::kDouble), m = at::zeros({n}, f64), v = at::zeros({n}, f64);
+  const at::Tensor mk = mask.to(at::kDouble);
+  const double scales[] = {1.0, 0.5, 1.0}, lrs[] = {0.1, 0.05, 0.02};
+  for (int t = 1; t <= 3; ++t) {
+    const at::Tensor g = at::randn({n});
+    p.mutable_grad() = g.clone();
+    const auto version = p._version();
+    opt.step(lrs[t - 1], scales[t - 1]);
+    CHECK(p._version() > version);
+    const at::Tensor gs = g.to(at::kDouble) * scales[t - 1];
+    m = 0.8 * m + 0.2 * gs;
+    v = 0.9 * v + 0.1 * gs * gs;
+    const at::Tensor mh = m / (1 - std::pow(0.8, t)), vh = v / (1 - std::pow(0.9, t));
+    rp = rp * (1 - lrs[t - 1] * 0.3 * mk);
+    rp = rp - lrs[t - 1] * mh / (vh.sqrt() + 1e-3);
+    CHECK(close(p.detach().to(at::kDouble), rp, 1e-6));
+    CHECK(close(opt.exp_avg_sq()[0].to(at::kDouble), v, 1e-6));
+  }
+  const at::Tensor x = at::randn({100002});  // 7 x 14286
+  const double want = x.to(at::kDouble).pow(2).sum().item<double>();
+  CHECK(std::abs(veomni::nn::kernels::squared_norm(x) - want) <= 1e-12 * want);
+  CHECK(std::abs(veomni::nn::kernels::squared_norm(x.view({-1, 7}).t()) - want) <= 1e-12 * want);  // strided: ATen
+  CHECK(veomni::nn::kernels::squared_norm(x.narrow(0, 0, 0)) == 0);
+}
+

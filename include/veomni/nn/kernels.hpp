@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #if defined(__GLIBC__)
 #include <dlfcn.h>
@@ -179,6 +180,55 @@ __attribute__((target("avx2,fma"))) inline void dot_rows_avx2(const float* a, co
     float s = sum8(acc);
     for (; j < d; ++j) s += x[j] * y[j];
     out[i] = s;
+  }
+}
+
+// sum of x^2, accumulated in double
+__attribute__((target("avx2,fma"))) inline double sum_squares_avx2(const float* x, int64_t n) {
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    a0 = _mm256_fmadd_pd(lo, lo, a0);
+    a1 = _mm256_fmadd_pd(hi, hi, a1);
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
+  double s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+
+// One AdamW update of n elements, as train::adamw writes it with ATen ops:
+//   m = b1 m + c1 g,  v = b2 v + c2 g^2          (c1, c2 include the clipping scale)
+//   p = p - decay mask p,  p = p - step m / (sqrt(v) / sqrt_bc2 + eps)
+struct adamw_coefficients {
+  float b1, b2, c1, c2, decay, step, sqrt_bc2, eps;
+};
+__attribute__((target("avx2,fma"))) inline void adamw_avx2(float* p, const float* g, float* m, float* v,
+                                                           const float* mask, int64_t n, const adamw_coefficients& k) {
+  const __m256 b1 = _mm256_set1_ps(k.b1), b2 = _mm256_set1_ps(k.b2), c1 = _mm256_set1_ps(k.c1),
+               c2 = _mm256_set1_ps(k.c2), decay = _mm256_set1_ps(-k.decay), step = _mm256_set1_ps(-k.step),
+               sbc2 = _mm256_set1_ps(k.sqrt_bc2), eps = _mm256_set1_ps(k.eps);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 vg = _mm256_loadu_ps(g + i);
+    const __m256 vm = _mm256_fmadd_ps(c1, vg, _mm256_mul_ps(_mm256_loadu_ps(m + i), b1));
+    const __m256 vv = _mm256_fmadd_ps(_mm256_mul_ps(c2, vg), vg, _mm256_mul_ps(_mm256_loadu_ps(v + i), b2));
+    __m256 vp = _mm256_loadu_ps(p + i);
+    vp = _mm256_fmadd_ps(_mm256_mul_ps(decay, vp), _mm256_loadu_ps(mask + i), vp);
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), sbc2), eps);
+    vp = _mm256_fmadd_ps(step, _mm256_div_ps(vm, denom), vp);
+    _mm256_storeu_ps(m + i, vm);
+    _mm256_storeu_ps(v + i, vv);
+    _mm256_storeu_ps(p + i, vp);
+  }
+  for (; i < n; ++i) {
+    m[i] = m[i] * k.b1 + k.c1 * g[i];
+    v[i] = v[i] * k.b2 + k.c2 * g[i] * g[i];
+    p[i] = p[i] - k.decay * p[i] * mask[i];
+    p[i] = p[i] - k.step * m[i] / (std::sqrt(v[i]) / k.sqrt_bc2 + k.eps);
   }
 }
 
@@ -355,6 +405,52 @@ class rms_norm_fused_fn : public torch::autograd::Function<rms_norm_fused_fn> {
     return {dx, partial.sum(0), at::Tensor()};
   }
 };
+
+// ---- reductions and the optimizer update ---------------------------------------------
+
+// sum(t^2) in double. fp32 contiguous: one AVX2 pass, in fixed blocks whose
+// partial sums are added in order (the same result at any thread count);
+// otherwise the ATen composition.
+inline double squared_norm(const at::Tensor& t) {
+  if (!(fused_available() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu()))
+    return t.to(at::kDouble).pow(2).sum().item<double>();
+  constexpr int64_t chunk = 1 << 16;
+  const int64_t n = t.numel(), chunks = (n + chunk - 1) / chunk;
+  std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
+#ifdef VEOMNI_KERNELS_AVX2
+  const float* x = t.data_ptr<float>();
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c)
+      partial[static_cast<std::size_t>(c)] = sum_squares_avx2(x + c * chunk, std::min(chunk, n - c * chunk));
+  });
+#endif
+  double s = 0;
+  for (double x : partial) s += x;
+  return s;
+}
+
+// Whether adamw_update can run on these tensors (the optimizer's fused path).
+inline bool adamw_fusable(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
+                          const at::Tensor& mask) {
+  for (const at::Tensor* t : {&p, &g, &m, &v, &mask})
+    if (!(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu() && t->numel() == p.numel()))
+      return false;
+  return fused_available();
+}
+// p, m, v updated in place (their version counters bumped, as ATen's in-place ops do).
+inline void adamw_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& mask,
+                         const adamw_coefficients& k) {
+#ifdef VEOMNI_KERNELS_AVX2
+  float *pp = p.data_ptr<float>(), *pm = m.data_ptr<float>(), *pv = v.data_ptr<float>();
+  const float *pg = g.data_ptr<float>(), *pk = mask.data_ptr<float>();
+  at::parallel_for(0, p.numel(), silu_mul_fn::grain, [&](int64_t b, int64_t e) {
+    adamw_avx2(pp + b, pg + b, pm + b, pv + b, pk + b, e - b, k);
+  });
+#else
+  (void)g, (void)mask, (void)k;
+#endif
+  for (at::Tensor* t : {&p, &m, &v}) t->unsafeGetTensorImpl()->bump_version();
+}
 
 // ---- batched small GEMMs straight to the process's CBLAS ------------------------------
 // LibTorch 1.13 without MKL runs at::bmm as one ATen addmm per batch entry

@@ -340,12 +340,12 @@ class parallel_model : public nn::unit_source {
 
   // Global gradient norm over all shards (one all_reduce over dp_shard*sp).
   double grad_norm() {
-    at::Tensor sq = at::zeros({1});
+    double local = 0;  // this rank's share, in double
     for (auto& s : units_)
       for (auto* g : {&s.dense, &s.experts})
         if (!g->empty() && g->value.grad().defined())
-          sq += g->value.grad().to(at::kDouble).pow(2).sum().to(at::kFloat) / g->replicas;
-    sq = sq.contiguous();
+          local += nn::kernels::squared_norm(g->value.grad()) / static_cast<double>(g->replicas);
+    at::Tensor sq = at::full({1}, local, at::TensorOptions().dtype(at::kFloat));
     shard_group_->all_reduce(sq, comm::reduce_op::sum).wait();
     return std::sqrt(sq.item<double>());
   }

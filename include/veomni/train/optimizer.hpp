@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include "../nn/kernels.hpp"
+
 namespace veomni::train {
 
 struct adamw_options {
@@ -38,6 +40,16 @@ class adamw {
       at::Tensor& p = params_[i];
       if (!p.grad().defined()) continue;
       const at::Tensor& g = p.grad();
+      if (nn::kernels::adamw_fusable(p, g, m_[i], v_[i], masks_[i])) {  // the same update in one pass
+        nn::kernels::adamw_update(
+            p, g, m_[i], v_[i], masks_[i],
+            {.b1 = static_cast<float>(o_.beta1), .b2 = static_cast<float>(o_.beta2),
+             .c1 = static_cast<float>((1 - o_.beta1) * grad_scale),
+             .c2 = static_cast<float>((1 - o_.beta2) * grad_scale * grad_scale),
+             .decay = static_cast<float>(lr * o_.weight_decay), .step = static_cast<float>(lr / bc1),
+             .sqrt_bc2 = static_cast<float>(std::sqrt(bc2)), .eps = static_cast<float>(o_.eps)});
+        continue;
+      }
       m_[i].mul_(o_.beta1).add_(g, (1 - o_.beta1) * grad_scale);
       v_[i].mul_(o_.beta2).addcmul_(g, g, (1 - o_.beta2) * grad_scale * grad_scale);
       if (o_.weight_decay != 0) p.addcmul_(p, masks_[i], -lr * o_.weight_decay);
