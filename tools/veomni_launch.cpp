@@ -164,17 +164,27 @@ int main(int argc, char** argv) {
   for (int r = 0; r < nproc; ++r) {
     int out[2], err[2];
     if (pipe(out) != 0 || pipe(err) != 0) die("pipe failed");
+    // Until the child has dropped our handlers, a signal must not run them
+    // there: on_signal would write into our signal pipe (shared until exec),
+    // and a SIGTERM sent to the rank would read here as one sent to us.
+    // Blocked across fork; the child unblocks after resetting them.
+    sigset_t handled, before;
+    sigemptyset(&handled);
+    for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaddset(&handled, s);
+    sigprocmask(SIG_BLOCK, &handled, &before);
     const pid_t pid = fork();
     if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
     if (pid == 0) {
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaction(s, &dfl, nullptr);
+      sigprocmask(SIG_SETMASK, &before, nullptr);  // a pending SIGTERM now ends the child
+      close(signal_pipe[0]), close(signal_pipe[1]);
       // Own process group: terminating a rank reaches what it started too.
       setpgid(0, 0);
       dup2(out[1], STDOUT_FILENO);
       dup2(err[1], STDERR_FILENO);
       close(out[0]), close(out[1]), close(err[0]), close(err[1]);
-      struct sigaction dfl {};
-      dfl.sa_handler = SIG_DFL;
-      for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP}) sigaction(s, &dfl, nullptr);
       auto set = [](const char* k, const std::string& v) { setenv(k, v.c_str(), 1); };
       set("RANK", std::to_string(r));
       set("WORLD_SIZE", std::to_string(nproc));
@@ -195,6 +205,7 @@ int main(int argc, char** argv) {
       _exit(127);
     }
     setpgid(pid, pid);  // also here, so the group exists before we signal it
+    sigprocmask(SIG_SETMASK, &before, nullptr);
     close(out[1]), close(err[1]);
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     fcntl(err[0], F_SETFL, O_NONBLOCK);
