@@ -295,6 +295,9 @@ inline bool fused_available() {
 #endif
 }
 
+// Elements per at::parallel_for task of the element-wise kernels.
+inline constexpr int64_t elementwise_grain = 1 << 14;
+
 // The fused path takes contiguous fp32 tensors of one shape.
 inline bool fusable(const at::Tensor& a, const at::Tensor& b) {
   return fused_available() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.sizes() == b.sizes() &&
@@ -303,14 +306,13 @@ inline bool fusable(const at::Tensor& a, const at::Tensor& b) {
 
 class silu_mul_fn : public torch::autograd::Function<silu_mul_fn> {
  public:
-  static constexpr int64_t grain = 1 << 14;  // elements per task (at::parallel_for)
 
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
     at::Tensor z = at::empty_like(a);
 #ifdef VEOMNI_KERNELS_AVX2
     const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
     float* pz = z.data_ptr<float>();
-    at::parallel_for(0, a.numel(), grain,
+    at::parallel_for(0, a.numel(), elementwise_grain,
                      [&](int64_t begin, int64_t end) { silu_mul_forward_avx2(pa + begin, pb + begin, pz + begin, end - begin); });
 #endif
     ctx->save_for_backward({a, b});
@@ -325,7 +327,7 @@ class silu_mul_fn : public torch::autograd::Function<silu_mul_fn> {
 #ifdef VEOMNI_KERNELS_AVX2
     const float *pg = g.data_ptr<float>(), *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
     float *pda = da.data_ptr<float>(), *pdb = db.data_ptr<float>();
-    at::parallel_for(0, a.numel(), grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, a.numel(), elementwise_grain, [&](int64_t begin, int64_t end) {
       silu_mul_backward_avx2(pg + begin, pa + begin, pb + begin, pda + begin, pdb + begin, end - begin);
     });
 #endif
@@ -353,7 +355,7 @@ inline at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& cos, const at
   const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
   float* py = y.data_ptr<float>();
   const int64_t heads = x.size(1), d = x.size(2);
-  at::parallel_for(0, x.size(0), std::max<int64_t>(1, silu_mul_fn::grain / (heads * d)), [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, x.size(0), std::max<int64_t>(1, elementwise_grain / (heads * d)), [&](int64_t t0, int64_t t1) {
     rope_rows_avx2(px, pc, ps, py, t0, t1, heads, d, sign);
   });
 #else
@@ -377,7 +379,7 @@ class rms_norm_fused_fn : public torch::autograd::Function<rms_norm_fused_fn> {
 #ifdef VEOMNI_KERNELS_AVX2
     const float *px = x.data_ptr<float>(), *pw = w.data_ptr<float>();
     float *py = y.data_ptr<float>(), *pr = r.data_ptr<float>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, silu_mul_fn::grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, elementwise_grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
       rms_norm_rows_avx2(px, pw, py, pr, t0, t1, n, static_cast<float>(eps));
     });
 #else
@@ -398,7 +400,7 @@ class rms_norm_fused_fn : public torch::autograd::Function<rms_norm_fused_fn> {
 #ifdef VEOMNI_KERNELS_AVX2
     const float *pg = g.data_ptr<float>(), *px = x.data_ptr<float>(), *pw = w.data_ptr<float>(), *pr = r.data_ptr<float>();
     float *pdx = dx.data_ptr<float>(), *pp = partial.data_ptr<float>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, silu_mul_fn::grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, elementwise_grain / std::max<int64_t>(1, n)), [&](int64_t t0, int64_t t1) {
       rms_norm_backward_rows_avx2(pg, px, pw, pr, pdx, pp + at::get_thread_num() * n, t0, t1, n);
     });
 #endif
@@ -443,7 +445,7 @@ inline void adamw_update(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::
 #ifdef VEOMNI_KERNELS_AVX2
   float *pp = p.data_ptr<float>(), *pm = m.data_ptr<float>(), *pv = v.data_ptr<float>();
   const float *pg = g.data_ptr<float>(), *pk = mask.data_ptr<float>();
-  at::parallel_for(0, p.numel(), silu_mul_fn::grain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, p.numel(), elementwise_grain, [&](int64_t b, int64_t e) {
     adamw_avx2(pp + b, pg + b, pm + b, pv + b, pk + b, e - b, k);
   });
 #else
@@ -510,19 +512,19 @@ inline void gemm_batched(at::Tensor& c, const at::Tensor& a, bool trans_a, const
   using detail::cblas_row_major, detail::cblas_no_trans, detail::cblas_trans;
   const int ta = trans_a ? cblas_trans : cblas_no_trans, tb = trans_b ? cblas_trans : cblas_no_trans;
   const auto lda = static_cast<int>(a.stride(1)), ldb = static_cast<int>(b.stride(1)), ldc = static_cast<int>(c.stride(1));
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (f32)
-        detail::sgemm()(cblas_row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-                        static_cast<float>(alpha), a.data_ptr<float>() + i * a.stride(0), lda,
-                        b.data_ptr<float>() + i * b.stride(0), ldb, static_cast<float>(beta),
-                        c.data_ptr<float>() + i * c.stride(0), ldc);
-      else
-        detail::dgemm()(cblas_row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha,
-                        a.data_ptr<double>() + i * a.stride(0), lda, b.data_ptr<double>() + i * b.stride(0), ldb,
-                        beta, c.data_ptr<double>() + i * c.stride(0), ldc);
-    }
-  });
+  const int64_t sa = a.stride(0), sb = b.stride(0), sc = c.stride(0);
+  const auto run = [&](auto gemm, const auto* pa, const auto* pb, auto* pc, auto al, auto be) {
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        gemm(cblas_row_major, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), al, pa + i * sa,
+             lda, pb + i * sb, ldb, be, pc + i * sc, ldc);
+    });
+  };
+  if (f32)
+    run(detail::sgemm(), a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), static_cast<float>(alpha),
+        static_cast<float>(beta));
+  else
+    run(detail::dgemm(), a.data_ptr<double>(), b.data_ptr<double>(), c.data_ptr<double>(), alpha, beta);
 }
 
 }  // namespace veomni::nn::kernels
