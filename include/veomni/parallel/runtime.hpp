@@ -464,6 +464,7 @@ class parallel_model : public nn::unit_source {
     for (auto& t : nn::split_flat(experts, s.experts.shapes)) out.push_back(std::move(t));
     return out;
   }
+
   // ---- gathering and reducing ----------------------------------------------------------
   // Gathers in the compute dtype (bf16 halves the bytes); the shard stays fp32.
   static at::Tensor start_gather(param_group<Comm>& g, comm::work& w) {
