@@ -253,6 +253,8 @@ inline void attention_backward_fused(const at::Tensor& g, const at::Tensor& q, c
     for (const auto& x : blocks.back()) scratch = std::max(scratch, x.m * x.n);
     longest = std::max(longest, r.len);
   }
+  std::vector<const float*> pp;
+  for (const auto& p : probs) pp.push_back(p.data_ptr<float>());
   const auto tasks = attention_tasks(runs, h);
   const float *pg = g.data_ptr<float>(), *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(),
               *po = o.data_ptr<float>();
@@ -265,7 +267,7 @@ inline void attention_backward_fused(const at::Tensor& g, const at::Tensor& q, c
       const attention_run& r = runs[tasks[t].run];
       const int64_t bh = tasks[t].bh, base = (r.begin + bh / h * r.len) * ld + bh % h * d;
       const auto& bl = blocks[tasks[t].run];
-      const float* p = probs[tasks[t].run].data_ptr<float>() + bh * probs[tasks[t].run].size(1);
+      const float* p = pp[tasks[t].run] + bh * probs[tasks[t].run].size(1);
       kernels::dot_rows_avx2(pg + base, po + base, ld, r.len, d, rows.data());  // rowsum(dO * O)
       float beta = 0.0f;
       for (auto x = bl.rbegin(); x != bl.rend(); ++x, beta = 1.0f) {
@@ -317,9 +319,8 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
       const at::Tensor qr = detail::to_run(q, r), kr = detail::to_run(k, r), vr = detail::to_run(v, r);
       at::Tensor o = at::empty_like(qr);
       saved.insert(saved.end(), {qr, kr, vr, o});
-      const int64_t step = causal ? std::max<int64_t>(1, block) : r.len;
-      for (int64_t q0 = 0; q0 < r.len; q0 += step) {
-        const int64_t m = std::min(step, r.len - q0), n = causal ? q0 + m : r.len;
+      int64_t total = 0;
+      for (const auto& [q0, m, n, offset] : detail::attention_blocks(r.len, causal, block, total)) {
         at::Tensor s = at::empty({qr.size(0), m, n}, qr.options());
         kernels::gemm_batched(s, qr.narrow(1, q0, m), false, kr.narrow(1, 0, n), true, scale, 0);
         if (causal) {
@@ -367,9 +368,8 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
       const at::Tensor go = detail::to_run(g, r);
       const at::Tensor rows = (go * o).sum(-1, /*keepdim=*/true);  // rowsum(dO * O) = rowsum(dP * P)
       at::Tensor gq = at::empty_like(qr), gk = at::zeros_like(kr), gv = at::zeros_like(vr);
-      const int64_t step = causal ? std::max<int64_t>(1, block) : r.len;
-      for (int64_t q0 = 0; q0 < r.len; q0 += step) {
-        const int64_t m = std::min(step, r.len - q0), n = causal ? q0 + m : r.len;
+      int64_t total = 0;
+      for (const auto& [q0, m, n, offset] : detail::attention_blocks(r.len, causal, block, total)) {
         const at::Tensor& p = saved[at_saved++];
         const at::Tensor gi = go.narrow(1, q0, m), kn = kr.narrow(1, 0, n);
         at::Tensor gv_keys = gv.narrow(1, 0, n), gk_keys = gk.narrow(1, 0, n), gq_block = gq.narrow(1, q0, m);
