@@ -23,12 +23,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -52,19 +54,35 @@ void on_signal(int sig) {
 
 // Asks the kernel for a free loopback port. Another process may take it
 // before rank 0's store binds it; torchrun makes the same trade.
-int free_port() {
+// Whether nothing on this host listens on 127.0.0.1:port right now.
+bool bindable(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) die(std::string("socket: ") + std::strerror(errno));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-    die(std::string("could not find a free port: ") + std::strerror(errno));
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   close(fd);
-  return ntohs(a.sin_port);
+  return ok;
+}
+
+// A port for rank 0's store, free now and drawn below the kernel's
+// ephemeral range: a port from that range (what binding port 0 gives) can
+// be taken, between this check and rank 0's listen, by any connection or
+// Gloo listener of a job running beside this one.
+int free_port() {
+  int ephemeral_low = 32768;
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d", &ephemeral_low) != 1) ephemeral_low = 32768;
+    std::fclose(f);
+  }
+  const int high = std::max(2048, ephemeral_low) - 1, low = std::max(1024, high - 12000);
+  std::mt19937 pick{std::random_device{}()};
+  std::uniform_int_distribution<int> port(low, high);
+  for (int attempt = 0; attempt < 200; ++attempt)
+    if (const int p = port(pick); bindable(p)) return p;
+  die("could not find a free port in " + std::to_string(low) + "-" + std::to_string(high) + "; pass --master-port");
 }
 
 std::string describe_status(int status) {
