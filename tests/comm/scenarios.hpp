@@ -82,6 +82,26 @@ int collectives(const comm::launch_env& env, at::TensorOptions dev) {
     for (long r = 0; r < n; ++r) want += values_of(r, m, me * m);
     expect_equal(out, want, "reduce_scatter");
   }
+  {  // all_gathers and a reduce_scatter in flight at once, waited for out of
+     // order: each lands where it should
+    const long k = 4, m = 3;
+    at::Tensor a_in = on(values_of(me, k)), b_in = on(values_of(me + 100, k)), r_in = on(values_of(me, n * m));
+    at::Tensor a = on(at::zeros({n * k})), b = on(at::zeros({n * k})), r = on(at::zeros({m}));
+    auto wa = c.all_gather(a, a_in);
+    auto wr = c.reduce_scatter(r, r_in);
+    auto wb = c.all_gather(b, b_in);
+    wb.wait(), wr.wait(), wa.wait();
+    count("all_gather", k * 4), count("reduce_scatter", n * m * 4), count("all_gather", k * 4);
+    at::Tensor want_a = at::empty({n * k}), want_b = at::empty({n * k}), want_r = at::zeros({m});
+    for (long q = 0; q < n; ++q) {
+      want_a.narrow(0, q * k, k).copy_(values_of(q, k));
+      want_b.narrow(0, q * k, k).copy_(values_of(q + 100, k));
+      want_r += values_of(q, m, me * m);
+    }
+    expect_equal(a, want_a, "all_gather in flight with others");
+    expect_equal(b, want_b, "second all_gather in flight");
+    expect_equal(r, want_r, "reduce_scatter between two all_gathers");
+  }
   {  // all_reduce sum and max, float and int64, three in flight at once
     at::Tensor s = on(values_of(me, 7)), x = on(values_of(me, 7) * (me % 2 ? -1 : 1));
     at::Tensor i = on(at::full({4}, me + 1, at::kLong));

@@ -24,10 +24,12 @@ constexpr workload tokens(long t) {
 }
 }  // namespace
 
-TEST_CASE("cost: ZeRO-3 (FSDP) moves 1.5x the bytes of DDP on the wire") {
+TEST_CASE("cost: ZeRO-3 (FSDP) moves 1.5x the bytes of DDP on the wire, less the last block's re-gather") {
   using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
   using D = plan<dense, recipe<apply<"lm", Shard<DDP>>>>;
-  // the resharded blocks: all_gather x2 + reduce_scatter vs all_reduce
+  // the blocks: all_gather x2 + reduce_scatter vs all_reduce, but the last
+  // block keeps its parameters for backward: 4 + 3 gathers + 4 scatters of
+  // 4 blocks, against 4 all_reduces of 2 transfers each
   auto block_wire = [](auto plan_tag, const mesh_shape& m) {
     using P = typename decltype(plan_tag)::type;
     double w = 0;
@@ -38,13 +40,42 @@ TEST_CASE("cost: ZeRO-3 (FSDP) moves 1.5x the bytes of DDP on the wire") {
   for (long n : {2L, 4L, 8L}) {
     const mesh_shape m{.dp_shard = n};
     const double fsdp = block_wire(std::type_identity<F>{}, m), ddp = block_wire(std::type_identity<D>{}, m);
-    // units divide evenly by n here, so FSDP needs no padding: exactly 1.5
-    CHECK(fsdp / ddp == doctest::Approx(1.5).epsilon(1e-12));
+    // units divide evenly by n here, so FSDP needs no padding: exactly 11/8
+    CHECK(fsdp / ddp == doctest::Approx(11.0 / 8.0).epsilon(1e-12));
     // the root stays gathered until its backward: 2 of the 3 transfers
     CHECK(traffic<F>(dense_dims(), m, tokens(512)).wire_bytes < 1.5 * traffic<D>(dense_dims(), m, tokens(512)).wire_bytes);
   }
   static_assert(unit_params<text_decoder>(dense_dims().at<"lm">(), scope::block, true) % 8 == 0);
   static_assert(unit_params<text_decoder>(dense_dims().at<"lm">(), scope::model, true) % 8 == 0);
+}
+
+TEST_CASE("cost: backward re-gathers every block but the one forward runs last") {
+  // tiny_vl runs vision, proj, lm: backward starts with lm's last block
+  static_assert(last_block_node<tiny_vl>() == tiny_vl::index_of("lm"));
+  static_assert(last_block_node<dense>() == dense::index_of("lm"));
+  using P = plan<tiny_vl, tiny_vl_fsdp>;
+  int regathers = 0;
+  for (const auto& o : P::ops) {
+    if (o.ph != phase::backward || o.coll != collective::all_gather) {
+      CHECK_FALSE(o.target.skip_last_block);
+      continue;
+    }
+    ++regathers;
+    CHECK(o.where == "block");
+    CHECK(o.target.skip_last_block == (o.node == "lm"));  // the vision encoder's last block reshards
+    const long blocks = o.node == "lm" ? tiny_vl_dims().at<"lm">().layers
+                                       : tiny_vl_dims().at<"vision">().layers;
+    const op_cost c = cost_of<P>(o, tiny_vl_dims(), mesh_shape{.dp_shard = 2}, tokens(8));
+    CHECK(c.calls == (o.node == "lm" ? blocks - 1 : blocks));
+  }
+  CHECK(regathers == 2);
+  // one block: nothing to re-gather, the op runs zero times
+  auto one = dense_dims();
+  one.at<"lm">().layers = 1;
+  using F = plan<dense, recipe<apply<"lm", Shard<FSDP>>>>;
+  for (const auto& o : F::ops)
+    if (o.ph == phase::backward && o.coll == collective::all_gather)
+      CHECK(cost_of<F>(o, one, mesh_shape{.dp_shard = 2}, tokens(8)).calls == 0);
 }
 
 TEST_CASE("cost: Ulysses moves 4Nh/P per rank per attention layer (times (P-1)/P)") {
@@ -83,7 +114,8 @@ TEST_CASE("cost: payload bytes follow the communicator's definition, with paddin
   for (const auto& o : F::ops) {
     if (o.where != "block") continue;
     const op_cost c = cost_of<F>(o, d, m, tokens(1));
-    CHECK(c.calls == 4);  // four blocks
+    // four blocks; backward re-gathers all but the last
+    CHECK(c.calls == (o.ph == phase::backward && o.coll == collective::all_gather ? 3 : 4));
     if (o.coll == collective::all_gather) CHECK(c.payload_bytes == shard * 4);
     if (o.coll == collective::reduce_scatter) CHECK(c.payload_bytes == 3 * shard * 4);
     CHECK(c.wire_bytes == doctest::Approx(double(shard * 2 * 4)));

@@ -187,15 +187,17 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    static const char* const dense_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_bf16", "ring_ddp", "ring_fsdp"};
+    static const char* const dense_names[] = {"ddp",      "fsdp",      "hsdp",     "fsdp_sp",
+                                              "fsdp_bf16", "ring_ddp", "ring_fsdp", "fsdp_keep"};
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
+    using keep_fsdp = fsdp<fsdp_options{.reshard_after_forward = false}>;
     static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
     if (a.model == "dense_lm")
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
                       recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
                       recipe<apply<"lm", Shard<bf16_fsdp>>>, recipe<apply<"lm", Shard<DDP>, Split<user::Ring>>>,
-                      recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>>(a, models::dense_lm_tiny(),
-                                                                          testing::kind::text, dense_names);
+                      recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>, recipe<apply<"lm", Shard<keep_fsdp>>>>(
+          a, models::dense_lm_tiny(), testing::kind::text, dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,
                       recipe<apply<"vision", Shard<DDP>>, apply<"proj", Shard<DDP>>, apply<"lm", Shard<DDP>>>,

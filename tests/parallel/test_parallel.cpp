@@ -95,6 +95,13 @@ TEST_CASE("parity dense_lm fsdp_sp world 4") { check_parity("dense_lm", "fsdp_sp
 TEST_CASE("parity dense_lm fsdp world 2 with activation checkpointing") {
   check_parity("dense_lm", "fsdp", 1, 2, 1, 1, "--checkpoint");
 }
+// reshard_after_forward = false: every block keeps its gathered parameters
+// for backward (no backward all_gather in the plan, none run), also when
+// checkpointing recomputes the blocks.
+TEST_CASE("parity dense_lm fsdp keeping gathered parameters world 2") { check_parity("dense_lm", "fsdp_keep", 1, 2, 1, 1); }
+TEST_CASE("parity dense_lm fsdp keeping gathered parameters world 4 with activation checkpointing") {
+  check_parity("dense_lm", "fsdp_keep", 1, 4, 1, 1, "--checkpoint");
+}
 
 // Mixed precision as a policy setting: bf16 gathers and compute, fp32
 // reduction and master shards. Not bitwise fp32, so a loose bound; the

@@ -132,8 +132,7 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
     if (I.value != o.node_index) return;
     using C = typename G::template component_at<I.value>;
     const auto& nd = std::get<I.value>(d);
-    const long reps = o.repeat == scope::block ? C::blocks(nd) : 1;
-    c.calls = c.group > 1 ? reps * per_step : 0;
+    c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
     c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
   });
   const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);

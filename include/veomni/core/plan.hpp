@@ -37,6 +37,28 @@ struct plan_op {
   bool experts_separate = false;  // the node's experts are placed by an Experts<> policy
 };
 
+// The node whose blocks forward runs last, so that backward starts with its
+// last block: the last node in topological order with block layers (G::size
+// if none). Only its ops honour op_target::skip_last_block.
+template <Model G>
+constexpr std::size_t last_block_node() {
+  std::array<bool, G::size + 1> blocks{};
+  for_each_node<G>([&](auto I) { blocks[I.value] = has_scope<typename G::template component_at<I.value>>(scope::block); });
+  std::size_t last = G::size;
+  for (std::size_t node : G::order)
+    if (blocks[node]) last = node;
+  return last;
+}
+
+// How many times an op runs on its node per micro-batch (per step in the
+// optimizer phase): once, or once per block (but the last if it skips it).
+template <Component C>
+constexpr long repeats(const plan_op& o, const typename C::dims& nd) {
+  if (o.repeat != scope::block) return 1;
+  const long blocks = C::blocks(nd);
+  return o.target.skip_last_block && blocks > 0 ? blocks - 1 : blocks;
+}
+
 namespace detail {
 
 template <class T>
@@ -185,6 +207,7 @@ struct node_ops<G, R, I, std::tuple<P...>> {
       p.node_index = I;
       p.policy = Q::name;
       p.target = o.target;
+      p.target.skip_last_block = o.target.skip_last_block && I == last_block_node<G>();
       if (o.target.is_unit) {
         p.where = o.target.unit == scope::block ? std::string_view{"block"} : std::string_view{"root"};
         p.repeat = o.target.unit;

@@ -4,7 +4,7 @@
 //
 // Per unit (one block, or the component's root) on a node with Shard<FSDP>:
 //   forward   all_gather(params)      over dp_shard x sp
-//   backward  all_gather(params)      over dp_shard x sp   (blocks, if reshard_after_forward)
+//   backward  all_gather(params)      over dp_shard x sp   (blocks but the last, if reshard_after_forward)
 //   backward  reduce_scatter(grads)   over dp_shard x sp
 // Per attention layer with Split<Ulysses> (sequence -> heads and back):
 //   forward   all_to_all(q), (k), (v), (attn_out)   over sp
@@ -19,8 +19,10 @@
 namespace veomni {
 
 struct fsdp_options {
-  // Free the gathered parameters after a unit's forward and gather them again
-  // in backward (ZeRO-3). false keeps them (ZeRO-2-like): no backward gather.
+  // Free a block's gathered parameters after its forward and gather them
+  // again in backward (ZeRO-3). The last block keeps them: backward starts
+  // with it, right after the loss. false keeps every block's (ZeRO-2-like):
+  // no backward gather.
   bool reshard_after_forward = true;
   // Mixed precision: parameters are gathered and computed in param_dtype,
   // gradients reduced in reduce_dtype; the shards (master weights) and the
@@ -56,12 +58,13 @@ struct fsdp_impl {
     using C = typename Ctx::component;
     op_list out;
     // The root unit (embedding, head: used before and after the blocks) stays
-    // gathered from its forward to its backward; blocks reshard if asked.
+    // gathered from its forward to its backward, and so does the last block;
+    // the other blocks reshard if asked.
     auto shard_ops = [&](scope s, axis_set over, tensor_role p) {
       const dtype pd = O.param_dtype, rd = O.reduce_dtype;
       out.push_back(unit_op(s, phase::forward, collective::all_gather, over, p, {}, pd));
       if (O.reshard_after_forward && s == scope::block)
-        out.push_back(unit_op(s, phase::backward, collective::all_gather, over, p, {}, pd));
+        out.push_back(skip_last_block(unit_op(s, phase::backward, collective::all_gather, over, p, {}, pd)));
       out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, grad_of(p), {}, rd));
       if (Hybrid)
         out.push_back(unit_op(s, phase::backward, collective::all_reduce, replicate_axes, grad_of(p), over, rd));

@@ -33,6 +33,11 @@ struct op_target {
   bool is_unit = true;
   scope unit = scope::block;  // when is_unit
   std::size_t layer = 0;      // when !is_unit: index into Component::layers
+  // An op repeated per block runs for every block but the last, on the node
+  // whose blocks forward runs last (FSDP's backward re-gather: backward
+  // starts with that block, which keeps its gathered parameters). No effect
+  // on an op that runs once, nor on other nodes.
+  bool skip_last_block = false;
   friend constexpr bool operator==(const op_target&, const op_target&) = default;
 };
 
@@ -55,6 +60,11 @@ constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_
 constexpr op_spec layer_op(std::size_t layer, phase p, collective c, axis_set over, tensor_role t,
                            dtype dt = dtype::unspecified) {
   return {{false, scope::block, layer}, p, c, over, t, {}, dt};
+}
+// The same op for every block but the last.
+constexpr op_spec skip_last_block(op_spec o) {
+  o.target.skip_last_block = true;
+  return o;
 }
 
 inline constexpr std::size_t max_ops_per_policy = 256;

@@ -129,12 +129,12 @@ constexpr step_prediction predict(const typename P::model::dims& d, const mesh_s
       const double t = detail::op_seconds<P>(o, d, m, w, st.prec, hw, e);
       const bool per_block = o.repeat == scope::block;
       detail::unit_times& u = per_block ? blk : root;
-      const double reps = per_block ? blocks : 1.0;
+      const double reps = static_cast<double>(repeats<C>(o, nd));
       double* slot = nullptr;
       if (o.ph == phase::optimizer) slot = &u.optimizer;
       else if (o.target.is_unit) slot = o.ph == phase::forward ? &u.prefetch_fwd : &u.prefetch_bwd;
       else slot = o.ph == phase::forward ? &u.blocking_fwd : &u.blocking_bwd;
-      *slot += t;
+      *slot += per_block && blocks > 0 ? t * reps / blocks : t;  // a block's share (an op skipping the last block)
       const double step_t = t * reps * (o.ph == phase::optimizer ? 1.0 : mb);
       add_to_axis(o.over, step_t);
     }

@@ -5,8 +5,9 @@
 //   Shard<FSDP>/<HSDP>  a unit's dense parameters live as one flat shard
 //                       (padded to a multiple of dp_shard*sp); forward
 //                       all-gathers it (prefetching the next block's), a
-//                       resharded block frees the gathered copy after its
-//                       forward and gathers it again in backward; the
+//                       resharded block (every block but the one forward
+//                       runs last, which backward needs first) frees the gathered copy after
+//                       its forward and gathers it again in backward; the
 //                       gradient is reduce-scattered back to the shard (HSDP:
 //                       then all-reduced over dp_replicate).
 //   Shard<DDP>          parameters whole; gradients all-reduced per unit.
@@ -166,7 +167,8 @@ struct unit_state {
   at::Tensor pending_dense, pending_experts;
   bool has_pending = false;
   // resharded block between its forward and its backward: the gathered
-  // storage autograd saved (freed), and a backward all_gather into it
+  // storage autograd saved (freed), and a backward all_gather into it; with
+  // checkpointing, a block that keeps its parameters: the gathered copy
   at::Tensor saved_dense, saved_experts;
   comm::work regather_d, regather_e;
   bool regathering = false;
@@ -404,7 +406,9 @@ class parallel_model : public nn::unit_source {
     const mesh_shape& m = mesh_.shape();
     unit_state<Comm> st;
     st.id = u;
-    st.reshard = s.sharded() && s.reshard_after_forward && u.block >= 0;
+    // the block forward runs last keeps its gathered parameters: backward starts with it
+    const bool last_block = u.node == last_block_node<G>() && u.block + 1 == nn::node_blocks<G>(d_, u.node);
+    st.reshard = s.sharded() && s.reshard_after_forward && u.block >= 0 && !last_block;
     for (const auto& spec : nn::unit_specs<G>(d_, u.node, u.block)) {
       const bool local_experts = spec.expert && s.ep;
       param_group<Comm>& g = local_experts ? st.experts : st.dense;
@@ -531,8 +535,9 @@ class parallel_model : public nn::unit_source {
     if (!opt_.backward_prefetch || pos == 0 || pos > forward_order_.size()) return;
     unit_state<Comm>& p = *forward_order_[pos - 1];
     if (!(p.dense.gathers() || p.experts.gathers())) return;
-    if (opt_.checkpoint)
-      start_prefetch(p);  // block_fn's recompute gathers through gather()
+    if (opt_.checkpoint) {
+      if (p.reshard) start_prefetch(p);  // block_fn's recompute gathers through gather()
+    }
     else if (p.reshard && p.saved_dense.defined() && !p.regathering)
       start_regather(p);
   }
@@ -802,6 +807,10 @@ class parallel_model : public nn::unit_source {
         torch::NoGradGuard no_grad;
         *holder = run(self, s, *body, x, dense, experts, sharded);
         holder->y = holder->y.detach();
+        if (sharded && !s->reshard && self->in_step_) {  // kept for the recompute: no backward all_gather
+          s->saved_dense = dense;
+          s->saved_experts = experts;
+        }
         ctx->save_for_backward({x});
         // the body is needed again in backward: keep a copy of it
         auto keep = std::make_shared<body_t>(*body);
@@ -837,7 +846,9 @@ class parallel_model : public nn::unit_source {
         std::shared_ptr<body_t> body = *body_ptr;
         delete body_ptr;
         const at::Tensor x = ctx->get_saved_variables()[0];
-        auto [dense, experts] = full_params(self, s);  // backward all_gather
+        const bool kept = s->saved_dense.defined();
+        auto [dense, experts] = kept ? std::pair{s->saved_dense, s->saved_experts}
+                                     : full_params(self, s);  // backward all_gather
         self->prefetch_backward_before(*s);
         torch::AutoGradMode grad(true);
         self->ctx_->h = self->node_hooks_[s->id.node];  // the recompute runs this node's hooks
