@@ -19,7 +19,9 @@
 //                 against the ATen composition it replaced, at the block's
 //                 shapes: silu_mul [2048, 1024], rms_norm [2048, 256],
 //                 rope [2048, 4, 64] (the composition recomputes its angles,
-//                 as the old rope did on every call)
+//                 as the old rope did on every call), lm_loss: the head's
+//                 logits [2048, 1024] and their summed cross-entropy
+//                 (nn::lm_loss_sum against matmul + cross_entropy)
 //   train_step/*  one training step of the dense_peer model (4 such blocks,
 //                 vocabulary 1024, AdamW, clipping) at world 1:
 //                   veomni      parallel_model (DDP or FSDP recipe, world of one)
@@ -372,7 +374,7 @@ void block_fwd_bwd(benchmark::State& state) {
 // ---- fused kernels vs the ATen compositions --------------------------------------------
 
 struct kernel_case {
-  torch::Tensor a, b, ga, x, w, gx, q, gq, pos;
+  torch::Tensor a, b, ga, x, w, gx, q, gq, pos, h, head, targets;
   nn::rope_table table;
   kernel_case() {
     torch::manual_seed(0);
@@ -386,10 +388,13 @@ struct kernel_case {
     gq = torch::randn({2048, 4, 64});
     pos = torch::arange(0, 256, torch::kLong).repeat({8});
     table = nn::make_rope_table(pos, 64, torch::kFloat);
+    h = torch::randn({2048, 256}).requires_grad_(true);
+    head = (torch::randn({1024, 256}) * 0.05).requires_grad_(true);
+    targets = torch::randint(0, 1024, {2048}, torch::kLong);
     require(nn::kernels::fused_available(), "the fused kernels need AVX2 + FMA");
   }
   void clear() {
-    for (auto* t : {&a, &b, &x, &w, &q}) t->mutable_grad().reset();
+    for (auto* t : {&a, &b, &x, &w, &q, &h, &head}) t->mutable_grad().reset();
   }
   static torch::Tensor rope_composed(const torch::Tensor& x, const torch::Tensor& pos) {
     const int64_t d = x.size(-1);
@@ -403,6 +408,12 @@ struct kernel_case {
     switch (kernel) {
       case 0: (fused ? nn::kernels::silu_mul(a, b) : torch::silu(a) * b).backward(ga); break;
       case 1: (fused ? nn::rms_norm(x, w) : x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w).backward(gx); break;
+      case 3:
+        (fused ? nn::lm_loss_sum(h, head, targets)
+               : torch::nn::functional::cross_entropy(torch::matmul(h, head.t()), targets,
+                                                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)))
+            .backward();
+        break;
       default: (fused ? nn::rope(q, table) : rope_composed(q, pos)).backward(gq); break;
     }
   }
@@ -504,6 +515,7 @@ using fsdp_recipe = recipe<apply<"lm", Shard<FSDP>>>;
 BENCHMARK(kernel_fwd_bwd<0>)->Name("kernels/silu_mul")->Iterations(100)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(kernel_fwd_bwd<1>)->Name("kernels/rms_norm")->Iterations(200)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(kernel_fwd_bwd<2>)->Name("kernels/rope")->Iterations(200)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(kernel_fwd_bwd<3>)->Name("kernels/lm_loss")->Iterations(100)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(attention_fwd_bwd)->Name("attention/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(block_fwd_bwd)->Name("block/fwd_bwd")->Iterations(60)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(train_step<ddp_recipe>)->Name("train_step/ddp_recipe_world1")->Iterations(30)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -410,6 +410,34 @@ TEST_CASE("chunked lm loss equals plain cross-entropy, in value and gradient, fo
   check_gradients([&](const std::vector<at::Tensor>& a) { return lm_loss_sum(a[0], a[1], t, 3); }, {h, w});
 }
 
+TEST_CASE("lm loss in fp32 (fused cross-entropy) matches double, with ignored rows and any vocabulary width") {
+  for (int64_t vocab : {1, 7, 37, 64}) {
+    const at::Tensor h = at::randn({9, 6}, f64), w = at::randn({vocab, 6}, f64);
+    at::Tensor t = at::randint(0, vocab, {9}, at::kLong);
+    t[2] = -100, t[5] = -100, t[0] = vocab - 1, t[8] = 0;
+    const at::Tensor h32 = h.to(at::kFloat).requires_grad_(true), w32 = w.to(at::kFloat).requires_grad_(true);
+    const at::Tensor hd = h.clone().requires_grad_(true), wd = w.clone().requires_grad_(true);
+    for (int64_t chunk : {4, 100}) {
+      h32.mutable_grad() = at::Tensor(), w32.mutable_grad() = at::Tensor();
+      hd.mutable_grad() = at::Tensor(), wd.mutable_grad() = at::Tensor();
+      const at::Tensor got = lm_loss_sum(h32, w32, t, chunk), want = lm_loss_sum(hd, wd, t, chunk);
+      CHECK(got.item<double>() == doctest::Approx(want.item<double>()).epsilon(1e-5));
+      (got * 0.5).backward();
+      (want * 0.5).backward();
+      CHECK(at::allclose(h32.grad().to(f64), hd.grad(), 1e-4, 1e-5));
+      CHECK(at::allclose(w32.grad().to(f64), wd.grad(), 1e-4, 1e-5));
+      CHECK(h32.grad()[2].abs().max().item<double>() == 0.0);  // an ignored row gets no gradient
+    }
+    // without autograd: the loss alone, the logits left unnormalised
+    torch::NoGradGuard no_grad;
+    CHECK(lm_loss_sum(h32, w32, t, 4).item<double>() == doctest::Approx(lm_loss_sum(hd, wd, t, 4).item<double>()).epsilon(1e-5));
+  }
+  // a target outside the vocabulary, not the ignore index, is named
+  const at::Tensor h = at::randn({3, 4}), w = at::randn({5, 4}), bad = at::tensor({1, 5, -100}, at::kLong);
+  CHECK_THROWS_WITH_AS(lm_loss_sum(h, w, bad), doctest::Contains("target 5 of row 1 is outside the vocabulary [0, 5)"),
+                       c10::Error);
+}
+
 TEST_CASE("gradients: attention, SwiGLU and the MoE layer by finite differences in double") {
   const at::Tensor cu = at::tensor({0, 2, 5}, at::kLong);
   check_gradients(

@@ -563,24 +563,35 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
     at::Tensor d_hidden, d_weight;
     if (grads) {
       d_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-      d_weight = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+      // the first chunk sets it, the others add (no rows: zero)
+      d_weight = hidden.size(0) > 0 ? at::empty_like(weight, at::MemoryFormat::Contiguous)
+                                     : at::zeros_like(weight, at::MemoryFormat::Contiguous);
     }
     for (int64_t b = 0; b < hidden.size(0); b += chunk) {
       const int64_t n = std::min(chunk, hidden.size(0) - b);
       const at::Tensor h = hidden.narrow(0, b, n), t = targets.narrow(0, b, n);
-      at::Tensor logits = at::matmul(h, weight.t());  // [n, V]
-      const at::Tensor valid = t.ne(ignore_index);
-      const at::Tensor safe_t = at::where(valid, t, at::zeros_like(t)).unsqueeze(1);
-      const at::Tensor lse = at::logsumexp(logits, 1, /*keepdim=*/true);  // [n, 1]
-      const at::Tensor vf = valid.to(logits.scalar_type()).unsqueeze(1);
-      total += ((lse - logits.gather(1, safe_t)) * vf).sum();
+      at::Tensor logits = at::matmul(h, weight.t());  // [n, V], then the gradient of the sum over its rows
+      if (kernels::cross_entropy_fusable(logits, t)) {
+        total += kernels::cross_entropy_rows(logits, t, ignore_index, grads).sum();  // three passes (fp32)
+      } else {
+        const at::Tensor valid = t.ne(ignore_index);
+        const at::Tensor safe_t = at::where(valid, t, at::zeros_like(t)).unsqueeze(1);
+        const at::Tensor lse = at::logsumexp(logits, 1, /*keepdim=*/true);  // [n, 1]
+        const at::Tensor vf = valid.to(logits.scalar_type()).unsqueeze(1);
+        total += ((lse - logits.gather(1, safe_t)) * vf).sum();
+        if (grads) {
+          logits.sub_(lse).exp_();              // softmax, in place
+          logits.scatter_add_(1, safe_t, -vf);  // - onehot(target)
+          logits.mul_(vf);                      // no gradient from ignored rows
+        }
+      }
       if (!grads) continue;
-      at::Tensor& d = logits.sub_(lse).exp_();  // softmax, in place
-      d.scatter_add_(1, safe_t, -vf);           // - onehot(target)
-      d.mul_(vf);                               // no gradient from ignored rows
       at::Tensor rows = d_hidden.narrow(0, b, n);  // contiguous rows: written in place
-      at::mm_out(rows, d, weight);
-      d_weight.addmm_(d.t(), h);
+      at::mm_out(rows, logits, weight);
+      if (b == 0)
+        at::mm_out(d_weight, logits.t(), h);
+      else
+        d_weight.addmm_(logits.t(), h);
     }
     if (grads) ctx->save_for_backward({d_hidden, d_weight});
     return total;

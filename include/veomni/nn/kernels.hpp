@@ -12,6 +12,7 @@
 //   rope_rows: y1 = x1 c - sign x2 s,  y2 = x2 c + sign x1 s      (rotary; sign -1: its backward)
 //   rms_norm:  y = x r w,  r = 1 / sqrt(mean(x^2) + eps) per row
 //     backward: dx = r dy w - x r^3 mean(dy w x),  dw = sum_rows(dy x r)
+//   cross_entropy_rows: lse(x) - x[t] per row; in place softmax(x) - onehot(t)
 //   softmax_rows:      attention's mask + softmax over a block of scores
 //   softmax_grad_rows: dS = P (dP - rowsum(dO O)),  dot_rows: rowsum(a b)
 //                      (used by nn::varlen_attention's fused fp32 path)
@@ -180,6 +181,48 @@ __attribute__((target("avx2,fma"))) inline void dot_rows_avx2(const float* a, co
     float s = sum8(acc);
     for (; j < d; ++j) s += x[j] * y[j];
     out[i] = s;
+  }
+}
+
+// Cross-entropy over rows [r0, r1) of logits x [m, V] (row-major) against
+// targets t: loss[i] = lse(x_i) - x_i[t_i], and with grad the row becomes
+// softmax(x_i) - onehot(t_i). A row whose target is `ignore` has loss 0 and
+// a zero gradient row. Targets are checked by the caller.
+__attribute__((target("avx2,fma"))) inline void cross_entropy_rows_avx2(float* x, int64_t r0, int64_t r1, int64_t v,
+                                                                        const int64_t* t, int64_t ignore, bool grad,
+                                                                        float* loss) {
+  for (int64_t i = r0; i < r1; ++i) {
+    float* row = x + i * v;
+    if (t[i] == ignore) {
+      loss[i] = 0.0f;
+      if (grad) std::fill(row, row + v, 0.0f);
+      continue;
+    }
+    const float xt = row[t[i]];
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    int64_t j = 0;
+    for (; j + 8 <= v; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+    float mx = max8(vmax);
+    for (; j < v; ++j) mx = std::max(mx, row[j]);
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= v; j += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+      if (grad) _mm256_storeu_ps(row + j, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = sum8(vsum);
+    for (; j < v; ++j) {
+      const float e = std::exp(row[j] - mx);
+      if (grad) row[j] = e;
+      sum += e;
+    }
+    loss[i] = mx + std::log(sum) - xt;
+    if (!grad) continue;
+    const __m256 vinv = _mm256_set1_ps(1.0f / sum);
+    for (j = 0; j + 8 <= v; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vinv));
+    for (; j < v; ++j) row[j] *= 1.0f / sum;
+    row[t[i]] -= 1.0f;
   }
 }
 
@@ -429,6 +472,35 @@ inline double squared_norm(const at::Tensor& t) {
   double s = 0;
   for (double x : partial) s += x;
   return s;
+}
+
+// Cross-entropy of each row of fp32 logits [m, V] against int64 targets [m]
+// (rows whose target is `ignore` give 0): the per-row losses, [m]. With
+// grad, logits becomes in place the gradient of their sum: softmax - onehot
+// (zero rows where ignored). One pass for the maximum, one for the
+// exponentials and one to normalise; the ATen composition (logsumexp,
+// gather, sub, exp, scatter, mask) makes eight.
+inline bool cross_entropy_fusable(const at::Tensor& logits, const at::Tensor& targets) {
+  return fused_available() && logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
+         logits.device().is_cpu() && targets.dim() == 1 && targets.scalar_type() == at::kLong &&
+         targets.is_contiguous() && targets.size(0) == logits.size(0);
+}
+inline at::Tensor cross_entropy_rows(at::Tensor& logits, const at::Tensor& targets, int64_t ignore, bool grad) {
+  const int64_t m = logits.size(0), v = logits.size(1);
+  const int64_t* t = targets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < m; ++i)
+    TORCH_CHECK(t[i] == ignore || (t[i] >= 0 && t[i] < v), "veomni::nn::cross_entropy: target ", t[i], " of row ", i,
+                " is outside the vocabulary [0, ", v, ") and is not the ignore index ", ignore);
+  at::Tensor loss = at::empty({m}, logits.options());
+#ifdef VEOMNI_KERNELS_AVX2
+  float *x = logits.data_ptr<float>(), *l = loss.data_ptr<float>();
+  at::parallel_for(0, m, std::max<int64_t>(1, elementwise_grain / std::max<int64_t>(1, v)), [&](int64_t r0, int64_t r1) {
+    cross_entropy_rows_avx2(x, r0, r1, v, t, ignore, grad, l);
+  });
+#else
+  (void)grad;
+#endif
+  return loss;
 }
 
 // Whether adamw_update can run on these tensors (the optimizer's fused path).
