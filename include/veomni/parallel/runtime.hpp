@@ -716,13 +716,19 @@ class parallel_model : public nn::unit_source {
       ctx->saved_data["self"] = reinterpret_cast<int64_t>(self);
       ctx->saved_data["s"] = reinterpret_cast<int64_t>(s);
       auto [dense, experts] = self->gather(*s);
-      ctx->saved_data["dn"] = s->dense.numel;
+      // no experts: the gathered buffer itself (padded), so that backward's
+      // flat gradient is the reduce_scatter's input as it is
+      if (s->experts.empty()) return dense;
       return at::cat({dense.narrow(0, 0, s->dense.numel), experts.narrow(0, 0, s->experts.numel).to(dense.scalar_type())});
     }
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list g) {
       auto* self = reinterpret_cast<parallel_model*>(ctx->saved_data["self"].toInt());
       auto* s = reinterpret_cast<unit_state<Comm>*>(ctx->saved_data["s"].toInt());
+      if (s->experts.empty()) {
+        self->reduce_into(s->dense, g[0]);
+        return {at::Tensor(), at::Tensor(), at::Tensor()};
+      }
       const int64_t dn = s->dense.numel;
       self->reduce_into(s->dense, g[0].narrow(0, 0, dn));
       self->reduce_into(s->experts, g[0].narrow(0, dn, s->experts.numel));
