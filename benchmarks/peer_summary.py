@@ -77,6 +77,17 @@ def main(d):
         print(f"  veomni FSDP-2 / PyTorch DDP-2          {tp['veomni_fsdp2'] / tp['torch_ddp2_retain']:.3f}x")
         print(f"  veomni world 1 (DDP recipe) / single   {tp['veomni_w1_ddp'] / tp['torch_single_retain']:.3f}x")
         print(f"  veomni world 1 (FSDP recipe) / single  {tp['veomni_w1_fsdp'] / tp['torch_single_retain']:.3f}x")
+    # The machine's speed drifts over minutes (a slow period can cover a whole
+    # round): each round's own ratio compares sides run a minute apart at most.
+    print("  ratio within each round (same round, both sides), median over rounds:")
+    for label, a, b in [("veomni FSDP-2 / PyTorch DDP-2", "veomni_fsdp2", "torch_ddp2"),
+                        ("veomni world 1 (DDP recipe) / single", "veomni_w1_ddp", "torch_single"),
+                        ("veomni world 1 (FSDP recipe) / single", "veomni_w1_fsdp", "torch_single"),
+                        ("1 thread: veomni world 1 / single", "veomni_w1_ddp_t1", "torch_single_t1")]:
+        if a not in r or b not in r:
+            continue
+        xs = [x["global_tokens_per_s"] / y["global_tokens_per_s"] for x, y in zip(r[a], r[b])]
+        print(f"  {label:<39}{statistics.median(xs):.3f}x  [" + " ".join(f"{x:.3f}" for x in xs) + "]")
     best = max(v for k, v in tp.items() if k.startswith("veomni"))
     print(f"  best veomni MFU                        {100 * fpt * best / peak:.1f}% of the measured peak, "
           f"{100 * fpt * best / quiet:.1f}% of the quiet peak  (>= 65%)")
