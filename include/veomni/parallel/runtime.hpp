@@ -6,8 +6,9 @@
 //                       (padded to a multiple of dp_shard*sp); forward
 //                       all-gathers it (prefetching the next block's), a
 //                       resharded block (every block but the one forward
-//                       runs last, which backward needs first) frees the gathered copy after
-//                       its forward and gathers it again in backward; the
+//                       runs last, which backward needs first) frees the
+//                       gathered copy after its forward and gathers it
+//                       again in backward; the
 //                       gradient is reduce-scattered back to the shard (HSDP:
 //                       then all-reduced over dp_replicate).
 //   Shard<DDP>          parameters whole; gradients all-reduced per unit.
@@ -535,10 +536,10 @@ class parallel_model : public nn::unit_source {
     if (!opt_.backward_prefetch || pos == 0 || pos > forward_order_.size()) return;
     unit_state<Comm>& p = *forward_order_[pos - 1];
     if (!(p.dense.gathers() || p.experts.gathers())) return;
-    if (opt_.checkpoint) {
-      if (p.reshard) start_prefetch(p);  // block_fn's recompute gathers through gather()
-    }
-    else if (p.reshard && p.saved_dense.defined() && !p.regathering)
+    if (!p.reshard) return;  // kept from forward
+    if (opt_.checkpoint)
+      start_prefetch(p);  // block_fn's recompute gathers through gather()
+    else if (p.saved_dense.defined() && !p.regathering)
       start_regather(p);
   }
 
