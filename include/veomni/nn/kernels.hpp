@@ -126,6 +126,40 @@ __attribute__((target("avx2,fma"))) inline float max8(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
+// Row passes of a softmax: the maximum; the sum of exp(x - mx), storing the
+// exponentials in place if asked; a scale.
+__attribute__((target("avx2,fma"))) inline float row_max_avx2(const float* row, int64_t len) {
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+  float mx = max8(vmax);
+  for (; j < len; ++j) mx = std::max(mx, row[j]);
+  return mx;
+}
+__attribute__((target("avx2,fma"))) inline float exp_sum_avx2(float* row, int64_t len, float mx, bool store) {
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+    if (store) _mm256_storeu_ps(row + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = sum8(vsum);
+  for (; j < len; ++j) {
+    const float e = std::exp(row[j] - mx);
+    if (store) row[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+__attribute__((target("avx2,fma"))) inline void scale_avx2(float* row, int64_t len, float f) {
+  const __m256 vf = _mm256_set1_ps(f);
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vf));
+  for (; j < len; ++j) row[j] *= f;
+}
+
 // Softmax in place over the rows of s [m, n] (row-major, rows n apart). Row i
 // sees columns [0, q0 + i + 1) when causal (the query at position q0 + i),
 // else all n; the columns it does not see become 0.
@@ -134,24 +168,7 @@ __attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(float* s, int6
   for (int64_t i = 0; i < m; ++i) {
     float* row = s + i * n;
     const int64_t len = causal ? std::min(n, q0 + i + 1) : n;
-    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    int64_t j = 0;
-    for (; j + 8 <= len; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
-    float mx = max8(vmax);
-    for (; j < len; ++j) mx = std::max(mx, row[j]);
-    const __m256 vm = _mm256_set1_ps(mx);
-    __m256 vsum = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= len; j += 8) {
-      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
-      _mm256_storeu_ps(row + j, e);
-      vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = sum8(vsum);
-    for (; j < len; ++j) sum += (row[j] = std::exp(row[j] - mx));
-    const float inv = 1.0f / sum;
-    const __m256 vinv = _mm256_set1_ps(inv);
-    for (j = 0; j + 8 <= len; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vinv));
-    for (; j < len; ++j) row[j] *= inv;
+    scale_avx2(row, len, 1.0f / exp_sum_avx2(row, len, row_max_avx2(row, len), true));
     std::fill(row + len, row + n, 0.0f);
   }
 }
@@ -198,30 +215,11 @@ __attribute__((target("avx2,fma"))) inline void cross_entropy_rows_avx2(float* x
       if (grad) std::fill(row, row + v, 0.0f);
       continue;
     }
-    const float xt = row[t[i]];
-    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    int64_t j = 0;
-    for (; j + 8 <= v; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
-    float mx = max8(vmax);
-    for (; j < v; ++j) mx = std::max(mx, row[j]);
-    const __m256 vm = _mm256_set1_ps(mx);
-    __m256 vsum = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= v; j += 8) {
-      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
-      if (grad) _mm256_storeu_ps(row + j, e);
-      vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = sum8(vsum);
-    for (; j < v; ++j) {
-      const float e = std::exp(row[j] - mx);
-      if (grad) row[j] = e;
-      sum += e;
-    }
+    const float xt = row[t[i]], mx = row_max_avx2(row, v);
+    const float sum = exp_sum_avx2(row, v, mx, grad);
     loss[i] = mx + std::log(sum) - xt;
     if (!grad) continue;
-    const __m256 vinv = _mm256_set1_ps(1.0f / sum);
-    for (j = 0; j + 8 <= v; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vinv));
-    for (; j < v; ++j) row[j] *= 1.0f / sum;
+    scale_avx2(row, v, 1.0f / sum);
     row[t[i]] -= 1.0f;
   }
 }
