@@ -248,6 +248,53 @@ TEST_CASE("split_flat: views of a flat buffer, whose gradient equals narrow()'s,
   CHECK_THROWS_WITH(split_flat(at::zeros({20}), shapes), doctest::Contains("do not fit"));
 }
 
+// Direct gradients: nn::project and the LM loss write their weights' gradients
+// straight into the flat gradient (no tensor of their own, no copy), which
+// must equal what autograd gives through plain views in every case: a weight
+// used once, twice (the second GEMM adds), also by an ordinary op (its
+// gradient added to the written one), by nothing, and a view of a view (an
+// ordinary gradient); a second backward over the same graph (retain_graph)
+// starts afresh; and a flat whose every parameter was written directly.
+TEST_CASE("split_flat with direct gradients: project and lm_loss_sum write into the flat gradient, equal to autograd's") {
+  const std::vector<std::vector<int64_t>> shapes{{6, 5}, {4, 6}, {5}, {3, 5}, {7, 5}, {2, 3}};
+  const at::Tensor init = at::randn({115 + 4}, f64) * 0.3;  // 4 of padding
+  const at::Tensor x = at::randn({2, 4, 5}, f64), targets = at::randint(0, 7, {8}, at::kLong);
+  auto loss = [&](const std::vector<at::Tensor>& w) {
+    at::Tensor h = project(x, w[0]).tanh();                       // w0 once
+    h = project(project(h, w[1]).sin(), w[1].t().contiguous());    // w1 twice: once as itself, once through a copy
+    h = h.reshape({8, 6}).narrow(1, 0, 5) * w[2] + project(h.reshape({8, 6}).narrow(1, 0, 5), w[3]).sum(1, true);
+    at::Tensor l = lm_loss_sum(h, w[4], targets, 3) + (w[4] * w[4]).sum();  // w4: the loss head and an ordinary op
+    l = l + project(h, w[3].narrow(0, 0, 2)).pow(2).sum();        // a view of w3: an ordinary gradient
+    l = l + project(h, w[0].narrow(0, 1, 5).t().contiguous().t()).sum();  // w0 again, written on top
+    return l;                                                    // w5 unused
+  };
+  const at::Tensor a = init.clone().requires_grad_(), b = init.clone().requires_grad_();
+  const auto wa = split_flat(a, shapes, true), wb = split_flat(b, shapes);
+  const at::Tensor la = loss(wa), lb = loss(wb);
+  CHECK(close(la, lb, 1e-12));
+  la.backward({}, /*retain_graph=*/true);
+  lb.backward({}, true);
+  CHECK(close(a.grad(), b.grad(), 1e-12));
+  CHECK(a.grad().narrow(0, 109, 10).abs().max().item<double>() == 0);  // w5 and the padding
+  const at::Tensor first = a.grad().clone();
+  la.backward();  // the same graph again: the same gradient once more, nothing left from the first
+  CHECK(close(a.grad(), 2 * first, 1e-12));
+
+  // every parameter written directly: the node still returns the flat gradient
+  const at::Tensor c = at::randn({30 + 42}, f64).requires_grad_(), d = c.detach().clone().requires_grad_();
+  const std::vector<std::vector<int64_t>> two{{6, 5}, {7, 6}};
+  auto head = [&](const std::vector<at::Tensor>& w) { return lm_loss_sum(project(x.reshape({8, 5}), w[0]), w[1], targets, 4); };
+  head(split_flat(c, two, true)).backward();
+  head(split_flat(d, two)).backward();
+  CHECK(close(c.grad(), d.grad(), 1e-12));
+  // without autograd: plain values
+  {
+    torch::NoGradGuard no_grad;
+    CHECK(close(project(x, wa[0]), at::matmul(x, wa[0].t()), 0));
+  }
+  CHECK_THROWS_WITH(project(x, wa[1]), doctest::Contains("does not fit a weight of shape"));
+}
+
 TEST_CASE("rms_norm: value and gradients by finite differences, and the weight's gradient when only it wants one") {
   check_gradients([&](const std::vector<at::Tensor>& a) { return rms_norm(a[0], a[1]).pow(3).sum(); },
                   {at::randn({4, 3, 6}, f64), at::randn({6}, f64)});

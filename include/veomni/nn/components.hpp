@@ -117,14 +117,14 @@ inline at::Tensor attention_sublayer(const at::Tensor& x, const at::Tensor& norm
                                      int64_t kv_heads, int64_t head_dim, const seq_layout& s, context& ctx) {
   const int64_t t = x.size(0);
   const at::Tensor h = rms_norm(x, norm);
-  at::Tensor q = at::matmul(h, wq.t()).view({t, heads, head_dim});
-  at::Tensor k = at::matmul(h, wk.t()).view({t, kv_heads, head_dim});
-  const at::Tensor v = at::matmul(h, wv.t()).view({t, kv_heads, head_dim});
+  at::Tensor q = project(h, wq).view({t, heads, head_dim});
+  at::Tensor k = project(h, wk).view({t, kv_heads, head_dim});
+  const at::Tensor v = project(h, wv).view({t, kv_heads, head_dim});
   const rope_table table = s.rope_for(head_dim, x.scalar_type());
   q = rope(q, table);
   k = rope(k, table);
   const at::Tensor o = ctx.h.attention(q, k, v, s).reshape({t, heads * head_dim});
-  return x + at::matmul(o, wo.t());
+  return x + project(o, wo);
 }
 
 inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hidden, int64_t heads, int64_t kv_heads,

@@ -14,6 +14,8 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "kernels.hpp"
@@ -406,6 +408,27 @@ inline at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, con
 // (Views made with narrow() each have their own backward, which allocates a
 // zero-filled tensor of the whole flat and autograd adds them all up: two
 // passes over the flat per parameter.)
+//
+// With direct gradients (split_flat(..., true), what the parallel runtime
+// asks for), ops that produce a weight's gradient by a GEMM (nn::project, the
+// LM loss's head) write it straight into its place in that flat gradient
+// (grad_slot) and hand autograd no tensor for it: the node then skips that
+// parameter's copy. The views' own gradients are then not what autograd sees
+// for them (only the flat's is): ask for the flat's.
+struct flat_grad_sink : torch::CustomClassHolder {
+  std::vector<int64_t> offsets;
+  std::vector<std::vector<int64_t>> shapes;
+  int64_t numel = 0;
+  at::TensorOptions options;
+  at::Tensor flat;            // allocated by the first write; backward takes it
+  std::vector<char> written;  // per parameter: its place holds a gradient
+
+  at::Tensor place(std::size_t i) {
+    if (!flat.defined()) flat = at::empty({numel}, options);
+    return flat.narrow(0, offsets[i], c10::multiply_integers(shapes[i])).view(shapes[i]);
+  }
+};
+
 class split_flat_fn : public torch::autograd::Function<split_flat_fn> {
  public:
   using shape_list = std::vector<std::vector<int64_t>>;
@@ -420,42 +443,150 @@ class split_flat_fn : public torch::autograd::Function<split_flat_fn> {
     return out;
   }
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& flat,
-                                                const shape_list& shapes) {
+                                                const shape_list& shapes, bool direct) {
     ctx->set_materialize_grads(false);
-    std::vector<int64_t> sizes;
-    for (const auto& shape : shapes) sizes.push_back(c10::multiply_integers(shape));
-    ctx->saved_data["sizes"] = sizes;
-    ctx->saved_data["numel"] = flat.numel();
+    auto sink = c10::make_intrusive<flat_grad_sink>();
+    sink->shapes = shapes;
+    sink->numel = flat.numel();
+    sink->options = flat.options().requires_grad(false);
+    sink->written.assign(shapes.size(), 0);
+    int64_t off = 0;
+    for (const auto& shape : shapes) {
+      sink->offsets.push_back(off);
+      off += c10::multiply_integers(shape);
+    }
+    ctx->saved_data["sink"] = at::IValue::make_capsule(std::move(sink));
+    ctx->saved_data["direct"] = direct;
     return views(flat, shapes);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list g) {
-    const auto sizes = ctx->saved_data["sizes"].toIntVector();
-    const int64_t numel = ctx->saved_data["numel"].toInt();
+    auto sink = c10::static_intrusive_pointer_cast<flat_grad_sink>(ctx->saved_data["sink"].toCapsule());
+    // what the ops wrote is this backward's: a second backward (retain_graph) starts afresh
+    at::Tensor flat = std::move(sink->flat);
+    std::vector<char> written(sink->shapes.size(), 0);
+    std::swap(written, sink->written);
     const auto any = std::find_if(g.begin(), g.end(), [](const at::Tensor& t) { return t.defined(); });
-    if (any == g.end()) return {at::Tensor(), at::Tensor()};
-    at::Tensor flat = at::empty({numel}, any->options());
-    int64_t off = 0;
-    for (std::size_t i = 0; i < sizes.size(); ++i) {
-      at::Tensor part = flat.narrow(0, off, sizes[i]);
+    if (any == g.end() && !flat.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!flat.defined()) flat = at::empty({sink->numel}, any->options());
+    int64_t end = 0;
+    for (std::size_t i = 0; i < sink->shapes.size(); ++i) {
+      const int64_t n = c10::multiply_integers(sink->shapes[i]);
+      at::Tensor part = flat.narrow(0, sink->offsets[i], n);
       if (g[i].defined())
-        part.copy_(g[i].reshape({-1}));
-      else
+        written[i] ? part.add_(g[i].reshape({-1})) : part.copy_(g[i].reshape({-1}));
+      else if (!written[i])
         part.zero_();
-      off += sizes[i];
+      end = sink->offsets[i] + n;
     }
-    if (off < numel) flat.narrow(0, off, numel - off).zero_();
-    return {flat, at::Tensor()};
+    if (end < sink->numel) flat.narrow(0, end, sink->numel - end).zero_();
+    return {flat, at::Tensor(), at::Tensor()};
   }
 };
-inline std::vector<at::Tensor> split_flat(const at::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes) {
+inline std::vector<at::Tensor> split_flat(const at::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes,
+                                          bool direct_grads = false) {
   if (shapes.empty()) return {};
   int64_t total = 0;
   for (const auto& shape : shapes) total += c10::multiply_integers(shape);
   TORCH_CHECK(flat.dim() == 1 && total <= flat.numel(), "veomni::nn::split_flat: parameters of ", total,
               " elements do not fit a flat buffer of shape ", flat.sizes());
-  if (flat.requires_grad() && at::GradMode::is_enabled()) return split_flat_fn::apply(flat, shapes);
+  if (flat.requires_grad() && at::GradMode::is_enabled()) return split_flat_fn::apply(flat, shapes, direct_grads);
   return split_flat_fn::views(flat, shapes);
+}
+
+// Where a weight's gradient may be written directly: its place in the flat
+// gradient of the split_flat (with direct gradients) it is a view of, or
+// nothing (any other tensor, or a view of a view). Ops keep it in their
+// autograd context (save / load) and write with mm / scaled; the first write
+// sets the place, later ones (a weight used twice) add.
+class grad_slot {
+ public:
+  static grad_slot of(const at::Tensor& w) {
+    const auto fn = w.grad_fn();
+    if (!fn || typeid(*fn) != typeid(torch::autograd::CppNode<split_flat_fn>)) return {};
+    auto& data = static_cast<torch::autograd::CppNode<split_flat_fn>&>(*fn).ctx_.saved_data;
+    const auto direct = data.find("direct");
+    if (direct == data.end() || !direct->second.toBool()) return {};
+    grad_slot s;
+    s.sink_ = c10::static_intrusive_pointer_cast<flat_grad_sink>(data["sink"].toCapsule());
+    s.index_ = w.output_nr();
+    if (s.index_ >= s.sink_->shapes.size() || w.sizes() != at::IntArrayRef(s.sink_->shapes[s.index_])) return {};
+    return s;
+  }
+  explicit operator bool() const { return static_cast<bool>(sink_); }
+
+  void save(torch::autograd::AutogradContext* ctx, const std::string& key) const {
+    if (!sink_) return;
+    ctx->saved_data[key + ".sink"] = at::IValue::make_capsule(sink_);
+    ctx->saved_data[key + ".index"] = static_cast<int64_t>(index_);
+  }
+  static grad_slot load(torch::autograd::AutogradContext* ctx, const std::string& key) {
+    const auto it = ctx->saved_data.find(key + ".sink");
+    if (it == ctx->saved_data.end()) return {};
+    grad_slot s;
+    s.sink_ = c10::static_intrusive_pointer_cast<flat_grad_sink>(it->second.toCapsule());
+    s.index_ = static_cast<std::size_t>(ctx->saved_data[key + ".index"].toInt());
+    return s;
+  }
+
+  // place (+)= a b
+  void mm(const at::Tensor& a, const at::Tensor& b) {
+    at::Tensor p = sink_->place(index_);
+    if (sink_->written[index_])
+      p.addmm_(a, b);
+    else
+      at::mm_out(p, a, b);
+    sink_->written[index_] = 1;
+  }
+  // place (+)= t * scale
+  void scaled(const at::Tensor& t, const at::Tensor& scale) {
+    at::Tensor p = sink_->place(index_);
+    if (sink_->written[index_])
+      p.add_(t * scale);
+    else
+      at::mul_out(p, t, scale);
+    sink_->written[index_] = 1;
+  }
+
+ private:
+  c10::intrusive_ptr<flat_grad_sink> sink_;
+  std::size_t index_ = 0;
+};
+
+// y = x w^T over the last dim of x (no bias). Backward: dx = dy w, and
+// dw = dy^T x written into its place in the flat gradient when w is a
+// split_flat view with direct gradients (grad_slot); else a tensor of its own.
+class project_fn : public torch::autograd::Function<project_fn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    grad_slot::of(w).save(ctx, "w");
+    auto sizes = x.sizes().vec();
+    sizes.back() = w.size(0);
+    return at::mm(x.reshape({-1, x.size(-1)}), w.t()).view(sizes);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1];
+    const at::Tensor dy = grads[0].reshape({-1, w.size(0)});
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) dx = at::mm(dy, w).view(x.sizes());
+    if (ctx->needs_input_grad(1)) {
+      const at::Tensor x2 = x.reshape({-1, x.size(-1)});
+      if (grad_slot slot = grad_slot::load(ctx, "w"))
+        slot.mm(dy.t(), x2);
+      else
+        dw = at::mm(dy.t(), x2);
+    }
+    return {dx, dw};
+  }
+};
+inline at::Tensor project(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && x.dim() >= 1 && x.size(-1) == w.size(1), "veomni::nn::project: input of shape ",
+              x.sizes(), " does not fit a weight of shape ", w.sizes());
+  if (!(x.requires_grad() || w.requires_grad()) || !at::GradMode::is_enabled()) return at::matmul(x, w.t());
+  return project_fn::apply(x, w);
 }
 
 // 1-D convolution over frames, channels last: x [N, F, C], w [O, C, k] ->
@@ -474,7 +605,7 @@ inline at::Tensor conv1d_frames(const at::Tensor& x, const at::Tensor& w, const 
 
 inline at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                          const at::Tensor& w_down) {
-  return at::matmul(kernels::silu_mul(at::matmul(x, w_gate.t()), at::matmul(x, w_up.t())), w_down.t());
+  return project(kernels::silu_mul(project(x, w_gate), project(x, w_up)), w_down);
 }
 
 // ---- mixture of experts ---------------------------------------------------------
@@ -594,13 +725,19 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
         d_weight.addmm_(logits.t(), h);
     }
     if (grads) ctx->save_for_backward({d_hidden, d_weight});
+    grad_slot::of(weight).save(ctx, "weight");
     return total;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor g = grads[0];
-    return {saved[0] * g, saved[1] * g, at::Tensor(), at::Tensor(), at::Tensor()};
+    at::Tensor d_weight;
+    if (grad_slot slot = grad_slot::load(ctx, "weight"))
+      slot.scaled(saved[1], g);  // straight into the flat gradient
+    else
+      d_weight = saved[1] * g;
+    return {saved[0] * g, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

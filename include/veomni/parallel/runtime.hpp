@@ -465,8 +465,8 @@ class parallel_model : public nn::unit_source {
 
   // A unit's parameters as views of its flat buffers (dense, then experts).
   static nn::tensors views(const unit_state<Comm>& s, const at::Tensor& dense, const at::Tensor& experts) {
-    nn::tensors out = nn::split_flat(dense, s.dense.shapes);
-    for (auto& t : nn::split_flat(experts, s.experts.shapes)) out.push_back(std::move(t));
+    nn::tensors out = nn::split_flat(dense, s.dense.shapes, true);
+    for (auto& t : nn::split_flat(experts, s.experts.shapes, true)) out.push_back(std::move(t));
     return out;
   }
 
@@ -739,7 +739,7 @@ class parallel_model : public nn::unit_source {
       const at::Tensor flat = torch::autograd::Function<gather_fn>::apply(dummy, self, s);
       std::vector<std::vector<int64_t>> shapes = s->dense.shapes;
       shapes.insert(shapes.end(), s->experts.shapes.begin(), s->experts.shapes.end());
-      return nn::split_flat(flat, shapes);
+      return nn::split_flat(flat, shapes, true);
     }
   };
 
