@@ -298,7 +298,7 @@ struct impl<vision_encoder> {
     const at::Tensor patches = px.reshape({n, d.channels, gh, d.patch, gw, d.patch})
                                    .permute({0, 2, 4, 1, 3, 5})
                                    .reshape({n * gh * gw, d.channels * d.patch * d.patch});
-    return at::matmul(patches.to(root[0].scalar_type()), root[0].t()) + root[1];  // inputs take the weights' dtype
+    return project(patches.to(root[0].scalar_type()), root[0]) + root[1];  // inputs take the weights' dtype
   }
   static seq_layout layout(const dims& d, context& ctx, const port_map&) {
     const at::Tensor px = pixels(ctx, d);
@@ -314,7 +314,7 @@ struct impl<vision_encoder> {
     const at::Tensor merged = x.reshape({n, gh / 2, 2, gw / 2, 2, d.hidden})
                                   .permute({0, 1, 3, 2, 4, 5})
                                   .reshape({n * (gh / 2) * (gw / 2), 4 * d.hidden});
-    return {{"embeds", at::matmul(merged, root[2].t()) + root[3]}};
+    return {{"embeds", project(merged, root[2]) + root[3]}};
   }
 };
 
@@ -369,7 +369,7 @@ struct impl<projector> {
   static seq_layout layout(const dims&, context&, const port_map&) { return {}; }
   static at::Tensor block(const dims&, const tensors&, const at::Tensor& x, context&, const seq_layout&) { return x; }
   static port_map post(const dims&, const tensors& w, const at::Tensor& x, context&, const port_map&) {
-    return {{"out", at::matmul(at::gelu(at::matmul(x, w[0].t()) + w[1]), w[2].t()) + w[3]}};
+    return {{"out", project(at::gelu(project(x, w[0]) + w[1]), w[2]) + w[3]}};
   }
 };
 
@@ -402,7 +402,7 @@ struct impl<image_token_decoder> {
   static at::Tensor decode(const dims& d, const tensors& w, const at::Tensor& codes) {
     const int64_t n = codes.size(0), gh = codes.size(1), gw = codes.size(2);
     const at::Tensor e = w[1].index_select(0, codes.reshape({-1}));
-    const at::Tensor px = at::matmul(e, w[2].t()) + w[3];  // [N*gh*gw, C*p*p]
+    const at::Tensor px = project(e, w[2]) + w[3];  // [N*gh*gw, C*p*p]
     return px.reshape({n, gh, gw, d.channels, d.patch, d.patch}).permute({0, 3, 1, 4, 2, 5}).reshape(
         {n, d.channels, gh * d.patch, gw * d.patch});
   }

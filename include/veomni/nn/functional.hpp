@@ -619,7 +619,7 @@ struct routing {
 
 inline routing route(const at::Tensor& x, const at::Tensor& router, int64_t top_k, bool renormalize) {
   routing r;
-  r.probs = at::matmul(x, router.t()).softmax(-1);
+  r.probs = project(x, router).softmax(-1);
   auto [w, e] = r.probs.topk(top_k, -1);
   r.weights = renormalize ? w / w.sum(-1, true) : w;
   r.experts = e;
