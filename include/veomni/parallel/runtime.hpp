@@ -153,7 +153,8 @@ struct param_group {
   bool empty() const { return numel == 0; }
   int64_t padded() const { return shard ? shard->size() * value.numel() : numel; }
   // Gathered parameters live in their own storage (freed when resharding).
-  bool gathers() const { return shard && !empty(); }
+  // A shard group of one gathers nothing: its shard is the whole.
+  bool gathers() const { return shard && shard->size() > 1 && !empty(); }
   // Its gradient is all-reduced whole (DDP) over more than one rank.
   bool replicated_reduce() const { return !shard && reduce && reduce->size() > 1 && !empty(); }
 };
@@ -473,7 +474,7 @@ class parallel_model : public nn::unit_source {
   // ---- gathering and reducing ----------------------------------------------------------
   // Gathers in the compute dtype (bf16 halves the bytes); the shard stays fp32.
   static at::Tensor start_gather(param_group<Comm>& g, comm::work& w) {
-    if (!g.shard || g.empty()) return g.value.detach().to(g.compute);
+    if (!g.gathers()) return g.value.detach().to(g.compute);  // the shard itself (no copy in its own dtype)
     at::Tensor full = at::empty({g.padded()}, g.value.options().dtype(g.compute).requires_grad(false));
     w = g.shard->all_gather(full, g.value.detach().to(g.compute).contiguous());
     return full;
@@ -548,6 +549,14 @@ class parallel_model : public nn::unit_source {
   }
 
   // ---- reducing gradients ----------------------------------------------------------------
+  // A gradient nothing else can see: contiguous over the whole of a storage
+  // that only it refers to (what split_flat's backward hands over), so it may
+  // become a .grad or a collective's buffer without a copy.
+  static bool sole_owner(const at::Tensor& t) {
+    return t.is_contiguous() && t.storage_offset() == 0 && t.storage().use_count() == 1 &&
+           static_cast<int64_t>(t.storage().nbytes()) == t.numel() * static_cast<int64_t>(t.element_size());
+  }
+
   // The reduced gradient into the master .grad (accumulating micro-batches).
   static void accumulate(param_group<Comm>& g, const at::Tensor& reduced, bool owned) {
     at::Tensor t = reduced.to(g.value.scalar_type());
@@ -563,8 +572,14 @@ class parallel_model : public nn::unit_source {
   // finish_backward waits for it.
   void reduce_into(param_group<Comm>& g, const at::Tensor& grad) {
     if (g.empty()) return;
+    const bool owned = grad.defined() && sole_owner(grad);
     at::Tensor gr = grad.defined() ? grad.reshape({-1}) : at::zeros({g.numel});
     if (!g.shard) return accumulate(g, gr, false);  // held whole: nothing to scatter
+    if (!g.gathers() && !g.reduce && owned && gr.numel() == g.value.numel() && gr.scalar_type() == g.reduce_type) {
+      // a shard group of one (and no replicas): the gradient is the shard's as it is
+      gr.narrow(0, g.numel, gr.numel() - g.numel).zero_();
+      return accumulate(g, gr, true);
+    }
     pending_reduce<Comm> r{&g, {}, {}, {}};
     const auto opts = at::TensorOptions().dtype(g.reduce_type);
     if (gr.numel() == g.padded() && gr.scalar_type() == g.reduce_type) {
@@ -631,9 +646,8 @@ class parallel_model : public nn::unit_source {
   // view, a shared storage, another dtype) is copied.
   void ddp_arrived(param_group<Comm>& g, const at::Tensor& grad) {
     if (g.arrived) throw std::logic_error("veomni::parallel: a DDP unit's gradient arrived twice in one backward");
-    const bool own = grad.defined() && grad.is_contiguous() && grad.numel() == g.numel && grad.storage_offset() == 0 &&
-                     grad.storage().use_count() == 1 && grad.scalar_type() == g.value.scalar_type() &&
-                     static_cast<int64_t>(grad.storage().nbytes()) == g.numel * grad.element_size();
+    const bool own = grad.defined() && sole_owner(grad) && grad.numel() == g.numel &&
+                     grad.scalar_type() == g.value.scalar_type();
     if (own) {
       g.reduce_buf = grad.view({-1});
     } else {
