@@ -420,6 +420,7 @@ struct flat_grad_sink : torch::CustomClassHolder {
   std::vector<std::vector<int64_t>> shapes;
   int64_t numel = 0;
   at::TensorOptions options;
+  bool direct = false;        // ops may write into it (split_flat(..., true))
   at::Tensor flat;            // allocated by the first write; backward takes it
   std::vector<char> written;  // per parameter: its place holds a gradient
 
@@ -450,13 +451,13 @@ class split_flat_fn : public torch::autograd::Function<split_flat_fn> {
     sink->numel = flat.numel();
     sink->options = flat.options().requires_grad(false);
     sink->written.assign(shapes.size(), 0);
+    sink->direct = direct;
     int64_t off = 0;
     for (const auto& shape : shapes) {
       sink->offsets.push_back(off);
       off += c10::multiply_integers(shape);
     }
     ctx->saved_data["sink"] = at::IValue::make_capsule(std::move(sink));
-    ctx->saved_data["direct"] = direct;
     return views(flat, shapes);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -505,12 +506,10 @@ class grad_slot {
     const auto fn = w.grad_fn();
     if (!fn || typeid(*fn) != typeid(torch::autograd::CppNode<split_flat_fn>)) return {};
     auto& data = static_cast<torch::autograd::CppNode<split_flat_fn>&>(*fn).ctx_.saved_data;
-    const auto direct = data.find("direct");
-    if (direct == data.end() || !direct->second.toBool()) return {};
     grad_slot s;
     s.sink_ = c10::static_intrusive_pointer_cast<flat_grad_sink>(data["sink"].toCapsule());
     s.index_ = w.output_nr();
-    if (s.index_ >= s.sink_->shapes.size() || w.sizes() != at::IntArrayRef(s.sink_->shapes[s.index_])) return {};
+    if (!s.sink_->direct || s.index_ >= s.sink_->shapes.size() || w.sizes() != at::IntArrayRef(s.sink_->shapes[s.index_])) return {};
     return s;
   }
   explicit operator bool() const { return static_cast<bool>(sink_); }
