@@ -21,6 +21,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -275,6 +279,18 @@ TEST_CASE("env_store_bind") {
   CHECK(error_of([&] { options(""); }) == "veomni::comm::read_launch_env: VEOMNI_STORE_BIND = '' is empty");
 }
 
+TEST_CASE("env_comm_trace") {
+  auto options = [](std::optional<std::string> prefix) {
+    return comm::comm_options::from_env([prefix](std::string_view k) {
+      return k == "VEOMNI_COMM_TRACE" ? prefix : std::nullopt;
+    });
+  };
+  CHECK(options(std::nullopt).trace.empty());
+  CHECK(options("/tmp/run7").trace == "/tmp/run7");
+  CHECK(error_of([&] { options(""); }) ==
+        "veomni::comm::read_launch_env: VEOMNI_COMM_TRACE = '' is empty (a path prefix)");
+}
+
 TEST_CASE("env_bad_values_name_the_variable") {
   const std::string fn = "veomni::comm::read_launch_env: ";
   CHECK(error_of([] { env_from({{"RANK", "x"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "1"}}); }) ==
@@ -452,6 +468,81 @@ TEST_CASE("job_mesh_groups_4_ranks" * doctest::timeout(30)) {
     CHECK(j.exited(0));
     for (int r = 0; r < 4; ++r) CHECK(contains(j.output, "[rank " + std::to_string(r) + "] mesh ok"));
   }
+}
+
+// One row of a trace file (comm/trace.hpp).
+struct trace_row {
+  std::string op, axis;
+  long long bytes = 0, issued = 0, done = 0, wait_begin = 0, wait_end = 0;
+};
+
+std::vector<trace_row> read_trace(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  CHECK(line == "index,op,axis,bytes,issued_ns,done_ns,wait_begin_ns,wait_end_ns");
+  std::vector<trace_row> rows;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
+    REQUIRE(f.size() == 8);
+    CHECK(std::stoul(f[0]) == rows.size());
+    rows.push_back({f[1], f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoll(f[5]), std::stoll(f[6]), std::stoll(f[7])});
+  }
+  return rows;
+}
+
+TEST_CASE("job_trace_times_every_collective" * doctest::timeout(30)) {
+  char dir[] = "/tmp/veomni_trace_XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  const std::string prefix = std::string(dir) + "/run";
+  const job j = run(launched(2, "trace " + prefix));
+  INFO(j.output);
+  CHECK(j.exited(0));
+  std::vector<std::vector<trace_row>> ranks_rows;
+  for (int r = 0; r < 2; ++r) {
+    const std::vector<trace_row> rows = read_trace(prefix + ".rank" + std::to_string(r) + ".csv");
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].op == "all_gather");
+    CHECK(rows[0].bytes == 4000);  // the counters' payload: the input shard
+    CHECK(rows[1].op == "reduce_scatter");
+    CHECK(rows[1].bytes == 8000);  // the full input
+    CHECK(rows[2].op == "all_reduce");
+    CHECK(rows[2].bytes == 40);
+    for (const trace_row& t : rows) {
+      CAPTURE(t.op);
+      CHECK(t.axis == comm::axis_key(comm::world_axes));
+      CHECK(t.issued > 0);
+      CHECK(t.done >= t.issued);
+      CHECK(t.wait_begin >= t.issued);
+      CHECK(t.wait_end >= t.wait_begin);
+      CHECK(t.wait_end >= t.done);
+    }
+    // the all_reduce finished during the 300 ms before its first wait, which
+    // returned at once (the second wait is not recorded)
+    CHECK(rows[2].done < rows[2].wait_begin);
+    CHECK(rows[2].wait_begin - rows[2].issued >= 300'000'000LL);
+    CHECK(rows[2].wait_end - rows[2].wait_begin < 100'000'000LL);
+    ranks_rows.push_back(rows);
+  }
+  // one clock for both ranks: each collective completes after both issued it
+  for (std::size_t i = 0; i < 3; ++i)
+    for (int r = 0; r < 2; ++r) CHECK(ranks_rows[r][i].done >= ranks_rows[1 - r][i].issued);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("job_trace_to_a_path_that_cannot_be_written_fails_at_once" * doctest::timeout(30)) {
+  const job j = run(launched(2, "trace /nonexistent-veomni-dir/run"));
+  INFO(j.output);
+  CHECK(j.exited(1));  // the launcher's code for a failed rank
+  // whichever rank fails first, the launcher stops the other
+  CHECK((contains(j.output, "error: veomni::comm: cannot create the collective trace file "
+                            "'/nonexistent-veomni-dir/run.rank0.csv' (comm_options::trace, VEOMNI_COMM_TRACE)") ||
+         contains(j.output, "error: veomni::comm: cannot create the collective trace file "
+                            "'/nonexistent-veomni-dir/run.rank1.csv' (comm_options::trace, VEOMNI_COMM_TRACE)")));
+  CHECK(contains(j.output, "(exit code 4)"));
+  CHECK(j.seconds < 10);
 }
 
 TEST_CASE("job_bad_sizes_fail_before_any_collective" * doctest::timeout(30)) {

@@ -10,6 +10,7 @@
 //   comm_worker bad_sizes R S P E      sizes that break a rule
 //   comm_worker store                  the c10d::Store calls on the rendezvous store
 //   comm_worker listen A.B.C.D         rank 0's store listens on A.B.C.D:MASTER_PORT only
+//   comm_worker trace PREFIX           three collectives traced to PREFIX.rank<R>.csv (tests.cpp reads them)
 #include "scenarios.hpp"
 
 #include <veomni/core/cost.hpp>
@@ -197,6 +198,32 @@ int listen(const comm::launch_env& env, const std::string& addr) {
   return 0;
 }
 
+// all_gather and reduce_scatter waited at once, then an all_reduce waited
+// for only after 300 ms (its done time comes before its wait), waited twice
+// (the second wait is not a row's wait). The mesh writes the trace as it
+// goes out of scope.
+int trace(const comm::launch_env& env, const std::string& prefix) {
+  comm::comm_options o = comm::comm_options::from_env();
+  o.trace = prefix;
+  {
+    comm::gloo_mesh mesh({.dp_shard = env.world_size}, env, o);
+    auto& c = mesh.world();
+    const long n = c.size();
+    at::Tensor shard = values_of(env.rank, 1000), full = at::empty({1000 * n}), part = at::empty({1000});
+    c.all_gather(full, shard).wait();
+    c.reduce_scatter(part, full).wait();
+    at::Tensor t = at::ones({10});
+    comm::work w = c.all_reduce(t);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    w.wait();
+    w.wait();
+    WORKER_CHECK(mesh.counters().trace() && mesh.counters().trace()->size() == 3,
+                 "rows recorded: " << (mesh.counters().trace() ? mesh.counters().trace()->size() : 0));
+  }
+  std::cout << "trace ok" << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -214,12 +241,13 @@ int main(int argc, char** argv) {
     if (scenario == "killed") return killed(env);
     if (scenario == "store") return store(env);
     if (scenario == "listen" && argc == 3) return listen(env, argv[2]);
+    if (scenario == "trace" && argc == 3) return trace(env, argv[2]);
     if (scenario == "env") {
       std::cout << "env ok: rank " << env.rank << " of " << env.world_size << std::endl;
       return 0;
     }
     std::cerr << "usage: comm_worker collectives | mesh R S P E | bad_sizes R S P E | hang | killed | store | "
-                 "listen A.B.C.D | env\n";
+                 "listen A.B.C.D | trace PREFIX | env\n";
     return 2;
   } catch (const check_failed& e) {
     std::cout << "FAILED: " << e.what() << std::endl;

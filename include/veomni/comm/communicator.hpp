@@ -146,14 +146,21 @@ constexpr std::string_view name_of(counted c) { return counted_names[static_cast
 // A communicator's counter slots, looked up once.
 class counter_slots {
  public:
-  counter_slots(std::shared_ptr<comm_counters> counters, const std::string& key) : counters_(std::move(counters)) {
+  counter_slots(std::shared_ptr<comm_counters> counters, const std::string& key)
+      : counters_(std::move(counters)), key_(key) {
     for (std::size_t i = 0; i < counted_names.size(); ++i) slots_[i] = counters_->slot(counted_names[i], key);
   }
-  void add(counted c, std::int64_t bytes) { counters_->add(slots_[static_cast<std::size_t>(c)], bytes); }
+  // Counts a call being issued; its trace row when the counters have a trace.
+  trace_event_ptr add(counted c, std::int64_t bytes) {
+    counters_->add(slots_[static_cast<std::size_t>(c)], bytes);
+    comm_trace* t = counters_->trace();
+    return t ? t->issued(name_of(c), key_, bytes) : nullptr;
+  }
   comm_counters& counters() { return *counters_; }
 
  private:
   std::shared_ptr<comm_counters> counters_;
+  std::string key_;
   std::array<op_count*, counted_names.size()> slots_{};
 };
 

@@ -16,14 +16,20 @@
 //
 // Worked example: all_gather of a 1000-float shard over dp_shard*sp = 4,
 // twice:  get("all_gather", "dp_shard*sp") == {calls 2, bytes 8000}.
+//
+// A mesh made with comm_options::trace also gives its counters a trace
+// (trace.hpp): every counted call is then a row with its times as well.
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "trace.hpp"
 
 namespace veomni::comm {
 
@@ -80,17 +86,22 @@ class comm_counters {
       if (c.calls) return false;
     return true;
   }
-  // Zeroes every count (slots stay valid).
+  // Zeroes every count (slots stay valid; a trace keeps its rows).
   void reset() {
     std::lock_guard lock(mutex_);
     for (auto& [k, c] : counts_) c = {};
   }
+
+  // The trace every counted call is recorded in too (null: none).
+  void set_trace(std::shared_ptr<comm_trace> t) { trace_ = std::move(t); }
+  comm_trace* trace() const { return trace_.get(); }
 
  private:
   using key_type = std::pair<std::string, std::string>;
   static key_type make_key(std::string_view op, std::string_view axis) { return {std::string(op), std::string(axis)}; }
   mutable std::mutex mutex_;
   std::map<key_type, op_count> counts_;
+  std::shared_ptr<comm_trace> trace_;
 };
 
 }  // namespace veomni::comm

@@ -33,13 +33,17 @@ namespace detail {
 // reduce_scatter). Errors are rethrown as comm_error naming op and axis.
 class gloo_work final : public work::state {
  public:
-  gloo_work(compat::work_ptr w, std::shared_ptr<const group_label> label, counted op, std::function<void()> finish)
-      : work_(std::move(w)), label_(std::move(label)), op_(op), finish_(std::move(finish)) {}
+  gloo_work(compat::work_ptr w, std::shared_ptr<const group_label> label, counted op, std::function<void()> finish,
+            trace_event_ptr ev = nullptr)
+      : work_(std::move(w)), label_(std::move(label)), op_(op), finish_(std::move(finish)), ev_(std::move(ev)) {
+    if (ev_) compat::on_completion(work_, [e = ev_] { e->done = comm_trace::now(); });
+  }
 
   void wait(std::chrono::milliseconds timeout) override {
     std::lock_guard lock(mutex_);
     if (error_) std::rethrow_exception(error_);
     if (done_) return;
+    const trace_wait traced(ev_.get());
     const auto start = std::chrono::steady_clock::now();
     try {
       work_->wait(compat::positive(timeout));
@@ -69,6 +73,7 @@ class gloo_work final : public work::state {
   std::function<void()> finish_;
   bool done_ = false;
   std::exception_ptr error_;
+  trace_event_ptr ev_;
 };
 
 // A contiguous tensor as 1-D, without a view op (each costs a dispatcher
@@ -102,7 +107,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(out, "out", size() * in.numel(), "group size x in.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    slots_.add(detail::counted::all_gather, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in));
     // alltoall_base with this rank's chunk as every destination's: the same
     // bytes on the wire as a ring all-gather ((n-1) x in per rank), through
     // Gloo's pairwise exchange, which moves them several times faster here
@@ -113,7 +118,7 @@ class gloo_communicator : public detail::communicator_identity {
     at::Tensor dst = detail::movable(detail::flat(out));
     src = detail::movable(src);
     std::vector<std::int64_t> even;
-    return issue(detail::counted::all_gather, [&] { return group_->alltoall_base(dst, src, even, even); });
+    return issue(detail::counted::all_gather, std::move(ev), [&] { return group_->alltoall_base(dst, src, even, even); });
   }
 
   work reduce_scatter(at::Tensor out, const at::Tensor& in) {
@@ -123,7 +128,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(in, "in", size() * out.numel(), "group size x out.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
     const std::int64_t n = size(), m = out.numel();
     at::Tensor received = scratch(n * m, in.options());
     at::Tensor src = detail::flat(in);
@@ -135,18 +140,18 @@ class gloo_communicator : public detail::communicator_identity {
       else
         at::sum_out(o, received.view({n, m}), {0}, false, out.scalar_type());
     };
-    return issue(detail::counted::reduce_scatter, [&] { return group_->alltoall_base(received, src, even, even); }, finish);
+    return issue(detail::counted::reduce_scatter, std::move(ev), [&] { return group_->alltoall_base(received, src, even, even); }, finish);
   }
 
   work all_reduce(at::Tensor t, reduce_op op = reduce_op::sum) {
     const auto chk = check("all_reduce");
     chk.contiguous(t, "tensor");
     if (size() == 1) return {};
-    slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
     c10d::AllreduceOptions o;
     o.reduceOp = op == reduce_op::sum ? c10d::ReduceOp::SUM : c10d::ReduceOp::MAX;
     std::vector<at::Tensor> ts{t};
-    return issue(detail::counted::all_reduce, [&] { return group_->allreduce(ts, o); });
+    return issue(detail::counted::all_reduce, std::move(ev), [&] { return group_->allreduce(ts, o); });
   }
 
   // Even: in.numel() divisible by the group size, out.numel() == in.numel().
@@ -162,9 +167,9 @@ class gloo_communicator : public detail::communicator_identity {
     chk.splits(in, "in", in_splits, size());
     chk.splits(out, "out", out_splits, size());
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
     at::Tensor src = detail::movable(in), dst = detail::movable(out);
-    return issue(detail::counted::all_to_all, [&] { return group_->alltoall_base(dst, src, out_splits, in_splits); });
+    return issue(detail::counted::all_to_all, std::move(ev), [&] { return group_->alltoall_base(dst, src, out_splits, in_splits); });
   }
 
   // The split-size exchange before an uneven all_to_all (see all_to_all_uneven).
@@ -177,17 +182,17 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     if (root < 0 || root >= size()) chk.fail("root " + std::to_string(root) + " is not a rank of a group of " + std::to_string(size()));
     if (size() == 1) return {};
-    slots_.add(detail::counted::broadcast, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t));
     c10d::BroadcastOptions o;
     o.rootRank = root;
     std::vector<at::Tensor> ts{t};
-    return issue(detail::counted::broadcast, [&] { return group_->broadcast(ts, o); });
+    return issue(detail::counted::broadcast, std::move(ev), [&] { return group_->broadcast(ts, o); });
   }
 
   work barrier() {
     if (size() == 1) return {};
-    slots_.add(detail::counted::barrier, 0);
-    return issue(detail::counted::barrier, [&] { return group_->barrier(); });
+    trace_event_ptr ev = slots_.add(detail::counted::barrier, 0);
+    return issue(detail::counted::barrier, std::move(ev), [&] { return group_->barrier(); });
   }
 
   work send(const at::Tensor& t, int peer, int tag = 0) {
@@ -195,9 +200,9 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     peer_check(chk, peer);
     if (size() == 1) return {};
-    slots_.add(detail::counted::send, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t));
     std::vector<at::Tensor> ts{t};
-    return issue(detail::counted::send, [&] { return group_->send(ts, peer, tag); });
+    return issue(detail::counted::send, std::move(ev), [&] { return group_->send(ts, peer, tag); });
   }
 
   work recv(at::Tensor t, int peer, int tag = 0) {
@@ -205,9 +210,9 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     peer_check(chk, peer);
     if (size() == 1) return {};
-    slots_.add(detail::counted::recv, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t));
     std::vector<at::Tensor> ts{t};
-    return issue(detail::counted::recv, [&] { return group_->recv(ts, peer, tag); });
+    return issue(detail::counted::recv, std::move(ev), [&] { return group_->recv(ts, peer, tag); });
   }
 
   // The c10d group itself (null for one rank), for code that must call c10d by hand.
@@ -230,21 +235,22 @@ class gloo_communicator : public detail::communicator_identity {
       chk.fail("in has " + std::to_string(in.numel()) + " elements, not a multiple of the group size " + std::to_string(size()));
     chk.numel(out, "out", in.numel(), "in.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    slots_.add(op, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in));
     at::Tensor dst = detail::movable(detail::flat(out)), src = detail::movable(detail::flat(in));
     std::vector<std::int64_t> even;
-    return issue(op, [&] { return group_->alltoall_base(dst, src, even, even); });
+    return issue(op, std::move(ev), [&] { return group_->alltoall_base(dst, src, even, even); });
   }
 
   template <class Issue>
-  work issue(detail::counted op, Issue&& start, std::function<void()> finish = nullptr) {
+  work issue(detail::counted op, trace_event_ptr ev, Issue&& start, std::function<void()> finish = nullptr) {
     compat::work_ptr w;
     try {
       w = start();
     } catch (const std::exception& e) {
       throw comm_error("veomni::comm: " + label_->describe(detail::name_of(op)) + " could not start: " + compat::reason(e));
     }
-    return work(std::make_shared<detail::gloo_work>(std::move(w), label_, op, std::move(finish)), options_.timeout);
+    return work(std::make_shared<detail::gloo_work>(std::move(w), label_, op, std::move(finish), std::move(ev)),
+                options_.timeout);
   }
 
   // reduce_scatter's receive buffer, reused while no collective in flight

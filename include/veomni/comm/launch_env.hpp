@@ -101,10 +101,12 @@ inline launch_env read_launch_env(const env_lookup& get = process_env) {
 // VEOMNI_COMM_TIMEOUT (seconds). Where rank 0's store listens: MASTER_ADDR's
 // address unless VEOMNI_STORE_BIND names another address of this host;
 // VEOMNI_STORE_BIND=0.0.0.0 (or ::) listens on every interface, and only
-// then (rendezvous.hpp).
+// then (rendezvous.hpp). VEOMNI_COMM_TRACE=PREFIX: each rank's mesh writes
+// the times of its collectives to PREFIX.rank<R>.csv (trace.hpp).
 struct comm_options {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
   std::string store_bind;  // empty: MASTER_ADDR
+  std::string trace;       // empty: no trace; else the path prefix of the per-rank files
 
   static comm_options from_env(const env_lookup& get = process_env) {
     comm_options o;
@@ -116,6 +118,10 @@ struct comm_options {
     if (auto v = get("VEOMNI_STORE_BIND")) {
       if (v->empty()) throw std::invalid_argument(detail::env_fn + "VEOMNI_STORE_BIND = '' is empty");
       o.store_bind = *v;
+    }
+    if (auto v = get("VEOMNI_COMM_TRACE")) {
+      if (v->empty()) throw std::invalid_argument(detail::env_fn + "VEOMNI_COMM_TRACE = '' is empty (a path prefix)");
+      o.trace = *v;
     }
     return o;
   }

@@ -13,6 +13,7 @@
 // dp_shard*sp when dp_shard = 1) share one connection but keep their own
 // axis key for counters. Groups of one rank connect nothing.
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <map>
 #include <stdexcept>
@@ -36,6 +37,8 @@ class device_mesh {
               std::vector<axis_set> sets = {standard_axis_sets.begin(), standard_axis_sets.end()})
       : shape_(shape), env_(env), options_(options), counters_(std::make_shared<comm_counters>()) {
     validate_mesh(shape_, env_.world_size);
+    if (!options_.trace.empty())
+      counters_->set_trace(std::make_shared<comm_trace>(options_.trace + ".rank" + std::to_string(env_.rank) + ".csv"));
     store_ = make_store(env_, options_);
     std::map<std::vector<int>, typename Backend::group_ptr> connected;
     for (const axis_set& s : sets) {
@@ -55,6 +58,18 @@ class device_mesh {
       comms_.push_back(std::make_unique<communicator>(group, comm::axis_key(s), members, me, counters_, options_));
     }
   }
+
+  // Writes the collective trace, if there is one (a failure is printed: a
+  // destructor must not throw).
+  ~device_mesh() {
+    if (comm_trace* t = counters_->trace()) try {
+        t->write();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+      }
+  }
+  device_mesh(const device_mesh&) = delete;
+  device_mesh& operator=(const device_mesh&) = delete;
 
   // The communicator over `over` (axes in any order); throws if the mesh
   // made no group for it.

@@ -95,8 +95,12 @@ using nccl_group_ptr = std::shared_ptr<nccl_group>;
 
 class nccl_work final : public work::state {
  public:
-  nccl_work(nccl_group_ptr g, cudaEvent_t done, cudaStream_t caller, std::string what, std::vector<at::Tensor> keep)
-      : group_(std::move(g)), done_(done), caller_(caller), what_(std::move(what)), keep_(std::move(keep)) {}
+  // ev: the trace row (trace.hpp), or null; its done time stays -1 (the GPU
+  // completes the work on its own time; only the host's wait is timed).
+  nccl_work(nccl_group_ptr g, cudaEvent_t done, cudaStream_t caller, std::string what, std::vector<at::Tensor> keep,
+            trace_event_ptr ev = nullptr)
+      : group_(std::move(g)), done_(done), caller_(caller), what_(std::move(what)), keep_(std::move(keep)),
+        ev_(std::move(ev)) {}
   ~nccl_work() override {
     if (done_) cudaEventDestroy(done_);
   }
@@ -105,6 +109,7 @@ class nccl_work final : public work::state {
     std::lock_guard lock(mutex_);
     if (error_) std::rethrow_exception(error_);
     if (finished_) return;
+    const trace_wait traced(ev_.get());
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
       const cudaError_t q = cudaEventQuery(done_);
@@ -154,6 +159,7 @@ class nccl_work final : public work::state {
   std::vector<at::Tensor> keep_;
   bool finished_ = false;
   std::exception_ptr error_;
+  trace_event_ptr ev_;
 };
 
 inline char* bytes_at(const at::Tensor& t, std::int64_t element) {
@@ -176,9 +182,9 @@ class nccl_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(out, "out", size() * in.numel(), "group size x in.numel()");
     if (size() == 1) return local_copy(out, in);
-    slots_.add(detail::counted::all_gather, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in));
     const auto type = detail::nccl_type(in.scalar_type(), chk);
-    return launch(detail::counted::all_gather, {out, in}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::all_gather, std::move(ev), {out, in}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), type, c, s);
     });
   }
@@ -188,9 +194,9 @@ class nccl_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(in, "in", size() * out.numel(), "group size x out.numel()");
     if (size() == 1) return local_copy(out, in);
-    slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
     const auto type = detail::nccl_type(in.scalar_type(), chk);
-    return launch(detail::counted::reduce_scatter, {out, in}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::reduce_scatter, std::move(ev), {out, in}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), type, ncclSum, c, s);
     });
   }
@@ -198,10 +204,10 @@ class nccl_communicator : public detail::communicator_identity {
   work all_reduce(at::Tensor t, reduce_op op = reduce_op::sum) {
     const auto chk = check("all_reduce", {t});
     if (size() == 1) return {};
-    slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
     const ncclRedOp_t red = op == reduce_op::sum ? ncclSum : ncclMax;
-    return launch(detail::counted::all_reduce, {t}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::all_reduce, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), type, red, c, s);
     });
   }
@@ -215,11 +221,11 @@ class nccl_communicator : public detail::communicator_identity {
     chk.splits(in, "in", in_splits, size());
     chk.splits(out, "out", out_splits, size());
     if (size() == 1) return local_copy(out, in);
-    slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
     const std::int64_t row = in.size(0) ? in.numel() / in.size(0) : 0;
     const std::int64_t out_row = out.size(0) ? out.numel() / out.size(0) : row;
     if (out_row != row) chk.fail("in and out rows differ in width");
-    return pairwise(detail::counted::all_to_all, out, in, out_splits, in_splits, row, chk);
+    return pairwise(detail::counted::all_to_all, std::move(ev), out, in, out_splits, in_splits, row, chk);
   }
 
   work all_to_all_counts(at::Tensor out, const at::Tensor& in) {
@@ -230,9 +236,9 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("broadcast", {t});
     if (root < 0 || root >= size()) chk.fail("root " + std::to_string(root) + " is not a rank of a group of " + std::to_string(size()));
     if (size() == 1) return {};
-    slots_.add(detail::counted::broadcast, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
-    return launch(detail::counted::broadcast, {t}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::broadcast, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), type, root, c, s);
     });
   }
@@ -241,9 +247,9 @@ class nccl_communicator : public detail::communicator_identity {
   // counted, as the barrier carries no payload).
   work barrier() {
     if (size() == 1) return {};
-    slots_.add(detail::counted::barrier, 0);
+    trace_event_ptr ev = slots_.add(detail::counted::barrier, 0);
     at::Tensor one = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, group_->device));
-    return launch(detail::counted::barrier, {one}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::barrier, std::move(ev), {one}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclAllReduce(one.data_ptr(), one.data_ptr(), 1, ncclFloat32, ncclSum, c, s);
     });
   }
@@ -253,9 +259,9 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("send", {t});
     peer_check(chk, peer);
     if (size() == 1) return {};
-    slots_.add(detail::counted::send, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
-    return launch(detail::counted::send, {t}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::send, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclSend(t.data_ptr(), static_cast<size_t>(t.numel()), type, peer, c, s);
     });
   }
@@ -264,9 +270,9 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("recv", {t});
     peer_check(chk, peer);
     if (size() == 1) return {};
-    slots_.add(detail::counted::recv, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
-    return launch(detail::counted::recv, {t}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(detail::counted::recv, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclRecv(t.data_ptr(), static_cast<size_t>(t.numel()), type, peer, c, s);
     });
   }
@@ -298,17 +304,17 @@ class nccl_communicator : public detail::communicator_identity {
       chk.fail("in has " + std::to_string(in.numel()) + " elements, not a multiple of the group size " + std::to_string(size()));
     chk.numel(out, "out", in.numel(), "in.numel()");
     if (size() == 1) return local_copy(out, in);
-    slots_.add(op, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in));
     const std::vector<std::int64_t> even(static_cast<std::size_t>(size()), in.numel() / size());
-    return pairwise(op, out.view({-1}), in.reshape({-1}), even, even, 1, chk);
+    return pairwise(op, std::move(ev), out.view({-1}), in.reshape({-1}), even, even, 1, chk);
   }
 
   // All-to-all as grouped send/recv pairs: rank j gets in's rows
   // [sum(in_splits[:j]), +in_splits[j]), rows of `row` elements.
-  work pairwise(detail::counted op, const at::Tensor& out, const at::Tensor& in, const std::vector<std::int64_t>& out_splits,
+  work pairwise(detail::counted op, trace_event_ptr ev, const at::Tensor& out, const at::Tensor& in, const std::vector<std::int64_t>& out_splits,
                 const std::vector<std::int64_t>& in_splits, std::int64_t row, const detail::op_check& chk) {
     const auto type = detail::nccl_type(in.scalar_type(), chk);
-    return launch(op, {out, in}, [&](ncclComm_t c, cudaStream_t s) {
+    return launch(op, std::move(ev), {out, in}, [&](ncclComm_t c, cudaStream_t s) {
       ncclResult_t r = ncclGroupStart();
       std::int64_t send_at = 0, recv_at = 0;
       for (int j = 0; j < size() && (r == ncclSuccess || r == ncclInProgress); ++j) {
@@ -324,7 +330,7 @@ class nccl_communicator : public detail::communicator_identity {
   }
 
   template <class Enqueue>
-  work launch(detail::counted op, std::vector<at::Tensor> keep, Enqueue&& enqueue) {
+  work launch(detail::counted op, trace_event_ptr ev, std::vector<at::Tensor> keep, Enqueue&& enqueue) {
     const std::string what = label_->describe(detail::name_of(op));
     if (group_->broken) throw comm_error("veomni::comm: " + what + ": the communicator was aborted by an earlier failure");
     auto caller = static_cast<cudaStream_t>(compat::current_cuda_stream(group_->device));
@@ -336,7 +342,8 @@ class nccl_communicator : public detail::communicator_identity {
     group_->settle(enqueue(group_->comm, group_->stream), what, std::chrono::steady_clock::now() + options_.timeout);
     detail::cuda_check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), what);
     detail::cuda_check(cudaEventRecord(done, group_->stream), what);
-    return work(std::make_shared<detail::nccl_work>(group_, done, caller, what, std::move(keep)), options_.timeout);
+    return work(std::make_shared<detail::nccl_work>(group_, done, caller, what, std::move(keep), std::move(ev)),
+                options_.timeout);
   }
 
   group_ptr group_;

@@ -30,6 +30,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -110,6 +111,19 @@ inline void* current_cuda_stream([[maybe_unused]] int device) {
 #else
   return nullptr;
 #endif
+}
+
+// Runs fn on the engine's thread when w completes (or fails); nothing where a
+// work has no future (c10d's send/recv works).
+inline void on_completion(const work_ptr& w, std::function<void()> fn) {
+  if (!w) return;
+  c10::intrusive_ptr<c10::ivalue::Future> f;
+  try {
+    f = w->getFuture();
+  } catch (const std::exception&) {
+    return;
+  }
+  if (f) f->addCallback([fn = std::move(fn)](c10::ivalue::Future&) { fn(); });
 }
 
 // The reason of an engine exception without c10's appended backtrace.

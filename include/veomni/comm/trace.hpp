@@ -1,0 +1,124 @@
+#pragma once
+// <veomni/comm/trace.hpp>: when each collective of one rank was issued,
+// completed and waited for. The counters (counters.hpp) say what ran; a trace
+// says when, which is what shows where a step waits and how much of its
+// communication runs under computation.
+//
+// On with comm_options::trace (VEOMNI_COMM_TRACE=PREFIX): a mesh's
+// communicators record every collective they issue, and the mesh writes
+// PREFIX.rank<R>.csv when it is destroyed (or at comm_trace::write()), one
+// row per collective in issue order:
+//
+//   index,op,axis,bytes,issued_ns,done_ns,wait_begin_ns,wait_end_ns
+//   0,all_gather,dp_shard*sp,1048576,8841203311021,8841204140377,8841203311930,8841204301512
+//
+// bytes is the counters' payload. Times are std::chrono::steady_clock in ns
+// (CLOCK_MONOTONIC on Linux: one clock for all processes of a host, so the
+// ranks of one host line up; benchmarks/comm_timeline.py does that).
+// done_ns: when the engine reported completion (Gloo: its future's
+// callback), -1 where it reports none (NCCL: the GPU finishes on its own
+// time). wait_*: the first wait() on the work, -1 if it was never waited for.
+// A trace keeps at most `capacity` rows (the first ones) and counts the rest.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "error.hpp"
+
+namespace veomni::comm {
+
+struct trace_event {
+  std::string_view op;  // a name from counted_names (static storage)
+  std::string axis;
+  std::int64_t bytes = 0;
+  std::int64_t issued = -1;
+  std::atomic<std::int64_t> done{-1};  // set by the engine's thread
+  std::int64_t wait_begin = -1, wait_end = -1;
+};
+using trace_event_ptr = std::shared_ptr<trace_event>;
+
+class comm_trace {
+ public:
+  static constexpr std::size_t default_capacity = std::size_t{1} << 20;
+
+  // Creates (truncates) the file now, so that a path that cannot be written
+  // fails the job before it runs rather than losing the trace at its end.
+  explicit comm_trace(std::string path, std::size_t capacity = default_capacity)
+      : path_(std::move(path)), capacity_(capacity) {
+    if (!std::ofstream(path_, std::ios::trunc))
+      throw std::invalid_argument("veomni::comm: cannot create the collective trace file '" + path_ +
+                                  "' (comm_options::trace, VEOMNI_COMM_TRACE)");
+  }
+
+  static std::int64_t now() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // A row for a collective issued now; null once the trace is full.
+  trace_event_ptr issued(std::string_view op, const std::string& axis, std::int64_t bytes) {
+    auto e = std::make_shared<trace_event>();
+    e->op = op, e->axis = axis, e->bytes = bytes, e->issued = now();
+    std::lock_guard lock(mutex_);
+    if (events_.size() >= capacity_) return ++dropped_, nullptr;
+    events_.push_back(e);
+    return e;
+  }
+
+  // Writes the rows so far; throws comm_error naming the file if it cannot.
+  void write() const {
+    std::lock_guard lock(mutex_);
+    std::ofstream out(path_, std::ios::trunc);
+    out << "index,op,axis,bytes,issued_ns,done_ns,wait_begin_ns,wait_end_ns\n";
+    for (std::size_t i = 0; i < events_.size(); ++i) {
+      const trace_event& e = *events_[i];
+      out << i << ',' << e.op << ',' << e.axis << ',' << e.bytes << ',' << e.issued << ',' << e.done.load() << ','
+          << e.wait_begin << ',' << e.wait_end << '\n';
+    }
+    out.flush();
+    if (!out) throw comm_error("veomni::comm: could not write the collective trace to '" + path_ + "'");
+  }
+
+  const std::string& path() const { return path_; }
+  std::size_t size() const {
+    std::lock_guard lock(mutex_);
+    return events_.size();
+  }
+  std::size_t dropped() const {
+    std::lock_guard lock(mutex_);
+    return dropped_;
+  }
+
+ private:
+  std::string path_;
+  std::size_t capacity_;
+  mutable std::mutex mutex_;
+  std::vector<trace_event_ptr> events_;
+  std::size_t dropped_ = 0;
+};
+
+namespace detail {
+// Marks the first wait on a traced work (no-op without a trace).
+struct trace_wait {
+  explicit trace_wait(trace_event* e) : e_(e && e->wait_begin < 0 ? e : nullptr) {
+    if (e_) e_->wait_begin = comm_trace::now();
+  }
+  ~trace_wait() {
+    if (e_) e_->wait_end = comm_trace::now();
+  }
+  trace_wait(const trace_wait&) = delete;
+  trace_wait& operator=(const trace_wait&) = delete;
+
+ private:
+  trace_event* e_;
+};
+}  // namespace detail
+
+}  // namespace veomni::comm
