@@ -11,12 +11,20 @@
 // non-zero or dies by a signal, the others get SIGTERM, then SIGKILL after
 // --grace seconds, and veomni-launch exits 1 naming the rank that failed
 // first. --timeout bounds the whole job the same way (exit 124).
+//
+// --bind-cores gives each rank its own block of the CPUs veomni-launch may
+// run on (sched_getaffinity): with M CPUs and N ranks, local rank r gets the
+// r-th block of M / N of them, in CPU order (the M mod N left over run no
+// rank). A rank's threads (Gloo's too) then stay on its cores, and one
+// rank's communication threads do not take another rank's core. Fewer CPUs
+// than ranks is an error.
 #include <CLI/CLI.hpp>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -145,6 +153,43 @@ void pump(stream& s, const std::string& prefix, bool at_eof_only = false) {
   }
 }
 
+// The CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) die(std::string("sched_getaffinity: ") + std::strerror(errno));
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// "0-3,8": a CPU list as the kernel prints one (Cpus_allowed_list).
+std::string cpu_list(const std::vector<int>& cpus) {
+  std::string out;
+  for (std::size_t i = 0; i < cpus.size();) {
+    std::size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    out += (out.empty() ? "" : ",") + std::to_string(cpus[i]) + (j > i ? "-" + std::to_string(cpus[j]) : "");
+    i = j + 1;
+  }
+  return out;
+}
+
+// --bind-cores: each rank's block of the allowed CPUs.
+std::vector<std::vector<int>> core_blocks(int nproc) {
+  const std::vector<int> cpus = allowed_cpus();
+  const std::size_t n = static_cast<std::size_t>(nproc);
+  if (cpus.size() < n)
+    die("--bind-cores: " + std::to_string(nproc) + " ranks but only " + std::to_string(cpus.size()) +
+        " CPUs are allowed (" + cpu_list(cpus) + "); start at most " + std::to_string(cpus.size()) +
+        " ranks, or leave out --bind-cores");
+  const std::size_t k = cpus.size() / n;
+  std::vector<std::vector<int>> blocks(n);
+  for (std::size_t r = 0; r < n; ++r) blocks[r].assign(cpus.begin() + static_cast<long>(r * k), cpus.begin() + static_cast<long>((r + 1) * k));
+  return blocks;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -155,6 +200,7 @@ int main(int argc, char** argv) {
   double timeout_s = 0;
   double grace_s = 5;
   bool no_prefix = false;
+  bool bind_cores = false;
   std::vector<std::string> command;
   app.add_option("--nproc,--nproc-per-node,--nproc_per_node", nproc, "ranks to start")->required()->check(CLI::Range(1, 4096));
   app.add_option("--master-port", master_port, "rendezvous port (default: a free one)")->check(CLI::Range(1, 65535));
@@ -162,10 +208,18 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", timeout_s, "seconds before the whole job is terminated (0: none)")->check(CLI::NonNegativeNumber);
   app.add_option("--grace", grace_s, "seconds between SIGTERM and SIGKILL")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_flag("--no-prefix", no_prefix, "do not prefix output lines with [rank k]");
+  app.add_flag("--bind-cores", bind_cores, "give each rank its own block of the allowed CPUs");
   app.add_option("command", command, "program and its arguments (after --)")->required();
   CLI11_PARSE(app, argc, argv);
 
   if (master_port == 0) master_port = free_port();
+  std::vector<std::vector<int>> blocks;
+  if (bind_cores) {
+    blocks = core_blocks(nproc);
+    std::string say;
+    for (std::size_t r = 0; r < blocks.size(); ++r) say += (r ? ", rank " : "rank ") + std::to_string(r) + ": " + cpu_list(blocks[r]);
+    std::fprintf(stderr, "veomni-launch: CPUs by rank: %s\n", say.c_str());
+  }
   if (pipe(signal_pipe) != 0) die("pipe failed");
   fcntl(signal_pipe[0], F_SETFL, O_NONBLOCK);
   fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
@@ -215,6 +269,16 @@ int main(int argc, char** argv) {
       set("MASTER_ADDR", master_addr);
       set("MASTER_PORT", std::to_string(master_port));
       if (set_omp) set("OMP_NUM_THREADS", "1");
+      if (!blocks.empty()) {
+        cpu_set_t mine;
+        CPU_ZERO(&mine);
+        for (int c : blocks[static_cast<std::size_t>(r)]) CPU_SET(c, &mine);
+        if (sched_setaffinity(0, sizeof mine, &mine) != 0) {
+          std::fprintf(stderr, "veomni-launch: rank %d: sched_setaffinity(%s): %s\n", r,
+                       cpu_list(blocks[static_cast<std::size_t>(r)]).c_str(), std::strerror(errno));
+          _exit(127);
+        }
+      }
       std::vector<char*> args;
       for (auto& c : command) args.push_back(c.data());
       args.push_back(nullptr);

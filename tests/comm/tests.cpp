@@ -14,6 +14,7 @@
 #include <ifaddrs.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -597,6 +598,38 @@ TEST_CASE("job_launcher_exit_codes" * doctest::timeout(30)) {
   CHECK(bad.seconds < 5);
   const job slow = run(launch + " --nproc 2 --timeout 1 --grace 1 -- sleep 20");
   CHECK(slow.exited(124));
+}
+
+TEST_CASE("job_launcher_binds_each_rank_to_its_own_cores" * doctest::timeout(30)) {
+  // What the launcher may use (it inherits this process's affinity), in order.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  const int n = std::min<int>(2, static_cast<int>(cpus.size()));
+  const std::size_t k = cpus.size() / static_cast<std::size_t>(n);
+  const job j = run(launch + " --nproc " + std::to_string(n) +
+                    " --bind-cores -- sh -c 'grep Cpus_allowed_list /proc/self/status'");
+  INFO(j.output);
+  CHECK(j.exited(0));
+  for (int r = 0; r < n; ++r) {
+    // rank r: the r-th block of k CPUs, as the kernel lists it ("4-7"; one CPU: "4")
+    const int first = cpus[static_cast<std::size_t>(r) * k], last = cpus[static_cast<std::size_t>(r + 1) * k - 1];
+    const bool contiguous = last - first + 1 == static_cast<int>(k);
+    if (!contiguous) continue;  // an affinity with holes: the listing has several ranges
+    const std::string list = first == last ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(last);
+    CHECK(contains(j.output, "[rank " + std::to_string(r) + "] Cpus_allowed_list:\t" + list + "\n"));
+  }
+  CHECK(contains(j.output, "veomni-launch: CPUs by rank: rank 0: "));
+
+  const std::string more = std::to_string(cpus.size() + 1);
+  const job bad = run(launch + " --nproc " + more + " --bind-cores -- true");
+  INFO(bad.output);
+  CHECK(bad.exited(2));
+  CHECK(contains(bad.output, "veomni-launch: --bind-cores: " + more + " ranks but only " + std::to_string(cpus.size()) +
+                                 " CPUs are allowed"));
 }
 
 TEST_CASE("job_store_calls_between_2_ranks" * doctest::timeout(30)) {
