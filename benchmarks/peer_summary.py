@@ -54,7 +54,8 @@ def main(d):
           f"  tokens/s per round; loss step0 -> last")
     tp = {}
     for name in ["torch_single", "torch_single_retain", "veomni_w1_ddp", "veomni_w1_fsdp", "torch_single_t1",
-                 "veomni_w1_ddp_t1", "torch_ddp2", "torch_ddp2_retain", "veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2"]:
+                 "veomni_w1_ddp_t1", "torch_ddp2", "torch_ddp2_retain", "veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2",
+                 "torch_ddp2_bound", "veomni_fsdp2_bound", "veomni_ddp2_bound"]:
         if name not in r:
             continue
         step = med(name, "step_s")
@@ -72,6 +73,10 @@ def main(d):
     print(f"  veomni world 1 (FSDP recipe) / single  {tp['veomni_w1_fsdp'] / tp['torch_single']:.3f}x  (>= 1.1x)")
     if "veomni_w1_ddp_t1" in tp:
         print(f"  1 thread: veomni world 1 / single      {tp['veomni_w1_ddp_t1'] / tp['torch_single_t1']:.3f}x")
+    if "torch_ddp2_bound" in tp and "veomni_fsdp2_bound" in tp:
+        print("  each rank on its own core, both sides (veomni-launch --bind-cores):")
+        print(f"  veomni FSDP-2 / PyTorch DDP-2          {tp['veomni_fsdp2_bound'] / tp['torch_ddp2_bound']:.3f}x  (>= 1.2x)")
+        print(f"  veomni DDP-2  / PyTorch DDP-2          {tp['veomni_ddp2_bound'] / tp['torch_ddp2_bound']:.3f}x")
     if "torch_single_retain" in tp:
         print("  against PyTorch with the same allocator setting (glibc thresholds 1 GiB, as veomni keeps):")
         print(f"  veomni FSDP-2 / PyTorch DDP-2          {tp['veomni_fsdp2'] / tp['torch_ddp2_retain']:.3f}x")
@@ -81,6 +86,7 @@ def main(d):
     # round): each round's own ratio compares sides run a minute apart at most.
     print("  ratio within each round (same round, both sides), median over rounds:")
     for label, a, b in [("veomni FSDP-2 / PyTorch DDP-2", "veomni_fsdp2", "torch_ddp2"),
+                        ("the same, each rank on its own core", "veomni_fsdp2_bound", "torch_ddp2_bound"),
                         ("veomni world 1 (DDP recipe) / single", "veomni_w1_ddp", "torch_single"),
                         ("veomni world 1 (FSDP recipe) / single", "veomni_w1_fsdp", "torch_single"),
                         ("1 thread: veomni world 1 / single", "veomni_w1_ddp_t1", "torch_single_t1")]:
@@ -119,12 +125,12 @@ def main(d):
               f"model grads {x['plan_grad_bytes']:.0f}, optimizer {x['plan_optimizer_bytes']:.0f}")
 
     print("\ncommunicator bytes per step vs the plan's cost model (every step checked; a difference exits 3):")
-    for k in ["veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2"]:
+    for k in ["veomni_fsdp2", "veomni_ddp2", "veomni_fsdp_keep2", "veomni_fsdp2_bound", "veomni_ddp2_bound"]:
         if k not in r:
             continue
         x = r[k][0]
         ok = "equal" if all(y["comm_bytes_step"] == y["plan_bytes_step"] for y in r[k]) else "DIFFERENT"
-        print(f"  {k:<14} ran {x['comm_bytes_step']:.0f} B, plan {x['plan_bytes_step']:.0f} B: {ok}")
+        print(f"  {k:<18} ran {x['comm_bytes_step']:.0f} B, plan {x['plan_bytes_step']:.0f} B: {ok}")
 
 
 if __name__ == "__main__":

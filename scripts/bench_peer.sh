@@ -17,6 +17,10 @@
 # halve OpenBLAS's GEMM speed here), on both sides alike; one process uses 2
 # intra-op threads, 2 ranks on 2 cores use 1 each.
 #
+# The 2-rank runs go twice: as the launchers start them (torchrun, and
+# veomni-launch without binding), and with each rank bound to its own core
+# (veomni-launch --bind-cores, PyTorch's ranks too).
+#
 # veomni keeps freed host memory (parallel::retain_host_memory, as
 # veomni-train does); PyTorch runs as shipped (glibc's defaults) and again
 # with the same setting through glibc's environment (the *_retain runs), so
@@ -63,6 +67,12 @@ for round in $(seq 1 "$ROUNDS"); do
   run veomni_ddp2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train ddp "$STEPS" "$WARMUP" 1
   # supplementary: FSDP keeping gathered parameters from forward to backward (no backward all-gather)
   run veomni_fsdp_keep2 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$PEER" train fsdp_keep "$STEPS" "$WARMUP" 1
+  # Each rank on its own core, its communication threads included, both sides
+  # alike: PyTorch's ranks under the same launcher (torchrun's environment).
+  run torch_ddp2_bound OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 --bind-cores -- $PY benchmarks/peer_torch.py --threads 1 \
+    --steps "$STEPS" --warmup "$WARMUP"
+  run veomni_fsdp2_bound OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 --bind-cores -- "$PEER" train fsdp "$STEPS" "$WARMUP" 1
+  run veomni_ddp2_bound OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 --bind-cores -- "$PEER" train ddp "$STEPS" "$WARMUP" 1
   # Compute only, under the same contention: two world-1 processes at once,
   # each computing one data rank's share of the 2-rank batch (no collective).
   for r in fsdp ddp; do
