@@ -9,6 +9,7 @@
 #include <veomni/comm/launch_env.hpp>
 #include <veomni/comm/mesh_layout.hpp>
 #include <veomni/comm/store.hpp>
+#include <veomni/comm/trace.hpp>
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
@@ -530,6 +531,25 @@ TEST_CASE("job_trace_times_every_collective" * doctest::timeout(30)) {
   // one clock for both ranks: each collective completes after both issued it
   for (std::size_t i = 0; i < 3; ++i)
     for (int r = 0; r < 2; ++r) CHECK(ranks_rows[r][i].done >= ranks_rows[1 - r][i].issued);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("trace_keeps_the_first_rows_and_counts_the_rest") {
+  char dir[] = "/tmp/veomni_trace_XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  const std::string path = std::string(dir) + "/t.csv";
+  comm::comm_trace t(path, 2);
+  CHECK(t.issued("all_gather", "dp_shard*sp", 8) != nullptr);
+  CHECK(t.issued("all_reduce", "dp_shard*sp", 4) != nullptr);
+  CHECK(t.issued("all_reduce", "dp_shard*sp", 4) == nullptr);
+  CHECK(t.size() == 2);
+  CHECK(t.dropped() == 1);
+  t.write();
+  const std::vector<trace_row> rows = read_trace(path);
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0].op == "all_gather");
+  CHECK(rows[1].done == -1);  // nothing completed or waited for it
+  CHECK(rows[1].wait_begin == -1);
   std::filesystem::remove_all(dir);
 }
 

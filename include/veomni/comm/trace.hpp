@@ -21,6 +21,7 @@
 // A trace keeps at most `capacity` rows (the first ones) and counts the rest.
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <fstream>
 #include <memory>
@@ -64,15 +65,17 @@ class comm_trace {
 
   // A row for a collective issued now; null once the trace is full.
   trace_event_ptr issued(std::string_view op, const std::string& axis, std::int64_t bytes) {
-    auto e = std::make_shared<trace_event>();
-    e->op = op, e->axis = axis, e->bytes = bytes, e->issued = now();
+    const std::int64_t t = now();
     std::lock_guard lock(mutex_);
     if (events_.size() >= capacity_) return ++dropped_, nullptr;
+    auto e = std::make_shared<trace_event>();
+    e->op = op, e->axis = axis, e->bytes = bytes, e->issued = t;
     events_.push_back(e);
     return e;
   }
 
-  // Writes the rows so far; throws comm_error naming the file if it cannot.
+  // Writes the rows so far (and says on stderr how many a full trace left
+  // out); throws comm_error naming the file if it cannot.
   void write() const {
     std::lock_guard lock(mutex_);
     std::ofstream out(path_, std::ios::trunc);
@@ -84,6 +87,9 @@ class comm_trace {
     }
     out.flush();
     if (!out) throw comm_error("veomni::comm: could not write the collective trace to '" + path_ + "'");
+    if (dropped_)
+      std::fprintf(stderr, "veomni::comm: the collective trace '%s' holds the first %zu collectives; %zu later ones were not recorded\n",
+                   path_.c_str(), events_.size(), dropped_);
   }
 
   const std::string& path() const { return path_; }
