@@ -133,7 +133,7 @@ int run_ab(const std::string& name, int steps, int warmup, int threads, const ch
     const auto t0 = clock_type::now();
     md.zero_grad();
     loss = md.forward_backward(b).loss;
-    o.step(1e-3, train::clip_scale(md.grad_norm(), 1.0));
+    md.optimizer_step([&](double n) { o.step(1e-3, train::clip_scale(n, 1.0)); });
     return seconds_since(t0);
   };
   std::vector<double> ta, tb, diff;
@@ -195,6 +195,7 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
     const double gn = seconds_since(t1);
     const auto t2 = clock_type::now();
     optim.step(1e-3, train::clip_scale(norm, 1.0));
+    model.after_update();
     const double op = seconds_since(t2);
     const double total = seconds_since(t0);
     // outside the timed region: this step's counters against the plan

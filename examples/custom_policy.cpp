@@ -1,43 +1,16 @@
 // A user-defined policy that plugs into veomni without editing the library:
-// ZeRO-2 style sharding (parameters replicated, gradients reduce-scattered,
-// each rank updates its shard of the optimizer state and the updated
-// parameters are all-gathered in the optimizer phase).
+// ZeRO-2 (examples/zero_policies.hpp): parameters replicated, gradients
+// reduce-scattered, each rank updates its shard and the updated parameters
+// are all-gathered in the optimizer phase. This prints its plan; the
+// parallel tests train it (tests/parallel, recipe zero2).
 //
 //   per unit:  backward   reduce_scatter(grads)   over dp_shard x sp
 //              optimizer  all_gather(params)      over dp_shard x sp
 #include <cstdio>
 
 #include "models.hpp"
+#include "zero_policies.hpp"
 
-namespace user {
-
-using namespace veomni;
-
-struct ZeRO2 {
-  static constexpr std::string_view name = "ZeRO2";
-  static constexpr std::array<layer_kind, 0> touches{};  // every layer
-  static constexpr axis_set over = axes<axis::dp_shard, axis::sp>;
-
-  template <class Ctx>
-  static constexpr placement_list placements() {
-    placement_list out;
-    out.push_back({placed_tensor::params, placement::replicate(), over});
-    out.push_back({placed_tensor::grads, placement::shard(0), over});
-    out.push_back({placed_tensor::optimizer_state, placement::shard(0), over});
-    return out;
-  }
-  template <class Ctx>
-  static constexpr op_list ops() {
-    op_list out;
-    for_each_unit<typename Ctx::component>([&](scope s) {
-      out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, tensor_role::grads));
-      out.push_back(unit_op(s, phase::optimizer, collective::all_gather, over, tensor_role::params));
-    });
-    return out;
-  }
-};
-
-}  // namespace user
 
 using namespace veomni;
 using dense = graph<nodes<node<"lm", text_decoder>>>;

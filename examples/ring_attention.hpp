@@ -28,12 +28,13 @@ namespace user {
 
 // Attention of local queries against every rank's keys and values, in
 // blocks with online softmax. q [T, Hq, D], k and v [T, Hkv, D] local rows.
-template <class Comm>
-at::Tensor ring_attention(Comm& c, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const nn::seq_layout& s) {
-  const int64_t p = c.size(), t = q.size(0), hq = q.size(1), hkv = k.size(1), d = q.size(2);
+// gather: the all_gather op of this layer, scatter: its backward dual.
+template <class H>
+at::Tensor ring_attention(const H& gather, const H& scatter, const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& v, const nn::seq_layout& s) {
+  const int64_t p = gather.size(), t = q.size(0), hq = q.size(1), hkv = k.size(1), d = q.size(2);
   const int64_t total = p * t;
-  const at::Tensor all = parallel::gather_rows(c, at::cat({k, v}, 1));  // [P*T, 2 Hkv, D], rank order
+  const at::Tensor all = parallel::gather_rows(gather, scatter, at::cat({k, v}, 1));  // [P*T, 2 Hkv, D], rank order
   const at::Tensor q_index = s.global_index.defined() ? s.global_index : at::arange(t, at::kLong);
   // segment (sample) of a global token index, from the pack's cumulative lengths
   const at::Tensor bounds = s.cu_seqlens.narrow(0, 1, s.cu_seqlens.size(0) - 1).contiguous();
@@ -60,14 +61,19 @@ at::Tensor ring_attention(Comm& c, const at::Tensor& q, const at::Tensor& k, con
   return (o / l).transpose(0, 1);  // [T, Hq, D]
 }
 
-// What the runtime runs for Split<Ring> (parallel/extension.hpp).
+// Split<Ring>'s runtime half (parallel/contract.hpp): constructed once per
+// node it is applied to; it wraps the node's attention hook with ring
+// attention, issuing its plan ops through their handles.
+template <class Node>
 struct Ring::runtime {
   static constexpr parallel::sequence_layout layout = parallel::sequence_layout::zigzag;
-  template <class Comm>
-  static void install(parallel::policy_runtime<Comm>& rt) {
-    Comm* sp = &rt.group(axes<axis::sp>);
-    rt.hooks.attention = [sp](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                              const nn::seq_layout& s) { return ring_attention(*sp, q, k, v, s); };
+  explicit runtime(Node& node) {
+    const auto gather = node.op(phase::forward, tensor_role::kv_block);
+    const auto scatter = node.op(phase::backward, tensor_role::kv_block);
+    node.hooks().attention = [gather, scatter](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const nn::seq_layout& s) {
+      return ring_attention(gather, scatter, q, k, v, s);
+    };
   }
 };
 

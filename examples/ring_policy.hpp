@@ -32,7 +32,8 @@ struct Ring {
     return out;
   }
 
-  // What the runtime runs for it: defined in ring_attention.hpp (needs torch).
+  // Its runtime half: defined in ring_attention.hpp (needs torch).
+  template <class Node>
   struct runtime;
 };
 

@@ -19,6 +19,7 @@
 #include "core/policy.hpp"
 #include "core/predict.hpp"
 #include "core/recipe.hpp"
+#include "core/schedule.hpp"
 #include "core/static_vector.hpp"
 #include "core/step.hpp"
 #include "models/zoo.hpp"

@@ -476,21 +476,26 @@ TEST_CASE("job_mesh_groups_4_ranks" * doctest::timeout(30)) {
 struct trace_row {
   std::string op, axis;
   long long bytes = 0, issued = 0, done = 0, wait_begin = 0, wait_end = 0;
+  std::string dtype;
+  long long plan_op = -1;
 };
 
 std::vector<trace_row> read_trace(const std::string& path) {
   std::ifstream in(path);
   std::string line;
   std::getline(in, line);
-  CHECK(line == "index,op,axis,bytes,issued_ns,done_ns,wait_begin_ns,wait_end_ns");
+  CHECK(line ==
+        "index,op,axis,bytes,issued_ns,done_ns,wait_begin_ns,wait_end_ns,dtype,plan_op,node,where,block,phase,tensor,"
+        "policy,recompute");
   std::vector<trace_row> rows;
   while (std::getline(in, line)) {
     std::vector<std::string> f;
     std::stringstream ss(line);
     for (std::string cell; std::getline(ss, cell, ',');) f.push_back(cell);
-    REQUIRE(f.size() == 8);
+    REQUIRE(f.size() >= 16);  // an untagged row leaves the label fields empty (the last one may be dropped)
     CHECK(std::stoul(f[0]) == rows.size());
-    rows.push_back({f[1], f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoll(f[5]), std::stoll(f[6]), std::stoll(f[7])});
+    rows.push_back({f[1], f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoll(f[5]), std::stoll(f[6]), std::stoll(f[7]),
+                    f[8], std::stoll(f[9])});
   }
   return rows;
 }
@@ -520,6 +525,8 @@ TEST_CASE("job_trace_times_every_collective" * doctest::timeout(30)) {
       CHECK(t.wait_begin >= t.issued);
       CHECK(t.wait_end >= t.wait_begin);
       CHECK(t.wait_end >= t.done);
+      CHECK(t.dtype == "f32");
+      CHECK(t.plan_op == -1);  // issued outside a plan op
     }
     // the all_reduce finished during the 300 ms before its first wait, which
     // returned at once (the second wait is not recorded)
@@ -550,6 +557,23 @@ TEST_CASE("trace_keeps_the_first_rows_and_counts_the_rest") {
   CHECK(rows[0].op == "all_gather");
   CHECK(rows[1].done == -1);  // nothing completed or waited for it
   CHECK(rows[1].wait_begin == -1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("trace_rows_name_the_plan_op_they_carry_out") {
+  char dir[] = "/tmp/veomni_trace_XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  const std::string path = std::string(dir) + "/t.csv";
+  comm::comm_trace t(path);
+  const comm::op_label q{7, "lm", "attn", "Split<Ulysses>", "backward", "q", "f32", "all_to_all", "sp"};
+  CHECK(t.issued("all_to_all", "sp", 4096, "bf16", {&q, 3, true}) != nullptr);
+  t.write();
+  std::ifstream in(path);
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  CHECK(row.find(",4096,") != std::string::npos);
+  CHECK(row.find(",bf16,7,lm,attn,3,backward,q,Split<Ulysses>,1") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
 

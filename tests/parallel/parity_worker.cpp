@@ -1,9 +1,18 @@
 // One rank of a parity job: trains MODEL with RECIPE on the mesh given on the
 // command line for STEPS fp32 AdamW steps on the synthetic global batches,
 // and (rank 0) writes "step loss grad_norm" lines to OUT. Every step it also
-// holds the communicators' counters against the plan's cost model, and fails
-// on any difference. With --micro=N each step's global batch is cut into N
-// micro-batches (contiguous runs of samples), whose gradients accumulate.
+// holds what ran against the plan, and fails (exit 3) on any difference:
+//   - the trace: this rank's collectives of the step, one by one, are the
+//     plan's schedule (core/schedule.hpp) for this mesh: the same plan op
+//     (node, unit, phase, tensor role, policy), block, collective, axes,
+//     dtype and bytes, in the same order; EP's data-dependent all_to_all
+//     bytes summed over the ranks, their positions exact;
+//   - the counters: bytes per (collective, axes) equal the cost model's;
+//   - memory (after the first step): the parameter, gradient and optimizer
+//     bytes this rank holds equal the cost model's memory<P>.
+// With --micro=N each step's global batch is cut into N micro-batches
+// (contiguous runs of samples), whose gradients accumulate. The trace is
+// also written to OUT.trace.rank<R>.csv.
 //   parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint] [--micro=N]
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +27,7 @@
 #include <veomni/train/optimizer.hpp>
 
 #include "../../examples/ring_attention.hpp"
+#include "../../examples/zero_policies.hpp"
 #include "synthetic.hpp"
 
 using namespace veomni;
@@ -66,10 +76,81 @@ std::map<std::string, double> target_counts(const std::vector<parallel::sample>&
   return {{"lm", lm}, {"image_codes", codes}};
 }
 
+// This step's trace rows against the schedule: per micro-batch its
+// instances (bytes for that micro-batch's tokens), then the optimizer's.
+// Failures are appended to `failures`; EP's row bytes go to ep_got/ep_want
+// by position, to be summed over the ranks.
+template <class P>
+void check_trace(const std::vector<comm::trace_event_ptr>& rows, const step_schedule& sched,
+                 const std::vector<int64_t>& micro_tokens, const typename P::model::dims& d, const mesh_shape& m,
+                 std::string& failures, std::vector<double>& ep_got, std::vector<double>& ep_want) {
+  struct expected {
+    scheduled_op s;
+    long bytes;
+  };
+  std::vector<expected> want;
+  for (int64_t tokens : micro_tokens) {
+    workload w;
+    w.default_tokens = 0;
+    w.with("lm", tokens);
+    for (const auto& s : sched.micro)
+      if (s.issued) want.push_back({s, instance_bytes<P>(s, d, m, w)});
+  }
+  for (const auto& s : sched.optimizer)
+    if (s.issued) want.push_back({s, instance_bytes<P>(s, d, m, workload{})});
+  std::size_t r = 0;
+  auto fail = [&](std::size_t j, const std::string& why) {
+    if (failures.size() < 2000)
+      failures += " trace row " + std::to_string(r) + " (schedule entry " + std::to_string(j) + ": " +
+                  (j < want.size() ? describe_instance<P>(want[j].s) : std::string("none")) + "): " + why + ";";
+  };
+  for (std::size_t j = 0; j < want.size(); ++j, ++r) {
+    const expected& e = want[j];
+    const plan_op& o = P::ops[e.s.op];
+    const bool ep = o.tensor == tensor_role::dispatch || o.tensor == tensor_role::combine;
+    if (r < rows.size() && rows[r]->op == "all_to_all_counts") {  // an uneven all_to_all's counts: part of its op
+      const comm::issue_tag& t = rows[r]->tag;
+      if (!ep || !t || t.op->index != static_cast<int64_t>(e.s.op) || t.block != e.s.block)
+        fail(j, "counts exchanged outside an EP all_to_all");
+      ++r;
+    }
+    if (r >= rows.size()) {
+      fail(j, "not run (the trace ends)");
+      return;
+    }
+    const comm::trace_event& row = *rows[r];
+    if (!row.tag) {
+      fail(j, "a collective " + std::string(row.op) + " over " + row.axis + " without a plan op");
+      continue;
+    }
+    if (row.tag.op->index != static_cast<int64_t>(e.s.op) || row.tag.block != e.s.block ||
+        row.tag.recompute != e.s.recompute)
+      fail(j, "ran plan op " + std::to_string(row.tag.op->index) + " (" + std::string(row.tag.op->node) + " " +
+                  std::string(row.tag.op->where) + " " + std::string(row.tag.op->tensor) + ") block " +
+                  std::to_string(row.tag.block) + (row.tag.recompute ? " recompute" : ""));
+    if (row.op != to_string(o.coll)) fail(j, "ran " + std::string(row.op));
+    if (row.axis != comm::axis_key(o.over)) fail(j, "over " + row.axis);
+    const std::string_view dt = to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt);
+    if (row.dtype != dt) fail(j, "moved " + std::string(row.dtype) + ", plan " + std::string(dt));
+    if (ep) {
+      ep_got.push_back(static_cast<double>(row.bytes));
+      ep_want.push_back(static_cast<double>(e.bytes));
+    } else if (row.bytes != e.bytes) {
+      fail(j, "moved " + std::to_string(row.bytes) + " B, plan " + std::to_string(e.bytes) + " B");
+    }
+  }
+  for (; r < rows.size(); ++r)
+    failures += " trace row " + std::to_string(r) + ": " + std::string(rows[r]->op) + " over " + rows[r]->axis +
+                " after the schedule's end;";
+}
+
 template <class G, class R>
 int run(const args& a, const typename G::dims& d, testing::kind k) {
   const comm::launch_env env = comm::read_launch_env();
-  comm::gloo_mesh mesh(a.mesh, env);
+  comm::comm_options copts = comm::comm_options::from_env();
+  if (copts.trace.empty()) copts.trace = a.out + ".trace";
+  comm::gloo_mesh mesh(a.mesh, env, copts);
+  comm::comm_trace& trace = *mesh.counters().trace();
   parallel::options opt;
   opt.seed = 1234;
   opt.checkpoint = a.checkpoint;
@@ -86,6 +167,8 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
     acc.global_counts = target_counts(global);
     acc.aux_scale = 1.0 / a.micro;
     const auto before = mesh.counters().snapshot();
+    const std::size_t first_row = trace.size();
+    std::vector<int64_t> micro_tokens;
     byte_map want;
     predicted<P>(want, d, a.mesh, 0, a.checkpoint, true);
     model.zero_grad();
@@ -97,17 +180,37 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
                                                 decltype(model)::layout());
       loss += a.micro == 1 ? model.forward_backward(b).loss : model.forward_backward(b, acc).loss;
       predicted<P>(want, d, a.mesh, b.tokens.size(0), a.checkpoint, false);
+      micro_tokens.push_back(b.tokens.size(0));
     }
-    const double norm = model.grad_norm();
-    optim.step(lr, train::clip_scale(norm, 1.0));
+    const double norm = model.optimizer_step([&](double n) { optim.step(lr, train::clip_scale(n, 1.0)); });
     // counters of this step against the plan
     std::map<std::pair<std::string, std::string>, int64_t> ran;
     for (const auto& e : mesh.counters().snapshot()) ran[{e.op, e.axis}] += e.count.bytes;
     for (const auto& e : before) ran[{e.op, e.axis}] -= e.count.bytes;
-    // EP's all-to-alls move data-dependent rows; what is sent equals what is
-    // received over the ep group, so compare their sums over all ranks.
-    at::Tensor ep_sums = at::zeros({2}, at::kDouble);
+    // the trace of this step against the schedule
     std::string failures;
+    std::vector<double> ep_got, ep_want;
+    check_trace<P>(trace.rows(first_row), model.schedule(), micro_tokens, d, a.mesh, failures, ep_got, ep_want);
+    // memory held against the cost model, once gradients and moments exist
+    if (step == 0) {
+      const parallel::held_memory held = model.held_bytes();
+      long opt_bytes = 0;
+      for (const auto* v : {&optim.exp_avg(), &optim.exp_avg_sq()})
+        for (const auto& t : *v) opt_bytes += static_cast<long>(t.numel() * t.element_size());
+      const memory_per_rank plan_mem = memory<P>(d, a.mesh, precisions::fp32);
+      if (held.params != plan_mem.params || held.grads != plan_mem.grads || opt_bytes != plan_mem.optimizer)
+        failures += " memory held: params " + std::to_string(held.params) + " B, grads " + std::to_string(held.grads) +
+                    " B, optimizer " + std::to_string(opt_bytes) + " B; cost model " + std::to_string(plan_mem.params) +
+                    ", " + std::to_string(plan_mem.grads) + ", " + std::to_string(plan_mem.optimizer) + " B;";
+    }
+    // EP's all-to-alls move data-dependent rows; what is sent equals what is
+    // received over the ep group, so compare their sums over all ranks (per
+    // position in the trace, and in all).
+    at::Tensor ep_sums = at::zeros({2 + 2 * static_cast<int64_t>(ep_got.size())}, at::kDouble);
+    for (std::size_t i = 0; i < ep_got.size(); ++i) {
+      ep_sums[2 + 2 * static_cast<int64_t>(i)] = ep_got[i];
+      ep_sums[3 + 2 * static_cast<int64_t>(i)] = ep_want[i];
+    }
     for (const auto& [key, bytes] : want) {
       const int64_t got = ran.count(key) ? ran.at(key) : 0;
       if (key.first == "all_to_all" && key.second == "ep") {
@@ -122,11 +225,18 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
       if (bytes != 0 && key.first != "all_to_all_counts" && !want.count(key))
         failures += " " + key.first + "/" + key.second + " ran " + std::to_string(bytes) + " B, not in the plan;";
     if (a.mesh.world() > 1) {
-      at::Tensor s = ep_sums.to(at::kFloat);  // byte counts well inside float's exact range here
+      // every rank has the same positions (the same schedule); a rank whose
+      // trace is short still joins with its own count, so no rank hangs
+      at::Tensor n = at::full({1}, static_cast<double>(ep_sums.numel()), at::kFloat);
+      mesh.world().all_reduce(n, comm::reduce_op::max).wait();
+      at::Tensor s = at::zeros({static_cast<int64_t>(n.item<double>())}, at::kFloat);
+      s.narrow(0, 0, ep_sums.numel()).copy_(ep_sums);  // byte counts well inside float's exact range here
       mesh.world().all_reduce(s, comm::reduce_op::sum).wait();
-      if (s[0].item<double>() != s[1].item<double>())
-        failures += " all_to_all/ep ran " + std::to_string(s[0].item<double>()) + " B over all ranks, plan " +
-                    std::to_string(s[1].item<double>()) + " B;";
+      for (int64_t i = 0; i + 1 < s.numel(); i += 2)
+        if (s[i].item<double>() != s[i + 1].item<double>())
+          failures += " all_to_all/ep " + (i == 0 ? std::string("in all") : "at EP position " + std::to_string(i / 2 - 1)) +
+                      ": ran " + std::to_string(s[i].item<double>()) + " B over all ranks, plan " +
+                      std::to_string(s[i + 1].item<double>()) + " B;";
     }
     if (!failures.empty()) {
       std::fprintf(stderr, "parity_worker: step %d: counters differ from the plan:%s\n", step, failures.c_str());
@@ -187,8 +297,8 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    static const char* const dense_names[] = {"ddp",      "fsdp",      "hsdp",     "fsdp_sp",
-                                              "fsdp_bf16", "ring_ddp", "ring_fsdp", "fsdp_keep"};
+    static const char* const dense_names[] = {"ddp",      "fsdp",      "hsdp",      "fsdp_sp", "fsdp_bf16",
+                                              "ring_ddp", "ring_fsdp", "fsdp_keep", "zero2",   "zero1"};
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     using keep_fsdp = fsdp<fsdp_options{.reshard_after_forward = false}>;
     static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
@@ -196,7 +306,8 @@ int main(int argc, char** argv) {
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
                       recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
                       recipe<apply<"lm", Shard<bf16_fsdp>>>, recipe<apply<"lm", Shard<DDP>, Split<user::Ring>>>,
-                      recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>, recipe<apply<"lm", Shard<keep_fsdp>>>>(
+                      recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>, recipe<apply<"lm", Shard<keep_fsdp>>>,
+                      recipe<apply<"lm", Shard<user::ZeRO2>>>, recipe<apply<"lm", Shard<user::ZeRO1>>>>(
           a, models::dense_lm_tiny(), testing::kind::text, dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,

@@ -126,6 +126,21 @@ struct op_check {
 
 inline op_check check_of(std::string_view op, const std::string& key) { return {op, &key}; }
 
+// The element type a collective moves, as the trace names it.
+inline std::string_view dtype_name(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return "f32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "f16";
+    case at::kDouble: return "f64";
+    case at::kLong: return "i64";
+    case at::kInt: return "i32";
+    case at::kByte: return "u8";
+    case at::kBool: return "bool";
+    default: return "other";
+  }
+}
+
 // Who a communicator is, for error messages built only when one is thrown:
 // "all_reduce over dp_shard*sp (rank 0 of 2)".
 struct group_label {
@@ -151,14 +166,29 @@ class counter_slots {
     for (std::size_t i = 0; i < counted_names.size(); ++i) slots_[i] = counters_->slot(counted_names[i], key);
   }
   // Counts a call being issued; its trace row when the counters have a trace.
-  trace_event_ptr add(counted c, std::int64_t bytes) {
+  // Under a plan op's tag (tagged_issue) the call must be that op's
+  // collective over that op's group: anything else is not in the plan.
+  trace_event_ptr add(counted c, std::int64_t bytes, std::string_view dtype = {}) {
+    const issue_tag& tag = counters_->tag();
+    if (tag) check_tag(tag, c);
     counters_->add(slots_[static_cast<std::size_t>(c)], bytes);
     comm_trace* t = counters_->trace();
-    return t ? t->issued(name_of(c), key_, bytes) : nullptr;
+    return t ? t->issued(name_of(c), key_, bytes, dtype, tag) : nullptr;
   }
   comm_counters& counters() { return *counters_; }
 
  private:
+  void check_tag(const issue_tag& tag, counted c) const {
+    const op_label& l = *tag.op;
+    // an uneven all_to_all starts by exchanging its counts: part of the op
+    const bool same = name_of(c) == l.collective || (c == counted::all_to_all_counts && l.collective == "all_to_all");
+    if (same && key_ == l.axis_key) return;
+    throw std::logic_error("veomni::comm: " + std::string(l.policy) + " on node '" + std::string(l.node) + "' runs " +
+                           std::string(name_of(c)) + " over " + key_ + " for its plan op " + std::string(l.collective) +
+                           "(" + std::string(l.tensor) + ") over " + l.axis_key + " (" + std::string(l.where) + ", " +
+                           std::string(l.phase) + "): a collective the plan does not have");
+  }
+
   std::shared_ptr<comm_counters> counters_;
   std::string key_;
   std::array<op_count*, counted_names.size()> slots_{};

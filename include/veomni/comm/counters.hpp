@@ -96,12 +96,33 @@ class comm_counters {
   void set_trace(std::shared_ptr<comm_trace> t) { trace_ = std::move(t); }
   comm_trace* trace() const { return trace_.get(); }
 
+  // The plan op the next collectives carry out (set by tagged_issue around
+  // them; one issuing thread per mesh, the runtime's). Communicators check
+  // each call against it and record it in the trace.
+  const issue_tag& tag() const { return tag_; }
+  void set_tag(issue_tag t) { tag_ = t; }
+
  private:
   using key_type = std::pair<std::string, std::string>;
   static key_type make_key(std::string_view op, std::string_view axis) { return {std::string(op), std::string(axis)}; }
   mutable std::mutex mutex_;
   std::map<key_type, op_count> counts_;
   std::shared_ptr<comm_trace> trace_;
+  issue_tag tag_;
+};
+
+// Issues the collectives of one plan op instance under its tag:
+//   { tagged_issue t(mesh.counters(), {&label, block}); comm.all_to_all(out, in); }
+class tagged_issue {
+ public:
+  tagged_issue(comm_counters& c, issue_tag t) : c_(c), old_(c.tag()) { c_.set_tag(t); }
+  ~tagged_issue() { c_.set_tag(old_); }
+  tagged_issue(const tagged_issue&) = delete;
+  tagged_issue& operator=(const tagged_issue&) = delete;
+
+ private:
+  comm_counters& c_;
+  issue_tag old_;
 };
 
 }  // namespace veomni::comm

@@ -107,7 +107,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(out, "out", size() * in.numel(), "group size x in.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in), detail::dtype_name(in));
     // alltoall_base with this rank's chunk as every destination's: the same
     // bytes on the wire as a ring all-gather ((n-1) x in per rank), through
     // Gloo's pairwise exchange, which moves them several times faster here
@@ -128,7 +128,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(in, "in", size() * out.numel(), "group size x out.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in), detail::dtype_name(in));
     const std::int64_t n = size(), m = out.numel();
     at::Tensor received = scratch(n * m, in.options());
     at::Tensor src = detail::flat(in);
@@ -147,7 +147,7 @@ class gloo_communicator : public detail::communicator_identity {
     const auto chk = check("all_reduce");
     chk.contiguous(t, "tensor");
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t), detail::dtype_name(t));
     c10d::AllreduceOptions o;
     o.reduceOp = op == reduce_op::sum ? c10d::ReduceOp::SUM : c10d::ReduceOp::MAX;
     std::vector<at::Tensor> ts{t};
@@ -167,7 +167,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.splits(in, "in", in_splits, size());
     chk.splits(out, "out", out_splits, size());
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in), detail::dtype_name(in));
     at::Tensor src = detail::movable(in), dst = detail::movable(out);
     return issue(detail::counted::all_to_all, std::move(ev), [&] { return group_->alltoall_base(dst, src, out_splits, in_splits); });
   }
@@ -182,7 +182,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     if (root < 0 || root >= size()) chk.fail("root " + std::to_string(root) + " is not a rank of a group of " + std::to_string(size()));
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t), detail::dtype_name(t));
     c10d::BroadcastOptions o;
     o.rootRank = root;
     std::vector<at::Tensor> ts{t};
@@ -200,7 +200,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     peer_check(chk, peer);
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t), detail::dtype_name(t));
     std::vector<at::Tensor> ts{t};
     return issue(detail::counted::send, std::move(ev), [&] { return group_->send(ts, peer, tag); });
   }
@@ -210,7 +210,7 @@ class gloo_communicator : public detail::communicator_identity {
     chk.contiguous(t, "tensor");
     peer_check(chk, peer);
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t), detail::dtype_name(t));
     std::vector<at::Tensor> ts{t};
     return issue(detail::counted::recv, std::move(ev), [&] { return group_->recv(ts, peer, tag); });
   }
@@ -235,7 +235,7 @@ class gloo_communicator : public detail::communicator_identity {
       chk.fail("in has " + std::to_string(in.numel()) + " elements, not a multiple of the group size " + std::to_string(size()));
     chk.numel(out, "out", in.numel(), "in.numel()");
     if (size() == 1) return detail::copy_if_distinct(out, in), work{};
-    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in), detail::dtype_name(in));
     at::Tensor dst = detail::movable(detail::flat(out)), src = detail::movable(detail::flat(in));
     std::vector<std::int64_t> even;
     return issue(op, std::move(ev), [&] { return group_->alltoall_base(dst, src, even, even); });

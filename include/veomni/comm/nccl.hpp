@@ -182,7 +182,7 @@ class nccl_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(out, "out", size() * in.numel(), "group size x in.numel()");
     if (size() == 1) return local_copy(out, in);
-    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_gather, detail::bytes_of(in), detail::dtype_name(in));
     const auto type = detail::nccl_type(in.scalar_type(), chk);
     return launch(detail::counted::all_gather, std::move(ev), {out, in}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), type, c, s);
@@ -194,7 +194,7 @@ class nccl_communicator : public detail::communicator_identity {
     chk.same_type(out, in);
     chk.numel(in, "in", size() * out.numel(), "group size x out.numel()");
     if (size() == 1) return local_copy(out, in);
-    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in), detail::dtype_name(in));
     const auto type = detail::nccl_type(in.scalar_type(), chk);
     return launch(detail::counted::reduce_scatter, std::move(ev), {out, in}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), type, ncclSum, c, s);
@@ -204,7 +204,7 @@ class nccl_communicator : public detail::communicator_identity {
   work all_reduce(at::Tensor t, reduce_op op = reduce_op::sum) {
     const auto chk = check("all_reduce", {t});
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::all_reduce, detail::bytes_of(t), detail::dtype_name(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
     const ncclRedOp_t red = op == reduce_op::sum ? ncclSum : ncclMax;
     return launch(detail::counted::all_reduce, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
@@ -221,7 +221,7 @@ class nccl_communicator : public detail::communicator_identity {
     chk.splits(in, "in", in_splits, size());
     chk.splits(out, "out", out_splits, size());
     if (size() == 1) return local_copy(out, in);
-    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(detail::counted::all_to_all, detail::bytes_of(in), detail::dtype_name(in));
     const std::int64_t row = in.size(0) ? in.numel() / in.size(0) : 0;
     const std::int64_t out_row = out.size(0) ? out.numel() / out.size(0) : row;
     if (out_row != row) chk.fail("in and out rows differ in width");
@@ -236,7 +236,7 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("broadcast", {t});
     if (root < 0 || root >= size()) chk.fail("root " + std::to_string(root) + " is not a rank of a group of " + std::to_string(size()));
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t), detail::dtype_name(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
     return launch(detail::counted::broadcast, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), type, root, c, s);
@@ -259,7 +259,7 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("send", {t});
     peer_check(chk, peer);
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t), detail::dtype_name(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
     return launch(detail::counted::send, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclSend(t.data_ptr(), static_cast<size_t>(t.numel()), type, peer, c, s);
@@ -270,7 +270,7 @@ class nccl_communicator : public detail::communicator_identity {
     const auto chk = check("recv", {t});
     peer_check(chk, peer);
     if (size() == 1) return {};
-    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t));
+    trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t), detail::dtype_name(t));
     const auto type = detail::nccl_type(t.scalar_type(), chk);
     return launch(detail::counted::recv, std::move(ev), {t}, [&](ncclComm_t c, cudaStream_t s) {
       return ncclRecv(t.data_ptr(), static_cast<size_t>(t.numel()), type, peer, c, s);
@@ -304,7 +304,7 @@ class nccl_communicator : public detail::communicator_identity {
       chk.fail("in has " + std::to_string(in.numel()) + " elements, not a multiple of the group size " + std::to_string(size()));
     chk.numel(out, "out", in.numel(), "in.numel()");
     if (size() == 1) return local_copy(out, in);
-    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in));
+    trace_event_ptr ev = slots_.add(op, detail::bytes_of(in), detail::dtype_name(in));
     const std::vector<std::int64_t> even(static_cast<std::size_t>(size()), in.numel() / size());
     return pairwise(op, std::move(ev), out.view({-1}), in.reshape({-1}), even, even, 1, chk);
   }

@@ -215,7 +215,11 @@ struct memory_per_rank {
 // dense params are divided (with padding) by the group of the axes its
 // policies shard them over; experts first by ep (whole experts), then by the
 // axes that shard expert_params' flat dim (ep_dp). Gradients and optimizer
-// state follow the params unless a policy places them (ZeRO-2).
+// state follow the params unless a policy places them (ZeRO-1/2). Replicated
+// parameters whose optimizer state is split over n ranks are held padded to a
+// multiple of n (equal shards to update and gather), and so are their whole
+// gradients (ZeRO-1):
+//   P = 10, n = 4:  ZeRO-2 params 12, grads 3, optimizer 3;  ZeRO-1 params 12, grads 12, optimizer 3.
 template <class P>
 constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {}) {
   using G = typename P::model;
@@ -237,6 +241,8 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
         default: break;
       }
     }
+    // replicated parameters, optimizer split over n: the whole padded to a multiple of n
+    const long pad = dense == 1 && opt > 1 ? opt : 1;
     if (!grads) grads = dense;
     if (!opt) opt = dense;
     for (scope s : {scope::model, scope::block}) {
@@ -244,8 +250,9 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
       const long reps = s == scope::block ? C::blocks(nd) : 1;
       const long p = unit_params<C>(nd, s, !experts_separate);
       const long e = experts_separate ? ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat) : 0;
-      param_el += reps * (ceil_div(p, dense) + e);
-      grad_el += reps * (ceil_div(p, grads) + e);
+      const long whole = ceil_div(p, pad) * pad;
+      param_el += reps * ((dense > 1 ? ceil_div(p, dense) : whole) + e);
+      grad_el += reps * ((grads > 1 ? ceil_div(p, grads) : whole) + e);
       opt_el += reps * (ceil_div(p, opt) + e);
     }
   });

@@ -8,7 +8,9 @@
 //
 // Order: forward runs nodes in topological order and, inside a node, units
 // and layers first to last; backward runs nodes and layers in reverse;
-// optimizer ops come last.
+// optimizer ops come last: the step's (gradient norm) before the nodes'
+// (which follow the update). core/schedule.hpp expands the plan for runtime
+// sizes and places each op instance where the runtime issues it.
 #include <array>
 #include <cstddef>
 #include <string_view>
@@ -333,7 +335,13 @@ struct plan_builder {
     auto key_less = [&](std::size_t a, std::size_t b) {
       const plan_op &x = raw[a], &y = raw[b];
       if (x.ph != y.ph) return x.ph < y.ph;
-      const long rx = static_cast<long>(rank[x.node_index]), ry = static_cast<long>(rank[y.node_index]);
+      long rx = static_cast<long>(rank[x.node_index]), ry = static_cast<long>(rank[y.node_index]);
+      // the optimizer phase starts with the step's ops (the gradient norm,
+      // which the update needs); the nodes' ops follow the update
+      if (x.ph == phase::optimizer) {
+        if (x.node_index == G::size) rx = -1;
+        if (y.node_index == G::size) ry = -1;
+      }
       if (x.ph == phase::backward) {
         if (rx != ry) return rx > ry;
         return pos[a] > pos[b];

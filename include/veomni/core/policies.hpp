@@ -8,10 +8,17 @@
 //   backward  reduce_scatter(grads)   over dp_shard x sp
 // Per attention layer with Split<Ulysses> (sequence -> heads and back):
 //   forward   all_to_all(q), (k), (v), (attn_out)   over sp
-//   backward  all_to_all(attn_out), (q), (k), (v)   over sp
+//   backward  all_to_all(attn_out), (v), (k), (q)   over sp
 // Per MoE layer with Experts<EP>:
 //   forward   all_to_all(dispatch), (combine)       over ep
 //   backward  all_to_all(combine), (dispatch)       over ep
+//
+// What runs is what these say: the placements decide how parameters are
+// stored and the unit ops (all_gather of params, reduce_scatter and
+// all_reduce of grads) have one standard meaning (core/schedule.hpp), so the
+// Shard policies need no runtime code; Ulysses and EP carry out their layer
+// ops in their runtime halves (parallel/policies/), through the same
+// contract a user's policy uses (parallel/contract.hpp).
 #include "axis.hpp"
 #include "collective.hpp"
 #include "policy.hpp"
@@ -132,11 +139,17 @@ struct Ulysses {
     for_each_layer_of<C>(layer_kind::attention, [&](std::size_t i) {
       for (auto t : {tensor_role::q, tensor_role::k, tensor_role::v, tensor_role::attn_out})
         out.push_back(layer_op(i, phase::forward, collective::all_to_all, over, t));
-      for (auto t : {tensor_role::attn_out, tensor_role::q, tensor_role::k, tensor_role::v})
+      // backward in the reverse order of forward (autograd differentiates
+      // the last-made of q, k, v first)
+      for (auto t : {tensor_role::attn_out, tensor_role::v, tensor_role::k, tensor_role::q})
         out.push_back(layer_op(i, phase::backward, collective::all_to_all, over, t));
     });
     return out;
   }
+  // The runtime half: the all_to_alls around the attention core
+  // (parallel/policies/ulysses.hpp).
+  template <class Node>
+  struct runtime;
 };
 
 // EP: experts stored [E_local, ...] over ep; tokens dispatched to the ranks
@@ -164,6 +177,10 @@ struct EP {
     });
     return out;
   }
+  // The runtime half: dispatch and combine around the local experts
+  // (parallel/policies/ep.hpp).
+  template <class Node>
+  struct runtime;
 };
 
 }  // namespace veomni

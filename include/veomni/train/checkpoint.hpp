@@ -48,6 +48,7 @@
 
 #include "../comm/communicator.hpp"
 #include "../nn/model.hpp"
+#include "../parallel/storage.hpp"
 
 namespace veomni::train {
 
@@ -215,36 +216,16 @@ class safetensors_file {
   std::map<std::string, std::string> metadata_;
 };
 
-// ---- what a rank holds --------------------------------------------------------------------
+// ---- what a rank holds ----------------------------------------------------------------------
 
 // Elements [begin, end) of parameter `name` sit at [offset, offset + end - begin)
-// of a rank's flat tensor number `tensor` (model.parameters() order).
-struct piece {
-  std::string name;
-  int64_t begin = 0, end = 0;
-  size_t tensor = 0;
-  int64_t offset = 0;
-};
+// of a rank's master tensor number `tensor` (model.parameters() order):
+// parallel::piece, from model.held_pieces().
+using parallel::piece;
 
-// The pieces of every parameter group a parallel_model's rank holds.
 template <class Model>
 std::vector<piece> held_pieces(const Model& model) {
-  std::vector<piece> out;
-  size_t index = 0;
-  for (const auto& u : model.units())
-    for (const auto* g : {&u.dense, &u.experts}) {
-      if (g->empty()) continue;
-      const int64_t len = g->value.numel();
-      const int64_t a = g->shard ? g->shard->rank() * len : 0, b = a + len;
-      int64_t off = 0;
-      for (const auto& s : g->segs) {
-        const int64_t n = s.end - s.begin, lo = std::max(a, off), hi = std::min(b, off + n);
-        if (lo < hi) out.push_back({s.spec.name, s.begin + lo - off, s.begin + hi - off, index, lo - a});
-        off += n;
-      }
-      ++index;
-    }
-  return out;
+  return model.held_pieces();
 }
 
 struct train_state {
@@ -451,6 +432,7 @@ train_state load_checkpoint(const std::string& path, Model& model, Optim& optim)
     throw checkpoint_error(files.front().path() + ": metadata lacks step, data_cursor or adam_steps");
   }
   optim.set_steps(st.adam_steps);
+  model.after_load();  // what the model derives from the masters (ZeRO's whole parameters)
   return st;
 }
 

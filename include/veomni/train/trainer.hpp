@@ -540,9 +540,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       }
       loss += model.forward_backward(b, accum).loss;
     }
-    const double norm = model.grad_norm();
     const double lr = sched.at(st.step);
-    optim.step(lr, clip_scale(norm, c.train.max_grad_norm));
+    const double norm = model.optimizer_step([&](double n) { optim.step(lr, clip_scale(n, c.train.max_grad_norm)); });
     ++st.step;
     last_loss = loss;
     const double secs = std::chrono::duration<double>(clock::now() - t0).count();

@@ -1,0 +1,532 @@
+#pragma once
+// The executor: walks the plan's schedule (core/schedule.hpp) through each
+// micro-batch and the optimizer phase, and issues every op instance there,
+// in the schedule's order, each under its plan op's tag (comm/trace.hpp).
+//
+//   reach(trigger)     the computation came to a point: the instances placed
+//                      there become ready
+//   request(i, f)      a layer (through an op handle) asks for instance i now:
+//                      it becomes ready, and f issues its collective when the
+//                      walk gets there
+//   walk               while the next instance is ready, run it: a unit op by
+//                      its standard meaning (storage.hpp, reduce.hpp), a
+//                      requested one by its f
+//
+// A request the walk cannot reach at once (an earlier instance is not ready)
+// means the computation runs in another order than the plan: an error that
+// names both, before any collective of it is issued. So the collectives a
+// rank issues in a step are the schedule's, in its order, and every rank
+// issues the same sequence.
+#include <torch/torch.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../comm/mesh_layout.hpp"
+#include "../core/schedule.hpp"
+#include "../nn/model.hpp"
+#include "contract.hpp"
+#include "reduce.hpp"
+#include "storage.hpp"
+
+namespace veomni::parallel {
+
+struct options {
+  bool checkpoint = false;  // activation checkpointing per block (recompute in backward)
+  bool prefetch = true;     // all-gather the next block while this one computes
+  // backward: all-gather the block backward needs next while this one differentiates
+  bool backward_prefetch = true;
+  // issue each unit's gradient reduction when backward finishes the unit, wait
+  // at the end of backward (false: wait for each as soon as it is issued)
+  bool async_reduce = true;
+  // FSDP/HSDP reduce_scatters in flight at most (0: no limit, all waited at the
+  // end of backward): issuing one more first waits for the oldest, so at most
+  // this many units' unsharded gradients (and Gloo receive buffers) are held
+  // besides the one backward is computing (1 measured as fast as 2 or 0). It
+  // also places HSDP's all_reduce (the schedule's reduce lag).
+  int max_reduces_in_flight = 1;
+  double aux_weight = 0.01;  // MoE load-balancing loss weight
+  uint64_t seed = 0;
+};
+
+inline at::ScalarType scalar_type(dtype t) {
+  switch (t) {
+    case dtype::bf16: return at::kBFloat16;
+    case dtype::f16: return at::kHalf;
+    default: return at::kFloat;
+  }
+}
+
+template <class P, class Mesh>
+class executor {
+ public:
+  using plan_type = P;
+  using G = typename P::model;
+  using comm_type = typename Mesh::communicator;
+  using unit_type = unit_state<comm_type>;
+
+  executor(const typename G::dims& d, Mesh& mesh, const options& opt)
+      : d_(d), mesh_(mesh), opt_(opt), reducer_(opt.max_reduces_in_flight, opt.async_reduce) {
+    sched_ = schedule<P>(d, mesh.shape(),
+                         {.checkpoint = opt.checkpoint, .forward_prefetch = opt.prefetch,
+                          .backward_prefetch = opt.backward_prefetch,
+                          .max_reduces_in_flight = opt.max_reduces_in_flight});
+    for (std::size_t i = 0; i < P::size; ++i) {
+      const plan_op& o = P::ops[i];
+      comms_[i] = &mesh_[o.over];
+      kinds_[i] = classify(o);
+      labels_[i] = {static_cast<std::int64_t>(i), o.node, o.where, o.policy, to_string(o.ph), to_string(o.tensor),
+                    to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt), to_string(o.coll), comm::axis_key(o.over)};
+    }
+    for_each_node<G>([&](auto I) { build_node<I.value>(); });
+    index(sched_.micro, micro_);
+    index(sched_.optimizer, optim_);
+  }
+  executor(const executor&) = delete;
+  executor& operator=(const executor&) = delete;
+
+  // ---- what the model and the handles ask -----------------------------------------------
+  comm_type& comm(std::size_t op) { return *comms_[op]; }
+  Mesh& mesh() { return mesh_; }
+  const options& opts() const { return opt_; }
+  const step_schedule& steps() const { return sched_; }
+  std::vector<unit_type>& units() { return units_; }
+  const std::vector<unit_type>& units() const { return units_; }
+  unit_type& unit(std::size_t node, long block) { return units_[first_unit_[node] + static_cast<std::size_t>(block + 1)]; }
+  static layer_kind layer_kind_of(const plan_op& o) {
+    layer_kind k = layer_kind::norm;
+    for_each_node<G>([&](auto I) {
+      if (I.value == o.node_index) k = G::template component_at<I.value>::layers[o.target.layer].kind;
+    });
+    return k;
+  }
+
+  // The instance of op `op` for what runs now.
+  op_instance now(std::size_t op) const {
+    const bool per_block = P::ops[op].repeat == scope::block;
+    return {op, per_block ? current_block_ : -1, per_block && recomputing_};
+  }
+  // The block whose forward (or recompute) runs now.
+  void set_current(long block, bool recompute) {
+    current_block_ = block;
+    recomputing_ = recompute;
+  }
+  long current_block() const { return current_block_; }
+
+  // ---- a micro-batch --------------------------------------------------------------------
+  void begin_micro_batch() {
+    // what an interrupted step (an exception) left behind
+    reducer_.clear();
+    for (auto& u : units_) u.clear_micro_batch();
+    micro_.reset();
+    active_ = &micro_;
+    current_block_ = -1;
+    recomputing_ = false;
+  }
+
+  void reach(const trigger& t) {
+    auto it = active_->by_trigger.find(key(t));
+    if (it != active_->by_trigger.end())
+      for (std::size_t e : it->second) active_->ready[e] = 1;
+    walk();
+  }
+
+  // Instance i, asked for by the computation now; f issues its collective.
+  void request(const op_instance& i, function_ref<void(comm::issue_tag)> f) {
+    auto it = active_->by_instance.find(key(i));
+    if (it == active_->by_instance.end())
+      throw std::logic_error("veomni::parallel: " +
+                             describe_instance<P>({i.op, i.block, i.recompute, true, {}}) +
+                             " is not in this step's schedule (a block the plan does not run it for, or a recompute "
+                             "without activation checkpointing)");
+    const std::size_t e = it->second;
+    if (e < active_->cursor) {
+      // an instance's collectives go one after another (an uneven
+      // all_to_all's counts, then its rows): the one just run may go on
+      if (e + 1 == active_->cursor) return f({&labels_[i.op], i.block, i.recompute});
+      throw std::logic_error("veomni::parallel: " + describe_instance<P>(active_->seq[e]) +
+                             " was asked for again after later ops ran in this micro-batch");
+    }
+    active_->ready[e] = 1;
+    active_->action = &f;
+    active_->action_entry = e;
+    walk();
+    active_->action = nullptr;
+    if (active_->cursor <= e) {
+      const scheduled_op& next = active_->seq[active_->cursor];
+      throw std::logic_error("veomni::parallel: the computation asks for " + describe_instance<P>(active_->seq[e]) +
+                             " while the plan's schedule runs " + describe_instance<P>(next) + " first (at " +
+                             std::string(to_string(next.when.kind)) + ", not reached): plan and runtime disagree");
+    }
+  }
+
+  // A unit's gradient of this micro-batch (group gi) is complete.
+  void grads_ready(unit_type& u, int gi, at::Tensor grad) {
+    const auto g = static_cast<std::size_t>(gi);
+    if (u.grad_arrived[g])
+      throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' unit " +
+                             std::to_string(u.id.block) + ": its gradient arrived twice in one backward");
+    u.grad_arrived[g] = true;
+    param_group<comm_type>& grp = u.groups[g];
+    if (grp.empty()) return reach({trigger_kind::grads_ready, u.id.node, u.id.block, gi});
+    if (grp.leaf) {  // nothing reduces it: straight into .grad
+      if (grad.defined()) accumulate(grp, grad, sole_owner(grad));
+    } else {
+      u.grad[g] = std::move(grad);
+    }
+    reach({trigger_kind::grads_ready, u.id.node, u.id.block, gi});
+  }
+
+  // A flat-sharded group's gathered parameters (waits for the gather the
+  // schedule issued for this unit).
+  at::Tensor take_gathered(unit_type& u, int gi) {
+    const auto g = static_cast<std::size_t>(gi);
+    if (!u.gathered[g].defined())
+      throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' block " +
+                             std::to_string(u.id.block) +
+                             " needs its gathered parameters before the plan's schedule gathered them");
+    u.gathering[g].wait();
+    u.gathering[g] = comm::work();
+    return std::move(u.gathered[g]);
+  }
+  // The backward gather into the storage forward freed (waits for it).
+  void finish_regather(unit_type& u) {
+    for (std::size_t g = 0; g < 2; ++g) {
+      if (!u.regathers[g] || !u.groups[g].gathers()) continue;
+      if (!u.gathered[g].defined())
+        throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' block " +
+                               std::to_string(u.id.block) +
+                               " needs its parameters again before the plan's schedule gathered them");
+      u.gathering[g].wait();
+      u.gathering[g] = comm::work();
+      u.gathered[g] = at::Tensor();
+    }
+  }
+  // Frees a block's gathered copy (its storage, which autograd refers to).
+  static void free_gathered(unit_type& u, const at::Tensor& dense, const at::Tensor& experts) {
+    if (u.regathers[0] && u.groups[0].gathers()) detail::resize_storage(dense, 0);
+    if (u.regathers[1] && u.groups[1].gathers()) detail::resize_storage(experts, 0);
+  }
+
+  // After backward: every instance left is run (a unit backward did not
+  // reach reduces zeros, as the plan does whatever the data), everything
+  // issued is waited for and added to .grad.
+  void finish_micro_batch() {
+    for (std::size_t e = active_->cursor; e < active_->seq.size(); ++e) {
+      const scheduled_op& s = active_->seq[e];
+      if (s.when.kind == trigger_kind::request && !active_->ready[e])
+        throw std::logic_error("veomni::parallel: backward ended before " + describe_instance<P>(s) +
+                               " ran: plan and runtime disagree");
+      active_->ready[e] = 1;
+    }
+    walk();
+    reducer_.finish();
+    for (auto& u : units_) {
+      // gathered for a backward that did not run: complete, and drop
+      for (std::size_t g = 0; g < 2; ++g) {
+        u.gathering[g].wait();
+        u.gathering[g] = comm::work();
+      }
+      u.clear_micro_batch();
+      for (auto& g : u.groups)
+        if (!g.empty() && !g.master.grad().defined()) g.master.mutable_grad() = at::zeros_like(g.master);
+    }
+    current_block_ = -1;
+  }
+
+  // ---- the optimizer phase ----------------------------------------------------------------
+  void begin_optimizer() {
+    optim_.reset();
+    active_ = &optim_;
+  }
+  void finish_optimizer() {
+    reach({trigger_kind::update_end, G::size, -1});
+    if (optim_.cursor != optim_.seq.size())
+      throw std::logic_error("veomni::parallel: the optimizer phase ended before " +
+                             describe_instance<P>(optim_.seq[optim_.cursor]) + " ran");
+    for (auto& u : units_)
+      for (std::size_t g = 0; g < 2; ++g) {
+        u.gathering[g].wait();
+        u.gathering[g] = comm::work();
+        u.gathered[g] = at::Tensor();
+      }
+    active_ = &micro_;
+  }
+  // The optimizer-phase gathers alone (after a checkpoint's load): the whole
+  // parameters of split groups from their masters.
+  void refresh_from_masters() {
+    begin_optimizer();
+    for (std::size_t e = 0; e < optim_.seq.size(); ++e)
+      if (optim_.seq[e].when.kind == trigger_kind::update_end) run(optim_, e);
+    for (auto& u : units_)
+      for (std::size_t g = 0; g < 2; ++g) {
+        u.gathering[g].wait();
+        u.gathering[g] = comm::work();
+        u.gathered[g] = at::Tensor();
+      }
+    optim_.reset();
+    active_ = &micro_;
+  }
+  bool optimizer_pending() const { return active_ == &optim_; }
+
+ private:
+  // A schedule being walked, and its lookup tables.
+  struct walker {
+    std::vector<scheduled_op> seq;
+    std::unordered_map<std::uint64_t, std::vector<std::size_t>> by_trigger;
+    std::unordered_map<std::uint64_t, std::size_t> by_instance;
+    std::vector<char> ready;
+    std::size_t cursor = 0;
+    function_ref<void(comm::issue_tag)>* action = nullptr;
+    std::size_t action_entry = 0;
+    void reset() {
+      std::fill(ready.begin(), ready.end(), 0);
+      cursor = 0;
+      action = nullptr;
+    }
+  };
+
+  static std::uint64_t key(const trigger& t) {
+    return (static_cast<std::uint64_t>(t.kind) << 56) | (static_cast<std::uint64_t>(t.node) << 40) |
+           (static_cast<std::uint64_t>(t.block + 1) << 8) | static_cast<std::uint64_t>(t.group);
+  }
+  static std::uint64_t key(const op_instance& i) {
+    return (static_cast<std::uint64_t>(i.op) << 32) | (static_cast<std::uint64_t>(i.block + 1) << 1) |
+           (i.recompute ? 1u : 0u);
+  }
+  void index(const std::vector<scheduled_op>& seq, walker& w) {
+    w.seq = seq;
+    w.ready.assign(seq.size(), 0);
+    for (std::size_t e = 0; e < seq.size(); ++e) {
+      if (seq[e].when.kind == trigger_kind::request)
+        w.by_instance[key(op_instance{seq[e].op, seq[e].block, seq[e].recompute})] = e;
+      else
+        w.by_trigger[key(seq[e].when)].push_back(e);
+    }
+  }
+
+  void walk() {
+    walker& w = *active_;
+    while (w.cursor < w.seq.size() && w.ready[w.cursor]) run(w, w.cursor++);
+  }
+
+  // One instance, by what its op is.
+  void run(walker& w, std::size_t e) {
+    const scheduled_op& s = w.seq[e];
+    const plan_op& o = P::ops[s.op];
+    const comm::issue_tag tag{&labels_[s.op], s.block, s.recompute};
+    if (kinds_[s.op] == unit_op_kind::none) {
+      if (!w.action || w.action_entry != e)
+        throw std::logic_error("veomni::parallel: " + describe_instance<P>(s) + " has no one to issue it");
+      (*w.action)(tag);
+      return;
+    }
+    const int gi = group_of(o.tensor);
+    const auto g = static_cast<std::size_t>(gi);
+    unit_type& u = unit(o.node_index, s.block);
+    param_group<comm_type>& grp = u.groups[g];
+    if (grp.empty()) return;
+    switch (kinds_[s.op]) {
+      case unit_op_kind::gather:
+      case unit_op_kind::regather: return start_gather(u, gi, tag, kinds_[s.op] == unit_op_kind::regather);
+      case unit_op_kind::reduce_scatter: return reducer_.reduce_scatter(u, gi, u.grad[g], tag, s.issued);
+      case unit_op_kind::all_reduce:
+        if (!grp.leaf) reducer_.all_reduce(u, gi, u.grad[g], *comms_[s.op], tag, s.issued);
+        return;
+      case unit_op_kind::all_reduce_shard: return reducer_.all_reduce_shard(u, gi, *comms_[s.op], tag);
+      case unit_op_kind::update_gather: return update_gather(grp, tag);
+      case unit_op_kind::none: return;
+    }
+  }
+
+  // Gathers in the compute dtype (bf16 halves the bytes); the shard stays
+  // fp32. A regather after forward freed the storage writes into it again
+  // (autograd saved that storage); else a fresh buffer.
+  void start_gather(unit_type& u, int gi, comm::issue_tag tag, bool again) {
+    const auto g = static_cast<std::size_t>(gi);
+    param_group<comm_type>& grp = u.groups[g];
+    if (grp.how != holding::flat_shard)
+      throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) +
+                             "': an all_gather of parameters on a group its placements do not shard");
+    if (!grp.gathers()) {  // the shard itself (no copy in its own dtype)
+      u.gathered[g] = grp.master.detach().to(grp.compute);
+      return;
+    }
+    at::Tensor out;
+    if (again && !opt_.checkpoint && u.saved[g].defined()) {
+      detail::resize_storage(u.saved[g], static_cast<size_t>(grp.padded()) * u.saved[g].element_size());
+      out = detail::alias_of(u.saved[g]);
+    } else {
+      out = at::empty({grp.padded()}, grp.master.options().dtype(grp.compute).requires_grad(false));
+    }
+    comm::tagged_issue t(grp.split->counters(), tag);
+    u.gathering[g] = grp.split->all_gather(out, grp.master.detach().to(grp.compute).contiguous());
+    u.gathered[g] = out;
+  }
+
+  // ZeRO: the updated shards into the whole parameters.
+  static void update_gather(param_group<comm_type>& grp, comm::issue_tag tag) {
+    if (grp.how != holding::whole_split) return;
+    const at::Tensor mine = grp.master.detach().clone();
+    comm::tagged_issue t(grp.split->counters(), tag);
+    grp.split->all_gather(grp.whole, mine).wait();
+  }
+
+  // ---- building the storage from the placements ---------------------------------------------
+  template <std::size_t I>
+  void build_node() {
+    using C = typename G::template component_at<I>;
+    constexpr node_layout L = layout_of<P>(I);
+    const mesh_shape& m = mesh_.shape();
+    const std::string node(G::names[I]);
+    auto has_op = [&](auto pred) {
+      for (const auto& o : P::ops)
+        if (o.node_index == I && pred(o)) return true;
+      return false;
+    };
+    // a mesh the node's placements do not cover is an error before any collective
+    if (m.world() > 1 && !has_op([](const plan_op& o) { return o.ph == phase::backward && is_grad_role(o.tensor); }))
+      throw std::invalid_argument("veomni::parallel: node '" + node + "' has no policy that reduces its gradients (a "
+                                  "Shard<> policy), but the mesh spreads data over " + std::to_string(m.world()) +
+                                  " ranks: its gradients would not be reduced");
+    if (m.sp > 1 && C::mod == modality::text && has_layer_kind<C>(layer_kind::attention) && !splits_sequence(I))
+      throw std::invalid_argument("veomni::parallel: sp = " + std::to_string(m.sp) + " but node '" + node +
+                                  "' has no Split<> policy for its attention");
+    if (m.ep > 1 && has_layer_kind<C>(layer_kind::moe) && L.expert_rows.empty())
+      throw std::invalid_argument("veomni::parallel: ep = " + std::to_string(m.ep) + " but node '" + node +
+                                  "' has no Experts<> policy for its MoE layers");
+    if (!L.optimizer_split.empty() && !L.expert_rows.empty())
+      throw std::invalid_argument("veomni::parallel: node '" + node +
+                                  "': a split optimizer (optimizer_state Shard(0)) together with Experts<> is not supported");
+    if (!L.grads_split.empty() && !(L.grads_split == L.optimizer_split))
+      throw std::invalid_argument("veomni::parallel: node '" + node +
+                                  "': gradients placed Shard(0) need the optimizer state placed Shard(0) over the same axes");
+    first_unit_[I] = units_.size();
+    const long blocks = C::blocks(std::get<I>(d_));
+    for (long b = -1; b < blocks; ++b) units_.push_back(make_unit<I>(b, L));
+    if (I + 1 == G::size) first_unit_[G::size] = units_.size();
+  }
+
+  bool splits_sequence(std::size_t node) const {
+    for (const auto& d : P::placements[node])
+      if (d.tensor == placed_tensor::activations && d.over.contains(axis::sp::name)) return true;
+    return false;
+  }
+
+  template <std::size_t I>
+  unit_type make_unit(long block, const node_layout& L) {
+    const mesh_shape& m = mesh_.shape();
+    unit_type u;
+    u.id = nn::unit_id{I, block};
+    const std::string node(G::names[I]);
+    comm_type* rows = L.expert_rows.empty() ? nullptr : &mesh_[L.expert_rows];
+    for (const auto& spec : nn::unit_specs<G, I>(d_, block)) {
+      const bool local = spec.expert && rows;
+      param_group<comm_type>& g = u.groups[local ? 1 : 0];
+      if (local) {
+        const int64_t e = spec.shape[0], per = spec.numel() / e, n = rows->size(), el = e / n;
+        if (e % n != 0)
+          throw std::invalid_argument("veomni::parallel: " + std::to_string(e) + " experts of '" + spec.name +
+                                      "' do not divide over " + rows->axis_key() + " = " + std::to_string(n));
+        g.segs.push_back({spec, rows->rank() * el * per, (rows->rank() + 1) * el * per});
+        auto shape = spec.shape;
+        shape[0] = el;
+        g.shapes.push_back(shape);
+      } else {
+        g.segs.push_back({spec, 0, spec.numel()});
+        g.shapes.push_back(spec.shape);
+      }
+    }
+    const long ss = m.dp_shard * m.sp;
+    for (int gi = 0; gi < 2; ++gi) {
+      param_group<comm_type>& g = u.groups[static_cast<std::size_t>(gi)];
+      g.numel = segments_numel(g.segs);
+      const axis_set& flat = gi == 0 ? L.dense_flat : L.expert_flat;
+      if (!flat.empty()) {
+        g.how = holding::flat_shard;
+        g.split = &mesh_[flat];
+      } else if (gi == 0 && !L.optimizer_split.empty()) {
+        g.how = holding::whole_split;
+        g.split = &mesh_[L.optimizer_split];
+        g.grads_split = !L.grads_split.empty();
+      }
+      // dtypes, replicas and leaf-ness from this unit's ops
+      for (std::size_t i = 0; i < P::size; ++i) {
+        const plan_op& o = P::ops[i];
+        if (o.node_index != I || !o.target.is_unit || (o.target.unit == scope::block) != (block >= 0) ||
+            group_of(o.tensor) != gi)
+          continue;
+        if (kinds_[i] == unit_op_kind::gather) g.compute = scalar_type(o.dt);
+        if (kinds_[i] == unit_op_kind::reduce_scatter || kinds_[i] == unit_op_kind::all_reduce)
+          g.reduce_type = scalar_type(o.dt);
+        if (kinds_[i] == unit_op_kind::all_reduce_shard) g.replica_reduce = true;
+      }
+      const bool gathered = has_entry(I, block, gi, unit_op_kind::gather);
+      if (g.how == holding::flat_shard && !gathered && !g.empty())
+        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements shard parameters over " +
+                                    g.split->axis_key() + " but no op of its policies gathers them");
+      if (g.how == holding::whole_split && !has_entry(I, block, gi, unit_op_kind::update_gather) && !g.empty())
+        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements split the optimizer over " +
+                                    g.split->axis_key() + " but no op gathers the updated parameters");
+      g.leaf = g.how == holding::whole && !reduces(I, block, gi);
+      u.regathers[static_cast<std::size_t>(gi)] = has_entry(I, block, gi, unit_op_kind::regather);
+      const long split = (gi == 1 && rows ? rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
+      g.replicas = static_cast<double>(ss) / static_cast<double>(split);
+      // each rank materialises only the elements it holds
+      const int64_t a = g.how == holding::whole ? 0 : g.split->rank() * g.per();
+      if (g.how == holding::whole_split) {
+        g.whole = materialize_segments(g.segs, opt_.seed, 0, g.padded());
+        g.master = g.whole.narrow(0, a, g.per());
+        g.master.set_requires_grad(true);
+      } else {
+        g.master = materialize_segments(g.segs, opt_.seed, a, a + (g.how == holding::whole ? g.numel : g.per()))
+                       .set_requires_grad(true);
+        if (g.how == holding::whole) g.whole = g.master;
+      }
+      g.decay = decay_mask(g.segs, a, a + g.master.numel());
+    }
+    u.wrapped = block >= 0 && (opt_.checkpoint || u.flat_sharded());
+    return u;
+  }
+
+  bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {
+    for (const auto* seq : {&sched_.micro, &sched_.optimizer})
+      for (const auto& s : *seq)
+        if (P::ops[s.op].node_index == node && s.block == block && kinds_[s.op] == k &&
+            group_of(P::ops[s.op].tensor) == gi && P::ops[s.op].target.is_unit)
+          return true;
+    return false;
+  }
+  // Some issued instance reduces this group's gradient.
+  bool reduces(std::size_t node, long block, int gi) const {
+    for (const auto& s : sched_.micro) {
+      const unit_op_kind k = kinds_[s.op];
+      if (s.issued && P::ops[s.op].node_index == node && s.block == block && group_of(P::ops[s.op].tensor) == gi &&
+          (k == unit_op_kind::reduce_scatter || k == unit_op_kind::all_reduce || k == unit_op_kind::all_reduce_shard))
+        return true;
+    }
+    return false;
+  }
+
+  typename G::dims d_;
+  Mesh& mesh_;
+  options opt_;
+  step_schedule sched_;
+  std::array<comm_type*, P::size> comms_{};
+  std::array<unit_op_kind, P::size> kinds_{};
+  std::array<comm::op_label, P::size> labels_{};
+  std::vector<unit_type> units_;
+  std::array<std::size_t, G::size + 1> first_unit_{};
+  reducer<comm_type> reducer_;
+  walker micro_, optim_;
+  walker* active_ = &micro_;
+  long current_block_ = -1;
+  bool recomputing_ = false;
+};
+
+}  // namespace veomni::parallel
