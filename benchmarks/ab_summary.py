@@ -10,31 +10,27 @@ import os
 import statistics
 import sys
 
-
-def parse(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if "RESULT" not in line:
-                continue
-            kv = dict(t.split("=", 1) for t in line.split("RESULT", 1)[1].split() if "=" in t)
-            rows.append(kv)
-    return rows
+from peer_summary import parse  # RESULT lines as dicts of numbers (and strings)
 
 
 def main(d):
     r = {os.path.basename(p)[:-len(".result")]: parse(p) for p in glob.glob(os.path.join(d, "*.result"))}
-    med = lambda name: statistics.median(float(x["step_s"]) for x in r[name])
+    med = lambda name: statistics.median(x["step_s"] for x in r[name])
     torch = {"single": med("torch_single"), "ddp2": med("torch_ddp2")}
+    if "torch_single_t1" in r:
+        torch["single_t1"] = med("torch_single_t1")
     print(f"{'config':10} {'old step':>10} {'new step':>10} {'new/old':>8} {'old vs torch':>13} {'new vs torch':>13}  rounds")
-    for cfg, peer in (("w1_fsdp", "single"), ("w1_ddp", "single"), ("fsdp2", "ddp2"), ("ddp2", "ddp2")):
+    for cfg, peer in (("w1_fsdp", "single"), ("w1_ddp", "single"), ("w1_fsdp_t1", "single_t1"),
+                      ("w1_ddp_t1", "single_t1"), ("fsdp2", "ddp2"), ("ddp2", "ddp2")):
+        if "old_" + cfg not in r:
+            continue
         o, n = med("old_" + cfg), med("new_" + cfg)
         print(f"{cfg:10} {o:10.4f} {n:10.4f} {n / o:8.4f} {torch[peer] / o:12.3f}x {torch[peer] / n:12.3f}x  "
               f"{len(r['old_' + cfg])}")
         # per round: each pair ran within the same minutes
-        pairs = [float(b["step_s"]) / float(a["step_s"]) for a, b in zip(r["old_" + cfg], r["new_" + cfg])]
+        pairs = [b["step_s"] / a["step_s"] for a, b in zip(r["old_" + cfg], r["new_" + cfg])]
         print(f"{'':10} per-round new/old: {' '.join(f'{p:.3f}' for p in pairs)}  median {statistics.median(pairs):.4f}")
-    print(f"pytorch single {torch['single']:.4f} s, ddp2 {torch['ddp2']:.4f} s (step medians over rounds)")
+    print("pytorch step medians over rounds: " + ", ".join(f"{k} {v:.4f} s" for k, v in torch.items()))
 
 
 if __name__ == "__main__":

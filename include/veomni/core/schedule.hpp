@@ -157,16 +157,31 @@ template <class P>
 std::string describe_instance(const scheduled_op& s) {
   const plan_op& o = P::ops[s.op];
   std::string out(o.node);
-  out += s.block >= 0 ? " block " + std::to_string(s.block) : std::string(o.target.is_unit ? " root" : "");
-  if (!o.target.is_unit) out += " " + std::string(o.where);
-  out += " " + std::string(to_string(o.ph)) + (s.recompute ? " (recompute)" : "") + " " + std::string(to_string(o.coll)) +
-         "(" + std::string(to_string(o.tensor)) + ") over " +
-         [&] {
-           std::string a;
-           for (std::size_t i = 0; i < o.over.count; ++i) a += (i ? "*" : "") + std::string(o.over.names[i]);
-           return a;
-         }() +
-         " [" + std::string(o.policy) + "]";
+  if (s.block >= 0) {
+    out += " block ";
+    out += std::to_string(s.block);
+  } else if (o.target.is_unit) {
+    out += " root";
+  }
+  if (!o.target.is_unit) {
+    out += ' ';
+    out += o.where;
+  }
+  out += ' ';
+  out += to_string(o.ph);
+  if (s.recompute) out += " (recompute)";
+  out += ' ';
+  out += to_string(o.coll);
+  out += '(';
+  out += to_string(o.tensor);
+  out += ") over ";
+  for (std::size_t i = 0; i < o.over.count; ++i) {
+    if (i) out += '*';
+    out += o.over.names[i];
+  }
+  out += " [";
+  out += o.policy;
+  out += ']';
   return out;
 }
 

@@ -165,13 +165,23 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
     const auto st = c10::static_intrusive_pointer_cast<state>(ctx->saved_data["state"].toCapsule());
     Host* h = st->host;
     unit_type& u = *st->unit;
+    // this block's parameters first when their gather is in flight (the
+    // prefetch), then the schedule's point: the next block's gather is issued
+    // once this one's has arrived
+    std::array<at::Tensor, 2> params;
+    if (h->checkpointing()) {
+      for (std::size_t g = 0; g < 2; ++g)
+        if (st->kept[g].defined()) params[g] = st->kept[g];
+        else if (u.gathered[g].defined()) params[g] = h->exec().take_gathered(u, static_cast<int>(g));
+    } else {
+      h->exec().finish_regather(u, /*only_issued=*/true);
+    }
     h->exec().reach({trigger_kind::block_backward_begin, u.id.node, u.id.block});
     if (h->checkpointing()) {
       const at::Tensor x = ctx->get_saved_variables()[0];
-      std::array<at::Tensor, 2> params;
       for (int gi = 0; gi < 2; ++gi) {
         const auto gs = static_cast<std::size_t>(gi);
-        params[gs] = st->kept[gs].defined() ? st->kept[gs] : detail::compute_buffer(h, u, gi);  // the backward all_gather
+        if (!params[gs].defined()) params[gs] = detail::compute_buffer(h, u, gi);  // the backward all_gather
       }
       torch::AutoGradMode grad(true);
       h->begin_recompute(u);

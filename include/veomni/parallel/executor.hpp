@@ -54,14 +54,6 @@ struct options {
   uint64_t seed = 0;
 };
 
-inline at::ScalarType scalar_type(dtype t) {
-  switch (t) {
-    case dtype::bf16: return at::kBFloat16;
-    case dtype::f16: return at::kHalf;
-    default: return at::kFloat;
-  }
-}
-
 template <class P, class Mesh>
 class executor {
  public:
@@ -83,7 +75,7 @@ class executor {
       labels_[i] = {static_cast<std::int64_t>(i), o.node, o.where, o.policy, to_string(o.ph), to_string(o.tensor),
                     to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt), to_string(o.coll), comm::axis_key(o.over)};
     }
-    for_each_node<G>([&](auto I) { build_node<I.value>(); });
+    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed).build(first_unit_);
     index(sched_.micro, micro_);
     index(sched_.optimizer, optim_);
   }
@@ -184,27 +176,16 @@ class executor {
 
   // A flat-sharded group's gathered parameters (waits for the gather the
   // schedule issued for this unit).
-  at::Tensor take_gathered(unit_type& u, int gi) {
-    const auto g = static_cast<std::size_t>(gi);
-    if (!u.gathered[g].defined())
-      throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' block " +
-                             std::to_string(u.id.block) +
-                             " needs its gathered parameters before the plan's schedule gathered them");
-    u.gathering[g].wait();
-    u.gathering[g] = comm::work();
-    return std::move(u.gathered[g]);
-  }
+  at::Tensor take_gathered(unit_type& u, int gi) { return arrived(u, static_cast<std::size_t>(gi), "its gathered parameters"); }
   // The backward gather into the storage forward freed (waits for it).
-  void finish_regather(unit_type& u) {
+  // only_issued: wait only for one already in flight (prefetched), so that
+  // the next block's is issued after it completes.
+  void finish_regather(unit_type& u, bool only_issued = false) {
     for (std::size_t g = 0; g < 2; ++g) {
-      if (!u.regathers[g] || !u.groups[g].gathers()) continue;
-      if (!u.gathered[g].defined())
-        throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' block " +
-                               std::to_string(u.id.block) +
-                               " needs its parameters again before the plan's schedule gathered them");
-      u.gathering[g].wait();
-      u.gathering[g] = comm::work();
-      u.gathered[g] = at::Tensor();
+      if (!u.regathers[g] || !u.groups[g].gathers() || u.regathered[g]) continue;
+      if (only_issued && !u.gathered[g].defined()) continue;
+      arrived(u, g, "its parameters again");
+      u.regathered[g] = true;
     }
   }
   // Frees a block's gathered copy (its storage, which autograd refers to).
@@ -315,6 +296,18 @@ class executor {
     while (w.cursor < w.seq.size() && w.ready[w.cursor]) run(w, w.cursor++);
   }
 
+  // The gather issued for group g of u, once it has arrived; an error if the
+  // schedule has not issued it (the computation needs `what` first).
+  at::Tensor arrived(unit_type& u, std::size_t g, const char* what) {
+    if (!u.gathered[g].defined())
+      throw std::logic_error("veomni::parallel: node '" + std::string(G::names[u.id.node]) + "' block " +
+                             std::to_string(u.id.block) + " needs " + what +
+                             " before the plan's schedule gathered them");
+    u.gathering[g].wait();
+    u.gathering[g] = comm::work();
+    return std::move(u.gathered[g]);
+  }
+
   // One instance, by what its op is.
   void run(walker& w, std::size_t e) {
     const scheduled_op& s = w.seq[e];
@@ -334,9 +327,14 @@ class executor {
     switch (kinds_[s.op]) {
       case unit_op_kind::gather:
       case unit_op_kind::regather: return start_gather(u, gi, tag, kinds_[s.op] == unit_op_kind::regather);
-      case unit_op_kind::reduce_scatter: return reducer_.reduce_scatter(u, gi, u.grad[g], tag, s.issued);
+      // each gradient goes to one reduction, which holds it as long as it needs it
+      case unit_op_kind::reduce_scatter:
+        reducer_.reduce_scatter(u, gi, u.grad[g], tag, s.issued);
+        u.grad[g] = at::Tensor();
+        return;
       case unit_op_kind::all_reduce:
         if (!grp.leaf) reducer_.all_reduce(u, gi, u.grad[g], *comms_[s.op], tag, s.issued);
+        u.grad[g] = at::Tensor();
         return;
       case unit_op_kind::all_reduce_shard: return reducer_.all_reduce_shard(u, gi, *comms_[s.op], tag);
       case unit_op_kind::update_gather: return update_gather(grp, tag);
@@ -375,142 +373,6 @@ class executor {
     const at::Tensor mine = grp.master.detach().clone();
     comm::tagged_issue t(grp.split->counters(), tag);
     grp.split->all_gather(grp.whole, mine).wait();
-  }
-
-  // ---- building the storage from the placements ---------------------------------------------
-  template <std::size_t I>
-  void build_node() {
-    using C = typename G::template component_at<I>;
-    constexpr node_layout L = layout_of<P>(I);
-    const mesh_shape& m = mesh_.shape();
-    const std::string node(G::names[I]);
-    auto has_op = [&](auto pred) {
-      for (const auto& o : P::ops)
-        if (o.node_index == I && pred(o)) return true;
-      return false;
-    };
-    // a mesh the node's placements do not cover is an error before any collective
-    if (m.world() > 1 && !has_op([](const plan_op& o) { return o.ph == phase::backward && is_grad_role(o.tensor); }))
-      throw std::invalid_argument("veomni::parallel: node '" + node + "' has no policy that reduces its gradients (a "
-                                  "Shard<> policy), but the mesh spreads data over " + std::to_string(m.world()) +
-                                  " ranks: its gradients would not be reduced");
-    if (m.sp > 1 && C::mod == modality::text && has_layer_kind<C>(layer_kind::attention) && !splits_sequence(I))
-      throw std::invalid_argument("veomni::parallel: sp = " + std::to_string(m.sp) + " but node '" + node +
-                                  "' has no Split<> policy for its attention");
-    if (m.ep > 1 && has_layer_kind<C>(layer_kind::moe) && L.expert_rows.empty())
-      throw std::invalid_argument("veomni::parallel: ep = " + std::to_string(m.ep) + " but node '" + node +
-                                  "' has no Experts<> policy for its MoE layers");
-    if (!L.optimizer_split.empty() && !L.expert_rows.empty())
-      throw std::invalid_argument("veomni::parallel: node '" + node +
-                                  "': a split optimizer (optimizer_state Shard(0)) together with Experts<> is not supported");
-    if (!L.grads_split.empty() && !(L.grads_split == L.optimizer_split))
-      throw std::invalid_argument("veomni::parallel: node '" + node +
-                                  "': gradients placed Shard(0) need the optimizer state placed Shard(0) over the same axes");
-    first_unit_[I] = units_.size();
-    const long blocks = C::blocks(std::get<I>(d_));
-    for (long b = -1; b < blocks; ++b) units_.push_back(make_unit<I>(b, L));
-    if (I + 1 == G::size) first_unit_[G::size] = units_.size();
-  }
-
-  bool splits_sequence(std::size_t node) const {
-    for (const auto& d : P::placements[node])
-      if (d.tensor == placed_tensor::activations && d.over.contains(axis::sp::name)) return true;
-    return false;
-  }
-
-  template <std::size_t I>
-  unit_type make_unit(long block, const node_layout& L) {
-    const mesh_shape& m = mesh_.shape();
-    unit_type u;
-    u.id = nn::unit_id{I, block};
-    const std::string node(G::names[I]);
-    comm_type* rows = L.expert_rows.empty() ? nullptr : &mesh_[L.expert_rows];
-    for (const auto& spec : nn::unit_specs<G, I>(d_, block)) {
-      const bool local = spec.expert && rows;
-      param_group<comm_type>& g = u.groups[local ? 1 : 0];
-      if (local) {
-        const int64_t e = spec.shape[0], per = spec.numel() / e, n = rows->size(), el = e / n;
-        if (e % n != 0)
-          throw std::invalid_argument("veomni::parallel: " + std::to_string(e) + " experts of '" + spec.name +
-                                      "' do not divide over " + rows->axis_key() + " = " + std::to_string(n));
-        g.segs.push_back({spec, rows->rank() * el * per, (rows->rank() + 1) * el * per});
-        auto shape = spec.shape;
-        shape[0] = el;
-        g.shapes.push_back(shape);
-      } else {
-        g.segs.push_back({spec, 0, spec.numel()});
-        g.shapes.push_back(spec.shape);
-      }
-    }
-    const long ss = m.dp_shard * m.sp;
-    for (int gi = 0; gi < 2; ++gi) {
-      param_group<comm_type>& g = u.groups[static_cast<std::size_t>(gi)];
-      g.numel = segments_numel(g.segs);
-      const axis_set& flat = gi == 0 ? L.dense_flat : L.expert_flat;
-      if (!flat.empty()) {
-        g.how = holding::flat_shard;
-        g.split = &mesh_[flat];
-      } else if (gi == 0 && !L.optimizer_split.empty()) {
-        g.how = holding::whole_split;
-        g.split = &mesh_[L.optimizer_split];
-        g.grads_split = !L.grads_split.empty();
-      }
-      // dtypes, replicas and leaf-ness from this unit's ops
-      for (std::size_t i = 0; i < P::size; ++i) {
-        const plan_op& o = P::ops[i];
-        if (o.node_index != I || !o.target.is_unit || (o.target.unit == scope::block) != (block >= 0) ||
-            group_of(o.tensor) != gi)
-          continue;
-        if (kinds_[i] == unit_op_kind::gather) g.compute = scalar_type(o.dt);
-        if (kinds_[i] == unit_op_kind::reduce_scatter || kinds_[i] == unit_op_kind::all_reduce)
-          g.reduce_type = scalar_type(o.dt);
-        if (kinds_[i] == unit_op_kind::all_reduce_shard) g.replica_reduce = true;
-      }
-      const bool gathered = has_entry(I, block, gi, unit_op_kind::gather);
-      if (g.how == holding::flat_shard && !gathered && !g.empty())
-        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements shard parameters over " +
-                                    g.split->axis_key() + " but no op of its policies gathers them");
-      if (g.how == holding::whole_split && !has_entry(I, block, gi, unit_op_kind::update_gather) && !g.empty())
-        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements split the optimizer over " +
-                                    g.split->axis_key() + " but no op gathers the updated parameters");
-      g.leaf = g.how == holding::whole && !reduces(I, block, gi);
-      u.regathers[static_cast<std::size_t>(gi)] = has_entry(I, block, gi, unit_op_kind::regather);
-      const long split = (gi == 1 && rows ? rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
-      g.replicas = static_cast<double>(ss) / static_cast<double>(split);
-      // each rank materialises only the elements it holds
-      const int64_t a = g.how == holding::whole ? 0 : g.split->rank() * g.per();
-      if (g.how == holding::whole_split) {
-        g.whole = materialize_segments(g.segs, opt_.seed, 0, g.padded());
-        g.master = g.whole.narrow(0, a, g.per());
-        g.master.set_requires_grad(true);
-      } else {
-        g.master = materialize_segments(g.segs, opt_.seed, a, a + (g.how == holding::whole ? g.numel : g.per()))
-                       .set_requires_grad(true);
-        if (g.how == holding::whole) g.whole = g.master;
-      }
-      g.decay = decay_mask(g.segs, a, a + g.master.numel());
-    }
-    u.wrapped = block >= 0 && (opt_.checkpoint || u.flat_sharded());
-    return u;
-  }
-
-  bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {
-    for (const auto* seq : {&sched_.micro, &sched_.optimizer})
-      for (const auto& s : *seq)
-        if (P::ops[s.op].node_index == node && s.block == block && kinds_[s.op] == k &&
-            group_of(P::ops[s.op].tensor) == gi && P::ops[s.op].target.is_unit)
-          return true;
-    return false;
-  }
-  // Some issued instance reduces this group's gradient.
-  bool reduces(std::size_t node, long block, int gi) const {
-    for (const auto& s : sched_.micro) {
-      const unit_op_kind k = kinds_[s.op];
-      if (s.issued && P::ops[s.op].node_index == node && s.block == block && group_of(P::ops[s.op].tensor) == gi &&
-          (k == unit_op_kind::reduce_scatter || k == unit_op_kind::all_reduce || k == unit_op_kind::all_reduce_shard))
-        return true;
-    }
-    return false;
   }
 
   typename G::dims d_;

@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "../comm/communicator.hpp"
-#include "../core/plan.hpp"
+#include "../core/schedule.hpp"
 #include "../nn/init.hpp"
 #include "../nn/model.hpp"
 
@@ -161,6 +161,7 @@ struct unit_state {
   std::array<at::Tensor, 2> saved;     // the gathered storage autograd saved, freed after forward
   std::array<at::Tensor, 2> grad;      // this micro-batch's gradient (for the reductions)
   std::array<bool, 2> grad_arrived{};
+  std::array<bool, 2> regathered{};    // its backward gather has arrived
 
   bool flat_sharded() const {
     return groups[0].how == holding::flat_shard || groups[1].how == holding::flat_shard;
@@ -169,7 +170,7 @@ struct unit_state {
     for (int g = 0; g < 2; ++g) {
       gathered[g] = saved[g] = grad[g] = at::Tensor();
       gathering[g] = comm::work();
-      grad_arrived[g] = false;
+      grad_arrived[g] = regathered[g] = false;
     }
   }
 };
@@ -194,6 +195,181 @@ void add_pieces(std::vector<piece>& out, const param_group<Comm>& g, size_t tens
     off += n;
   }
 }
+
+
+inline at::ScalarType scalar_type(dtype t) {
+  switch (t) {
+    case dtype::bf16: return at::kBFloat16;
+    case dtype::f16: return at::kHalf;
+    default: return at::kFloat;
+  }
+}
+
+// Builds every unit of plan P on this rank, as its nodes' placements say,
+// with the dtypes and the lifecycle (regather, leaf) of its schedule. A mesh
+// the placements do not cover is an error here, before any collective.
+template <class P, class Mesh>
+class storage_builder {
+ public:
+  using G = typename P::model;
+  using comm_type = typename Mesh::communicator;
+  using unit_type = unit_state<comm_type>;
+
+  storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, bool checkpoint, uint64_t seed)
+      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed) {}
+
+  // Units in model order (each node's root, then its blocks); first[node]:
+  // the index of the node's root.
+  std::vector<unit_type> build(std::array<std::size_t, G::size + 1>& first) {
+    first_ = &first;
+    for_each_node<G>([&](auto I) { build_node<I.value>(); });
+    (*first_)[G::size] = out_.size();
+    return std::move(out_);
+  }
+
+ private:
+  template <std::size_t I>
+  void build_node() {
+    using C = typename G::template component_at<I>;
+    constexpr node_layout L = layout_of<P>(I);
+    const mesh_shape& m = mesh_.shape();
+    const std::string node(G::names[I]);
+    auto has_op = [&](auto pred) {
+      for (const auto& o : P::ops)
+        if (o.node_index == I && pred(o)) return true;
+      return false;
+    };
+    // a mesh the node's placements do not cover is an error before any collective
+    if (m.world() > 1 && !has_op([](const plan_op& o) { return o.ph == phase::backward && is_grad_role(o.tensor); }))
+      throw std::invalid_argument("veomni::parallel: node '" + node + "' has no policy that reduces its gradients (a "
+                                  "Shard<> policy), but the mesh spreads data over " + std::to_string(m.world()) +
+                                  " ranks: its gradients would not be reduced");
+    if (m.sp > 1 && C::mod == modality::text && has_layer_kind<C>(layer_kind::attention) && !splits_sequence(I))
+      throw std::invalid_argument("veomni::parallel: sp = " + std::to_string(m.sp) + " but node '" + node +
+                                  "' has no Split<> policy for its attention");
+    if (m.ep > 1 && has_layer_kind<C>(layer_kind::moe) && L.expert_rows.empty())
+      throw std::invalid_argument("veomni::parallel: ep = " + std::to_string(m.ep) + " but node '" + node +
+                                  "' has no Experts<> policy for its MoE layers");
+    if (!L.optimizer_split.empty() && !L.expert_rows.empty())
+      throw std::invalid_argument("veomni::parallel: node '" + node +
+                                  "': a split optimizer (optimizer_state Shard(0)) together with Experts<> is not supported");
+    if (!L.grads_split.empty() && !(L.grads_split == L.optimizer_split))
+      throw std::invalid_argument("veomni::parallel: node '" + node +
+                                  "': gradients placed Shard(0) need the optimizer state placed Shard(0) over the same axes");
+    (*first_)[I] = out_.size();
+    const long blocks = C::blocks(std::get<I>(d_));
+    for (long b = -1; b < blocks; ++b) out_.push_back(make_unit<I>(b, L));
+  }
+
+  bool splits_sequence(std::size_t node) const {
+    for (const auto& d : P::placements[node])
+      if (d.tensor == placed_tensor::activations && d.over.contains(axis::sp::name)) return true;
+    return false;
+  }
+
+  template <std::size_t I>
+  unit_type make_unit(long block, const node_layout& L) {
+    const mesh_shape& m = mesh_.shape();
+    unit_type u;
+    u.id = nn::unit_id{I, block};
+    const std::string node(G::names[I]);
+    comm_type* rows = L.expert_rows.empty() ? nullptr : &mesh_[L.expert_rows];
+    for (const auto& spec : nn::unit_specs<G, I>(d_, block)) {
+      const bool local = spec.expert && rows;
+      param_group<comm_type>& g = u.groups[local ? 1 : 0];
+      if (local) {
+        const int64_t e = spec.shape[0], per = spec.numel() / e, n = rows->size(), el = e / n;
+        if (e % n != 0)
+          throw std::invalid_argument("veomni::parallel: " + std::to_string(e) + " experts of '" + spec.name +
+                                      "' do not divide over " + rows->axis_key() + " = " + std::to_string(n));
+        g.segs.push_back({spec, rows->rank() * el * per, (rows->rank() + 1) * el * per});
+        auto shape = spec.shape;
+        shape[0] = el;
+        g.shapes.push_back(shape);
+      } else {
+        g.segs.push_back({spec, 0, spec.numel()});
+        g.shapes.push_back(spec.shape);
+      }
+    }
+    const long ss = m.dp_shard * m.sp;
+    for (int gi = 0; gi < 2; ++gi) {
+      param_group<comm_type>& g = u.groups[static_cast<std::size_t>(gi)];
+      g.numel = segments_numel(g.segs);
+      const axis_set& flat = gi == 0 ? L.dense_flat : L.expert_flat;
+      if (!flat.empty()) {
+        g.how = holding::flat_shard;
+        g.split = &mesh_[flat];
+      } else if (gi == 0 && !L.optimizer_split.empty()) {
+        g.how = holding::whole_split;
+        g.split = &mesh_[L.optimizer_split];
+        g.grads_split = !L.grads_split.empty();
+      }
+      // dtypes, replicas and leaf-ness from this unit's ops
+      for (std::size_t i = 0; i < P::size; ++i) {
+        const plan_op& o = P::ops[i];
+        if (o.node_index != I || !o.target.is_unit || (o.target.unit == scope::block) != (block >= 0) ||
+            group_of(o.tensor) != gi)
+          continue;
+        if (classify(P::ops[i]) == unit_op_kind::gather) g.compute = scalar_type(o.dt);
+        if (classify(P::ops[i]) == unit_op_kind::reduce_scatter || classify(P::ops[i]) == unit_op_kind::all_reduce)
+          g.reduce_type = scalar_type(o.dt);
+        if (classify(P::ops[i]) == unit_op_kind::all_reduce_shard) g.replica_reduce = true;
+      }
+      const bool gathered = has_entry(I, block, gi, unit_op_kind::gather);
+      if (g.how == holding::flat_shard && !gathered && !g.empty())
+        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements shard parameters over " +
+                                    g.split->axis_key() + " but no op of its policies gathers them");
+      if (g.how == holding::whole_split && !has_entry(I, block, gi, unit_op_kind::update_gather) && !g.empty())
+        throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements split the optimizer over " +
+                                    g.split->axis_key() + " but no op gathers the updated parameters");
+      g.leaf = g.how == holding::whole && !reduces(I, block, gi);
+      u.regathers[static_cast<std::size_t>(gi)] = has_entry(I, block, gi, unit_op_kind::regather);
+      const long split = (gi == 1 && rows ? rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
+      g.replicas = static_cast<double>(ss) / static_cast<double>(split);
+      // each rank materialises only the elements it holds
+      const int64_t a = g.how == holding::whole ? 0 : g.split->rank() * g.per();
+      if (g.how == holding::whole_split) {
+        g.whole = materialize_segments(g.segs, seed_, 0, g.padded());
+        g.master = g.whole.narrow(0, a, g.per());
+        g.master.set_requires_grad(true);
+      } else {
+        g.master = materialize_segments(g.segs, seed_, a, a + (g.how == holding::whole ? g.numel : g.per()))
+                       .set_requires_grad(true);
+        if (g.how == holding::whole) g.whole = g.master;
+      }
+      g.decay = decay_mask(g.segs, a, a + g.master.numel());
+    }
+    u.wrapped = block >= 0 && (checkpoint_ || u.flat_sharded());
+    return u;
+  }
+
+  bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {
+    for (const auto* seq : {&sched_.micro, &sched_.optimizer})
+      for (const auto& s : *seq)
+        if (P::ops[s.op].node_index == node && s.block == block && classify(P::ops[s.op]) == k &&
+            group_of(P::ops[s.op].tensor) == gi && P::ops[s.op].target.is_unit)
+          return true;
+    return false;
+  }
+  // Some issued instance reduces this group's gradient.
+  bool reduces(std::size_t node, long block, int gi) const {
+    for (const auto& s : sched_.micro) {
+      const unit_op_kind k = classify(P::ops[s.op]);
+      if (s.issued && P::ops[s.op].node_index == node && s.block == block && group_of(P::ops[s.op].tensor) == gi &&
+          (k == unit_op_kind::reduce_scatter || k == unit_op_kind::all_reduce || k == unit_op_kind::all_reduce_shard))
+        return true;
+    }
+    return false;
+  }
+
+  const typename G::dims& d_;
+  Mesh& mesh_;
+  const step_schedule& sched_;
+  bool checkpoint_;
+  uint64_t seed_;
+  std::vector<unit_type> out_;
+  std::array<std::size_t, G::size + 1>* first_ = nullptr;
+};
 
 namespace detail {
 // Frees (or re-allocates) the memory behind a tensor while autograd keeps
