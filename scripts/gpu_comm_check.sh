@@ -3,7 +3,7 @@
 # runs the NCCL backend's tests: a world of one GPU, then (with more than one
 # GPU) one rank per GPU under veomni-launch. Needs: a CUDA PyTorch wheel
 # importable by python3, the CUDA toolkit with NCCL (CUDA_HOME or
-# /usr/local/cuda), cmake, ninja, CLI11 and Boost headers, and gloo headers
+# /usr/local/cuda), cmake, ninja, CLI11 headers, and gloo headers
 # (the wheel ships them). Usage: scripts/gpu_comm_check.sh [build-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."

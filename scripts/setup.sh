@@ -10,7 +10,6 @@ packages=(
   libcli11-dev            # command-line parsing for tools/ (veomni-launch)
   libopenblas0-openmp     # without it LibTorch falls back to netlib's reference BLAS (~60x slower GEMM)
   python3-torch           # /usr/bin/torchrun, and PyTorch for the side-by-side benchmarks
-  libboost-dev            # Boost.Hana
   doctest-dev libbenchmark-dev
   libyaml-cpp-dev         # veomni-train: YAML configs
   nlohmann-json3-dev      # veomni-train: JSONL manifests, metrics, safetensors headers

@@ -1,6 +1,6 @@
 #pragma once
 // <veomni/core.hpp>: the compile-time layer. No torch: the standard library
-// and Boost.Hana only.
+// only.
 #include "core/activation.hpp"
 #include "core/axis.hpp"
 #include "core/budget.hpp"

@@ -18,7 +18,7 @@
 // gradients: the plan never depends on the data.
 #include <torch/torch.h>
 
-#include <boost/hana/tuple.hpp>
+#include <tuple>
 
 #include <cmath>
 #include <cstdint>
@@ -82,7 +82,7 @@ struct node_runtimes;
 template <class Exec, std::size_t I, class... Ps>
 struct node_runtimes<Exec, I, std::tuple<Ps...>> {
   using handle = node_handle<Exec>;
-  using type = boost::hana::tuple<typename runtime_slot<Ps, handle>::type...>;
+  using type = std::tuple<typename runtime_slot<Ps, handle>::type...>;
   static type make(Exec& e, nn::hooks& h) {
     return type{make_one<Ps>(e, h)...};  // braced: constructed left to right, in recipe order
   }
@@ -116,7 +116,7 @@ class parallel_model : public nn::unit_source {
   template <std::size_t I>
   using node_runtimes_t = detail::node_runtimes<exec_type, I, typename veomni::detail::node_policies<G, R, I>::type>;
   template <std::size_t... I>
-  static boost::hana::tuple<typename node_runtimes_t<I>::type...> all_runtimes(std::index_sequence<I...>);
+  static std::tuple<typename node_runtimes_t<I>::type...> all_runtimes(std::index_sequence<I...>);
   // every node's runtime halves, one tuple per node
   using runtimes_t = decltype(all_runtimes(std::make_index_sequence<G::size>{}));
 
