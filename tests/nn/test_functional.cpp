@@ -207,6 +207,55 @@ TEST_CASE("varlen attention in fp32 equals the double reference, in value and gr
     }
 }
 
+// Flash attention (the fused fp32 path): tiles of queries and keys with an
+// online softmax, only each row's log-sum-exp kept for backward. Against the
+// double reference, in value and in the gradients of q, k and v: tile sizes
+// that divide the samples (35, 70) and that do not (1, 16, 64, 128 against
+// lengths 70, 1, 130, 3), a one-token sample, packed samples of unequal
+// lengths, GQA ratios 1, 2 and 4, causal and bidirectional.
+TEST_CASE("flash attention in fp32 equals the double reference for every tile size and GQA ratio, in value and gradient") {
+  const std::vector<int64_t> lens{70, 1, 130, 3, 70};
+  std::vector<int64_t> cu_v{0};
+  for (int64_t l : lens) cu_v.push_back(cu_v.back() + l);
+  const at::Tensor cu = at::tensor(cu_v, at::kLong);
+  const int64_t t = cu_v.back(), hq = 4;
+  auto rel = [](const at::Tensor& x, const at::Tensor& ref) {
+    return ((x.to(at::kDouble) - ref).abs().max() / ref.abs().max()).item<double>();
+  };
+  for (int64_t ratio : {1, 2, 4}) {
+    const at::Tensor q = at::randn({t, hq, 16}), k = at::randn({t, hq / ratio, 16}), v = at::randn({t, hq / ratio, 16});
+    const at::Tensor g = at::randn({t, hq, 16});
+    for (bool causal : {true, false})
+      for (int64_t tile : {1, 16, 35, 64, 70, 128}) {
+        CAPTURE(ratio);
+        CAPTURE(causal);
+        CAPTURE(tile);
+        std::vector<at::Tensor> x32{q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_()};
+        std::vector<at::Tensor> x64{q.to(at::kDouble).requires_grad_(), k.to(at::kDouble).requires_grad_(),
+                                    v.to(at::kDouble).requires_grad_()};
+        const at::Tensor y32 = varlen_attention(x32[0], x32[1], x32[2], cu, causal, tile);
+        const at::Tensor y64 = reference_attention(x64[0], x64[1], x64[2], lens, causal);
+        y32.backward(g);
+        y64.backward(g.to(at::kDouble));
+        CHECK(rel(y32, y64) < 1e-5);
+        for (int i = 0; i < 3; ++i) {
+          CAPTURE(i);
+          CHECK(rel(x32[i].grad(), x64[i].grad()) < 1e-5);
+        }
+      }
+  }
+  // one token alone: its output is its value, its q and k get no gradient
+  // (to rounding: P = exp(s - lse) is 1 within an ulp)
+  const at::Tensor q1 = at::randn({1, 2, 8}).requires_grad_(), k1 = at::randn({1, 2, 8}).requires_grad_(),
+                   v1 = at::randn({1, 2, 8}).requires_grad_();
+  const at::Tensor y1 = varlen_attention(q1, k1, v1, at::tensor({0, 1}, at::kLong), true, 64);
+  CHECK(close(y1, v1.detach(), 1e-6));
+  y1.sum().backward();
+  CHECK(q1.grad().abs().max().item<float>() < 1e-6f);
+  CHECK(k1.grad().abs().max().item<float>() < 1e-6f);
+  CHECK(close(v1.grad(), at::ones_like(v1), 1e-6));
+}
+
 // The views a flat parameter buffer is cut into, through split_flat's one
 // autograd node: the same gradient as narrow()'s views, zero in the padding
 // and for a view that got none; without grad mode, plain views.

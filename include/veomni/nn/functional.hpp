@@ -18,6 +18,7 @@
 #include <typeinfo>
 #include <vector>
 
+#include "flash_attention.hpp"
 #include "kernels.hpp"
 
 namespace veomni::nn {
@@ -114,13 +115,18 @@ inline at::Tensor rope(const at::Tensor& x, const at::Tensor& pos, double theta 
 // Each sample (a segment of cu_seqlens) attends only to itself; with
 // `causal`, token i sees tokens j <= i of its sample. Returns [T, Hq, D].
 //
-// How it is computed (one autograd function, attention_fn below):
-// consecutive samples of equal length form a run, laid out [samples x heads,
-// L, D] so that one batched matmul serves them all; a causal run is cut into
-// query blocks of `block` rows, and block i only multiplies against keys
-// [0, end of block i): the masked triangle above the diagonal blocks is never
-// computed (at L = 4 blocks, 10 of 16 score tiles). Backward keeps the
-// softmax probabilities of forward and uses dS = P * (dP - rowsum(dO * O)).
+// How it is computed (one autograd function, attention_fn below): fp32 on
+// the CPU with AVX2 and a CBLAS, flash attention in tiles of `block` queries
+// and keys (0: chosen per sample length, flash_tile), keeping only each row's
+// log-sum-exp for backward (memory O(T)).
+// Otherwise (other dtypes and devices) the ATen path: consecutive samples of
+// equal length form a run, laid out [samples x heads, L, D] so that one
+// batched matmul serves them all; a causal run is cut into query blocks of
+// `block` rows (0: 64), and block i only multiplies against keys [0, end of
+// block i): the masked triangle above the diagonal blocks is never computed (at
+// L = 4 blocks, 10 of 16 score tiles). That path keeps the softmax
+// probabilities for backward (memory O(L^2) per sample and head) and uses
+// dS = P * (dP - rowsum(dO * O)).
 namespace detail {
 // Consecutive samples of equal length: tokens [begin, begin + count * len).
 struct attention_run {
@@ -168,7 +174,7 @@ struct attention_block {
 };
 inline std::vector<attention_block> attention_blocks(int64_t len, bool causal, int64_t block, int64_t& total) {
   std::vector<attention_block> out;
-  const int64_t step = causal ? std::max<int64_t>(1, block) : len;
+  const int64_t step = causal ? (block > 0 ? block : 64) : len;  // 0: the default
   total = 0;
   for (int64_t q0 = 0; q0 < len; q0 += step) {
     const int64_t m = std::min(step, len - q0), n = causal ? q0 + m : len;
@@ -178,12 +184,11 @@ inline std::vector<attention_block> attention_blocks(int64_t len, bool causal, i
   return out;
 }
 
-// The fused fp32 path: every (sample, head) read and written in place in the
-// [T, H, D] tensors (its rows H * D apart, as CBLAS's leading dimension), the
-// scores of a query block go through CBLAS into the probabilities kept for
-// backward and one AVX2 pass masks, exponentiates and normalises them. No
-// [samples x heads, L, D] copies, no ATen softmax. One (sample, head) per
-// at::parallel_for task.
+// The fused fp32 path: flash attention (nn/flash_attention.hpp), every
+// (sample, head) read and written in place in the [T, H, D] tensors (its rows
+// H * D apart, as CBLAS's leading dimension), in tiles of `block` queries and
+// keys; memory O(T) (the per-row log-sum-exp), no [samples x heads, L, D]
+// copies. One (sample, head) per at::parallel_for task.
 inline bool attention_fusable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return kernels::fused_available() && kernels::detail::sgemm() != nullptr && q.scalar_type() == at::kFloat &&
          k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && q.device().is_cpu() &&
@@ -200,92 +205,82 @@ inline std::vector<attention_task> attention_tasks(const std::vector<attention_r
   return out;
 }
 #ifdef VEOMNI_KERNELS_AVX2
-// Forward: out written; returns per run the probabilities [count * heads, total].
-inline std::vector<at::Tensor> attention_forward_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                       at::Tensor& out, const std::vector<attention_run>& runs,
-                                                       bool causal, int64_t block, float scale) {
-  using kernels::detail::cblas_row_major, kernels::detail::cblas_no_trans, kernels::detail::cblas_trans;
-  const int64_t h = q.size(1), d = q.size(2), ld = h * d;
-  std::vector<std::vector<attention_block>> blocks;
-  std::vector<at::Tensor> probs;
-  std::vector<float*> pp;
-  for (const auto& r : runs) {
-    int64_t total = 0;
-    blocks.push_back(attention_blocks(r.len, causal, block, total));
-    probs.push_back(at::empty({r.count * h, total}, q.options()));
-    pp.push_back(probs.back().data_ptr<float>());
-  }
-  const auto tasks = attention_tasks(runs, h);
-  const float *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>();
-  float* po = out.data_ptr<float>();
-  const auto gemm = kernels::detail::sgemm();
-  const int ild = static_cast<int>(ld), id = static_cast<int>(d);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const attention_run& r = runs[tasks[t].run];
-      const int64_t bh = tasks[t].bh, base = (r.begin + bh / h * r.len) * ld + bh % h * d;
-      const auto& bl = blocks[tasks[t].run];
-      float* p = pp[tasks[t].run] + bh * (bl.back().offset + bl.back().m * bl.back().n);
-      for (const auto& x : bl) {
-        float* s = p + x.offset;
-        const int m = static_cast<int>(x.m), n = static_cast<int>(x.n);
-        gemm(cblas_row_major, cblas_no_trans, cblas_trans, m, n, id, scale, pq + base + x.q0 * ld, ild, pk + base, ild, 0.0f, s, n);
-        kernels::softmax_rows_avx2(s, x.m, x.n, x.q0, causal);
-        gemm(cblas_row_major, cblas_no_trans, cblas_no_trans, m, id, n, 1.0f, s, n, pv + base, ild, 0.0f, po + base + x.q0 * ld, ild);
-      }
-    }
-  });
-  return probs;
+// Flash attention (nn/flash_attention.hpp) over every (sample, head): out
+// written; returns the log-sum-exp of each row, [H, T] (one head's tokens
+// contiguous), all that backward keeps besides q, k, v and out.
+// The tile of a run: `block` if given (> 0), else a quarter of its samples'
+// length within [64, 256] (short samples: small tiles skip more of the
+// causal triangle; long ones: larger GEMMs; measured in benchmarks/RESULTS.md).
+inline int64_t flash_tile(int64_t block, int64_t len) {
+  return block > 0 ? block : std::clamp<int64_t>(len / 4, 64, 256);
+}
+inline int64_t largest_tile(int64_t block, const std::vector<attention_run>& runs) {
+  int64_t t = 1;
+  for (const auto& r : runs) t = std::max(t, flash_tile(block, r.len));
+  return t;
 }
 
-// Backward: dq, dk, dv written from g (= dOut) and forward's q, k, v, out and
-// probabilities. Blocks run last first: the last sees every key, so it sets
-// dK and dV (beta 0) and the others add into them.
-inline void attention_backward_fused(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                     const at::Tensor& o, const std::vector<at::Tensor>& probs,
-                                     const std::vector<attention_run>& runs, bool causal, int64_t block, float scale,
-                                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
-  using kernels::detail::cblas_row_major, kernels::detail::cblas_no_trans, kernels::detail::cblas_trans;
-  const int64_t h = q.size(1), d = q.size(2), ld = h * d;
-  std::vector<std::vector<attention_block>> blocks;
-  int64_t scratch = 0, longest = 0;
-  for (const auto& r : runs) {
-    int64_t total = 0;
-    blocks.push_back(attention_blocks(r.len, causal, block, total));
-    for (const auto& x : blocks.back()) scratch = std::max(scratch, x.m * x.n);
-    longest = std::max(longest, r.len);
+inline at::Tensor attention_forward_flash(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                                          const std::vector<attention_run>& runs, bool causal, int64_t tile,
+                                          float scale) {
+  const int64_t t = q.size(0), h = q.size(1), d = q.size(2), ld = h * d;
+  at::Tensor lse = at::zeros({h, t}, q.options());
+  // one task per query tile of each (sample, head), the most work first
+  struct tile_task {
+    std::size_t run;
+    int64_t bh, q0, work;
+  };
+  std::vector<tile_task> tasks;
+  for (const auto& [run, bh] : attention_tasks(runs, h)) {
+    const int64_t len = runs[run].len, bq = flash_tile(tile, len);
+    for (int64_t q0 = 0; q0 < len; q0 += bq) tasks.push_back({run, bh, q0, causal ? q0 + std::min(bq, len - q0) : len});
   }
-  std::vector<const float*> pp;
-  for (const auto& p : probs) pp.push_back(p.data_ptr<float>());
-  const auto tasks = attention_tasks(runs, h);
+  const int64_t most = largest_tile(tile, runs);
+  std::stable_sort(tasks.begin(), tasks.end(), [](const tile_task& a, const tile_task& b) { return a.work > b.work; });
+  const float *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>();
+  float *po = out.data_ptr<float>(), *pl = lse.data_ptr<float>();
+  for_each_dynamic(
+      static_cast<int64_t>(tasks.size()),
+      [&] { return std::vector<float>(static_cast<std::size_t>(most * most + 3 * most)); },
+      [&](int64_t i, std::vector<float>& scratch) {
+        const tile_task& x = tasks[static_cast<std::size_t>(i)];
+        const attention_run& r = runs[x.run];
+        const int64_t first = r.begin + x.bh / h * r.len, base = first * ld + x.bh % h * d, bq = flash_tile(tile, r.len);
+        flash_forward_tile(pq + base, pk + base, pv + base, po + base, pl + x.bh % h * t + first, x.q0,
+                           std::min(bq, r.len - x.q0), r.len, d, ld, causal, bq, scale, scratch.data(),
+                           scratch.data() + bq * bq);
+      });
+  return lse;
+}
+
+// Its backward: dq, dk, dv written from g (= dOut), q, k, v, out and lse.
+inline void attention_backward_flash(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& o, const at::Tensor& lse, const std::vector<attention_run>& runs,
+                                     bool causal, int64_t tile, float scale, at::Tensor& dq, at::Tensor& dk,
+                                     at::Tensor& dv) {
+  const int64_t t = q.size(0), h = q.size(1), d = q.size(2), ld = h * d;
+  int64_t longest = 0;
+  for (const auto& r : runs) longest = std::max(longest, r.len);
+  // one task per (sample, head), the longest first: each task owns its rows
+  // of dq, dk, dv and adds into them in a fixed order (deterministic)
+  auto tasks = attention_tasks(runs, h);
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [&](const attention_task& a, const attention_task& b) { return runs[a.run].len > runs[b.run].len; });
   const float *pg = g.data_ptr<float>(), *pq = q.data_ptr<float>(), *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(),
-              *po = o.data_ptr<float>();
+              *po = o.data_ptr<float>(), *pl = lse.data_ptr<float>();
   float *pdq = dq.data_ptr<float>(), *pdk = dk.data_ptr<float>(), *pdv = dv.data_ptr<float>();
-  const auto gemm = kernels::detail::sgemm();
-  const int ild = static_cast<int>(ld), id = static_cast<int>(d);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
-    std::vector<float> ds(static_cast<std::size_t>(scratch)), rows(static_cast<std::size_t>(longest));
-    for (int64_t t = b; t < e; ++t) {
-      const attention_run& r = runs[tasks[t].run];
-      const int64_t bh = tasks[t].bh, base = (r.begin + bh / h * r.len) * ld + bh % h * d;
-      const auto& bl = blocks[tasks[t].run];
-      const float* p = pp[tasks[t].run] + bh * probs[tasks[t].run].size(1);
-      kernels::dot_rows_avx2(pg + base, po + base, ld, r.len, d, rows.data());  // rowsum(dO * O)
-      float beta = 0.0f;
-      for (auto x = bl.rbegin(); x != bl.rend(); ++x, beta = 1.0f) {
-        const float* pb = p + x->offset;
-        const float* gi = pg + base + x->q0 * ld;
-        const int m = static_cast<int>(x->m), n = static_cast<int>(x->n);
-        gemm(cblas_row_major, cblas_trans, cblas_no_trans, n, id, m, 1.0f, pb, n, gi, ild, beta, pdv + base, ild);  // dV (+)= P^T dO
-        gemm(cblas_row_major, cblas_no_trans, cblas_trans, m, n, id, 1.0f, gi, ild, pv + base, ild, 0.0f, ds.data(), n);  // dP
-        kernels::softmax_grad_rows_avx2(ds.data(), pb, rows.data() + x->q0, x->m, x->n);  // dS
-        gemm(cblas_row_major, cblas_no_trans, cblas_no_trans, m, id, n, scale, ds.data(), n, pk + base, ild, 0.0f,
-             pdq + base + x->q0 * ld, ild);  // dQ = dS K / sqrt(d)
-        gemm(cblas_row_major, cblas_trans, cblas_no_trans, n, id, m, scale, ds.data(), n, pq + base + x->q0 * ld, ild, beta,
-             pdk + base, ild);  // dK (+)= dS^T Q / sqrt(d)
-      }
-    }
-  });
+  const int64_t most = largest_tile(tile, runs);
+  for_each_dynamic(
+      static_cast<int64_t>(tasks.size()),
+      [&] { return std::vector<float>(static_cast<std::size_t>(2 * most * most + longest)); },
+      [&](int64_t i, std::vector<float>& scratch) {
+        const attention_task& x = tasks[static_cast<std::size_t>(i)];
+        const attention_run& r = runs[x.run];
+        const int64_t first = r.begin + x.bh / h * r.len, base = first * ld + x.bh % h * d, b = flash_tile(tile, r.len);
+        flash_backward_one(pg + base, pq + base, pk + base, pv + base, po + base, pl + x.bh % h * t + first,
+                           pdq + base, pdk + base, pdv + base, r.len, d, ld, causal, b, b, scale, scratch.data(),
+                           scratch.data() + b * b, scratch.data() + 2 * b * b);
+      });
 }
 #endif
 }  // namespace detail
@@ -306,10 +301,8 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
     ctx->saved_data["block"] = block;
 #ifdef VEOMNI_KERNELS_AVX2
     if (detail::attention_fusable(q, k, v)) {
-      std::vector<at::Tensor> saved{q, k, v, out};  // then per run its probabilities
-      for (auto& p : detail::attention_forward_fused(q, k, v, out, runs, causal, block, static_cast<float>(scale)))
-        saved.push_back(std::move(p));
-      ctx->save_for_backward(saved);
+      const at::Tensor lse = detail::attention_forward_flash(q, k, v, out, runs, causal, block, static_cast<float>(scale));
+      ctx->save_for_backward({q, k, v, out, lse});
       ctx->saved_data["fused"] = true;
       return out;
     }
@@ -356,8 +349,7 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
                dv = detail::run_output(g, covered);
 #ifdef VEOMNI_KERNELS_AVX2
     if (ctx->saved_data["fused"].toBool()) {
-      const std::vector<at::Tensor> probs(saved.begin() + 4, saved.end());
-      detail::attention_backward_fused(g, saved[0], saved[1], saved[2], saved[3], probs, runs, causal, block,
+      detail::attention_backward_flash(g, saved[0], saved[1], saved[2], saved[3], saved[4], runs, causal, block,
                                        static_cast<float>(scale), dq, dk, dv);
       return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor()};
     }
@@ -391,7 +383,7 @@ class attention_fn : public torch::autograd::Function<attention_fn> {
 };
 
 inline at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& cu_seqlens, bool causal, int64_t block = 64) {
+                                   const at::Tensor& cu_seqlens, bool causal, int64_t block = 0) {
   const int64_t hq = q.size(1), hkv = k.size(1);
   TORCH_CHECK(hq % hkv == 0, "veomni::nn::varlen_attention: ", hq, " query heads are not a multiple of ", hkv,
               " kv heads");

@@ -173,6 +173,43 @@ __attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(float* s, int6
   }
 }
 
+// Flash attention's row passes over one [m, n] tile of scores s (queries
+// q0.., keys k0..; diag = q0 - k0): row i sees columns [0, vis_i), vis_i = n,
+// or when causal min(n, max(0, diag + i + 1)); what it does not see becomes 0.
+inline int64_t visible_columns(int64_t i, int64_t n, int64_t diag, bool causal) {
+  return causal ? std::min(n, std::max<int64_t>(0, diag + i + 1)) : n;
+}
+// Forward (online softmax): with the running maximum mx[i] and sum l[i] of
+// row i over the tiles before, s becomes exp(s - mx'), mx' = max(mx, max s);
+// l = l e^(mx - mx') + sum; alpha[i] = e^(mx - mx') rescales the output so far.
+__attribute__((target("avx2,fma"))) inline void online_softmax_rows_avx2(float* s, int64_t m, int64_t n, int64_t diag,
+                                                                         bool causal, float* mx, float* l, float* alpha) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = s + i * n;
+    const int64_t vis = visible_columns(i, n, diag, causal);
+    if (vis == 0) {
+      std::fill(row, row + n, 0.0f);
+      alpha[i] = 1.0f;
+      continue;
+    }
+    const float next = std::max(mx[i], row_max_avx2(row, vis));
+    alpha[i] = std::exp(mx[i] - next);  // 0 for the first tile (mx = -inf)
+    l[i] = l[i] * alpha[i] + exp_sum_avx2(row, vis, next, true);
+    mx[i] = next;
+    std::fill(row + vis, row + n, 0.0f);
+  }
+}
+// Backward: s becomes the probabilities exp(s - lse[i]) (0 where not seen).
+__attribute__((target("avx2,fma"))) inline void probs_rows_avx2(float* s, int64_t m, int64_t n, int64_t diag, bool causal,
+                                                                const float* lse) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = s + i * n;
+    const int64_t vis = visible_columns(i, n, diag, causal);
+    exp_sum_avx2(row, vis, lse[i], true);
+    std::fill(row + vis, row + n, 0.0f);
+  }
+}
+
 // Softmax's backward in place: dp [m, n] becomes p * (dp - rows[i]) on row i.
 __attribute__((target("avx2,fma"))) inline void softmax_grad_rows_avx2(float* dp, const float* p, const float* rows,
                                                                        int64_t m, int64_t n) {
