@@ -14,6 +14,31 @@ if(Torch_FOUND OR TORCH_FOUND)
       INTERFACE_LINK_LIBRARIES "${TORCH_LIBRARIES}"
       INTERFACE_INCLUDE_DIRECTORIES "${TORCH_INCLUDE_DIRS}"
       INTERFACE_COMPILE_OPTIONS "${_veomni_torch_flags}")
+    # ATen's at::parallel_for is a header template: with an OpenMP build of
+    # LibTorch (ATen/Config.h: AT_PARALLEL_OPENMP 1, as Debian's) its
+    # `#pragma omp parallel` is compiled into *our* translation units, and
+    # without -fopenmp it silently runs on one thread: every veomni CPU kernel
+    # (flash attention, norms, RoPE, loss, AdamW) would then use one core
+    # whatever at::set_num_threads says. LibTorch's CMake config does not add
+    # the flag, so we do, with the OpenMP runtime LibTorch links (GCC's).
+    set(_veomni_aten_config "")
+    foreach(_dir IN LISTS TORCH_INCLUDE_DIRS)
+      if(NOT _veomni_aten_config AND EXISTS "${_dir}/ATen/Config.h")
+        set(_veomni_aten_config "${_dir}/ATen/Config.h")
+      endif()
+    endforeach()
+    if(_veomni_aten_config)
+      file(STRINGS "${_veomni_aten_config}" _veomni_omp REGEX "#define AT_PARALLEL_OPENMP 1")
+      if(_veomni_omp)
+        find_package(OpenMP QUIET COMPONENTS CXX)
+        if(OpenMP_CXX_FOUND AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+          set_property(TARGET veomni::torch APPEND PROPERTY INTERFACE_LINK_LIBRARIES OpenMP::OpenMP_CXX)
+        else()
+          message(WARNING "veomni: LibTorch parallelises with OpenMP but ${CMAKE_CXX_COMPILER_ID} has no GCC-compatible "
+                          "OpenMP here: veomni's CPU kernels will run on one thread")
+        endif()
+      endif()
+    endif()
   endif()
 else()
   set(VEOMNI_HAS_TORCH OFF)
