@@ -99,24 +99,34 @@ TEST_CASE("memory: Qwen2-7B, FSDP over 128 GPUs, bf16 with fp32 master, by hand"
 
 TEST_CASE("memory: activations of Qwen2-7B at 8k with and without checkpointing, by hand") {
   const mesh_shape m{.dp_shard = 128};
-  const long T = 8192, h = 3584, q = 3584, kv = 512, ffn = 18944, V = 152064, L = 28;
+  const long T = 8192, h = 3584, q = 3584, kv = 512, ffn = 18944, V = 152064, L = 28, heads = 28;
   const long per_token_block = 4 * h + 2 * q + 2 * kv + 3 * ffn;  // norm, attention, norm, SwiGLU
   CHECK(per_token_block == 79'360);
+  const long block_bytes = per_token_block * 2 + heads * 4;  // bf16, and one fp32 log-sum-exp per head
+  // the reference system's loss: bf16 logits and their fp32 upcast
   const long root = (h + h) * T * 2 + V * 6 * T;  // final norm, head input; bf16 + fp32 logits
 
-  training_step st{.seq = 8192, .checkpointing = true};
+  training_step st{.seq = 8192, .checkpointing = true, .loss = loss_memory::logits};
   const activation_memory on = activations<paper::qwen2>(paper::qwen2_7b(), st, m);
   CHECK(on.kept == L * h * T * 2);  // 1,644,167,168: each block's input
-  CHECK(on.working == per_token_block * T * 2);
+  CHECK(on.working == block_bytes * T);
   CHECK(on.root == root);
   st.checkpointing = false;
   const activation_memory off = activations<paper::qwen2>(paper::qwen2_7b(), st, m);
-  CHECK(off.kept == L * per_token_block * T * 2);  // 36.4 GB
+  CHECK(off.kept == L * block_bytes * T);  // 36.4 GB
   CHECK(off.working == 0);
   CHECK(off.root == root);
 
+  // veomni's chunked loss: the head input's gradient (h per token) and one
+  // chunk of 1024 rows of fp32 logits instead of the whole [T, V] twice
+  st.loss = loss_memory::chunked;
+  const activation_memory chunked = activations<paper::qwen2>(paper::qwen2_7b(), st, m);
+  CHECK(chunked.root == (h + h) * T * 2 + h * T * 2 + 1024 * V * 4);
+  CHECK(chunked.root < root / 5);
+
   // Ulysses over 4: a quarter of the tokens per rank, the same per-token sets
   st.checkpointing = true;
+  st.loss = loss_memory::logits;
   st.seq = 4 * 8192;
   const activation_memory sp4 = activations<paper::qwen2>(paper::qwen2_7b(), st, mesh_shape{.dp_shard = 32, .sp = 4});
   CHECK(sp4.total() == on.total());
@@ -141,5 +151,5 @@ TEST_CASE("memory: Qwen3-30B-A3B, FSDP + EP8, experts by ep then ep_dp, activati
   CHECK(per_token == 68'736);
   const training_step st{.seq = 16384, .checkpointing = false};
   const activation_memory a = activations<paper::qwen3_moe>(d, st, m);
-  CHECK(a.kept == 48L * per_token * 16384 * 2);
+  CHECK(a.kept == 48L * (per_token * 2 + 32 * 4) * 16384);  // bf16, and a fp32 log-sum-exp per head (32)
 }

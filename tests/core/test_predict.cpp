@@ -155,6 +155,34 @@ TEST_CASE("budget: fits at compile time, and a runtime overflow throws with the 
   }
 }
 
+TEST_CASE("budget: the longest sequence that fits a memory per GPU, against the affine footprint by hand") {
+  const mesh_shape m{.dp_shard = 128};
+  const training_step st{.seq = 8192};
+  const long budget = 80L << 30;
+  const long longest = longest_sequence<fsdp_7b>(paper::qwen2_7b(), m, st, budget);
+  auto at = [&](long seq) {
+    training_step s = st;
+    s.seq = seq;
+    return footprint<fsdp_7b>(paper::qwen2_7b(), m, s).total();
+  };
+  CHECK(at(longest) <= budget);
+  CHECK(at(longest + 1) > budget);
+  // past one loss chunk the footprint is fixed + per_token * seq: solve it
+  const long per_token = (at(16384) - at(8192)) / 8192;
+  CHECK(at(16384) - at(8192) == per_token * 8192);
+  CHECK(longest == 8192 + (budget - at(8192)) / per_token);
+  MESSAGE("Qwen2-7B, FSDP-128, bf16, checkpointing, 80 GiB: ", longest, " tokens, ", per_token, " bytes per token");
+  // at compile time too; Ulysses-4 gives a multiple of 4, and a budget below
+  // the states alone gives 0
+  static_assert(longest_sequence<fsdp_7b>(paper::qwen2_7b(), mesh_shape{.dp_shard = 128}, training_step{}, 80L << 30) >
+                100'000);
+  using sp_7b = plan<paper::qwen2, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>>;
+  const long sp4 = longest_sequence<sp_7b>(paper::qwen2_7b(), mesh_shape{.dp_shard = 32, .sp = 4}, st, budget);
+  CHECK(sp4 % 4 == 0);
+  CHECK(sp4 > 3 * longest);
+  CHECK(longest_sequence<fsdp_7b>(paper::qwen2_7b(), m, st, 1L << 20) == 0);
+}
+
 TEST_CASE("budget: FSDP buffers hold the gathered root, two blocks and one unsharded gradient") {
   const mesh_shape m{.dp_shard = 128};
   const training_step st{.seq = 8192};

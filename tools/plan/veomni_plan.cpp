@@ -24,9 +24,11 @@ constexpr const char* usage_text =
     "usage: veomni-plan [--model NAME] [--recipe R] [--gpus N] [--sp N] [--ep N] [--dp-replicate N]\n"
     "                   [--seq N] [--global-batch N] [--micro-batch N] [--checkpointing on|off]\n"
     "                   [--precision bf16|fp32] [--hardware h100|h200] [--vision-tokens N] [--image-patches N]\n"
-    "                   [--budget-gib X] [--no-plan]\n"
+    "                   [--loss chunked|logits] [--budget-gib X] [--longest-gib X] [--no-plan]\n"
     "       veomni-plan --paper [--hardware h100|h200]\n"
-    "models: qwen2-7b qwen2.5-32b qwen2-72b qwen3-30b-a3b qwen2-vl-7b\n"
+    "models: qwen2-7b qwen2.5-32b qwen2-72b qwen3-30b-a3b qwen2-vl-7b dense-peer (benchmarks' CPU model)\n"
+    "--loss: what the loss keeps, veomni's chunked loss (default) or whole logits (the reference system's)\n"
+    "--longest-gib X: also report the longest sequence per sample that fits X GiB per GPU\n"
     "recipe: fsdp or hsdp, then +sp (Ulysses) and +ep (experts), e.g. fsdp+sp+ep; default from the sizes\n";
 
 [[noreturn]] void usage(const std::string& why) {
@@ -66,7 +68,15 @@ std::string with_commas(double x) {
   return out;
 }
 
-enum class model_id { qwen2_7b, qwen2_5_32b, qwen2_72b, qwen3_30b_a3b, qwen2_vl_7b };
+enum class model_id { qwen2_7b, qwen2_5_32b, qwen2_72b, qwen3_30b_a3b, qwen2_vl_7b, dense_peer };
+
+// The dense_peer model of benchmarks/ (configs/dense_peer.yaml): what
+// bench_long trains on this machine's CPUs at 8k-64k tokens.
+constexpr paper::qwen2::dims dense_peer_dims() {
+  paper::qwen2::dims d;
+  d.at<"lm">() = {.vocab = 1024, .hidden = 256, .layers = 4, .heads = 4, .kv_heads = 4, .head_dim = 64, .ffn = 1024};
+  return d;
+}
 
 struct model_entry {
   std::string_view flag, name;
@@ -78,6 +88,7 @@ constexpr model_entry model_table[] = {
     {"qwen2-72b", "Qwen2-72B", model_id::qwen2_72b},
     {"qwen3-30b-a3b", "Qwen3-30B-A3B", model_id::qwen3_30b_a3b},
     {"qwen2-vl-7b", "Qwen2-VL-7B", model_id::qwen2_vl_7b},
+    {"dense-peer", "dense_peer", model_id::dense_peer},
 };
 
 struct recipe_choice {
@@ -101,7 +112,7 @@ struct options {
   training_step step;
   hardware hw = hardware_profiles::h100;
   long vision_tokens = 0, image_patches = 1024;
-  double budget_gib = 0;
+  double budget_gib = 0, longest_gib = 0;
   bool print_plan = true;
 };
 
@@ -158,6 +169,7 @@ void with_model(model_id id, const recipe_choice& r, F&& f) {
     case model_id::qwen2_72b: return with_recipe<paper::qwen2>(paper::qwen2_72b(), r, f);
     case model_id::qwen3_30b_a3b: return with_recipe<paper::qwen3_moe>(paper::qwen3_30b_a3b(), r, f);
     case model_id::qwen2_vl_7b: return with_recipe<paper::qwen2_vl>(paper::qwen2_vl_7b(), r, f);
+    case model_id::dense_peer: return with_recipe<paper::qwen2>(dense_peer_dims(), r, f);
   }
 }
 
@@ -238,10 +250,35 @@ void print_launch(const options& o, const typename G::dims& d) {
       }
     std::printf("%s", detail::render_table(rows).c_str());
     const gpu_memory g = footprint<P>(d, m, st);
-    std::printf("activations (*): kept %s, recomputed block %s, head and loss %s\n",
+    std::printf("activations (*): kept %s, recomputed block %s, head and loss %s (%s)\n",
                 gb(static_cast<double>(g.activations.kept)).c_str(),
                 gb(static_cast<double>(g.activations.working)).c_str(),
-                gb(static_cast<double>(g.activations.root)).c_str());
+                gb(static_cast<double>(g.activations.root)).c_str(),
+                st.loss == loss_memory::chunked ? "chunked loss: the head input's gradient and one chunk of logits"
+                                                : "whole logits in bf16 and fp32");
+    if (o.longest_gib > 0) {
+      // the vision stream, where there is one, follows the text as main() sets it
+      const bool vision = st.find("vision") != nullptr && o.vision_tokens == 0;
+      const long unit = vision ? 2 * m.sp : m.sp;
+      const long budget = static_cast<long>(o.longest_gib * static_cast<double>(1L << 30));
+      const long n = longest_sequence<P>(d, m, st, budget, unit, [&](training_step& s) {
+        if (vision) s.with("vision", s.seq / 2, std::min(o.image_patches, s.seq / 2));
+      });
+      if (n == 0) {
+        std::printf("longest sequence that fits %.2f GiB per GPU: none (even %ld tokens need more)\n", o.longest_gib,
+                    unit);
+      } else {
+        training_step s = st;
+        s.seq = n;
+        if (vision) s.with("vision", n / 2, std::min(o.image_patches, n / 2));
+        const gpu_memory at = footprint<P>(d, m, s);
+        std::printf("longest sequence that fits %.2f GiB per GPU: %s tokens per sample (%s tokens per rank; "
+                    "activations %s, states and buffers %s)\n",
+                    o.longest_gib, with_commas(static_cast<double>(n)).c_str(),
+                    with_commas(static_cast<double>(s.tokens_per_rank("lm", m))).c_str(),
+                    gib(at.activations.total()).c_str(), gib(at.states.total() + at.buffers).c_str());
+      }
+    }
   }
 
   // FLOPs
@@ -328,7 +365,9 @@ void print_paper(const hardware& hw) {
   for (const auto& r : paper_rows) {
     recipe_choice rc{false, r.sp > 1, r.ep > 1};
     mesh_shape m{.dp_shard = 128 / r.sp, .sp = r.sp, .ep = r.ep};
-    training_step st{.seq = r.seq, .global_batch = 128, .micro_batch = 1, .checkpointing = true};
+    // the paper's system: a loss over the whole logits tensor
+    training_step st{
+        .seq = r.seq, .global_batch = 128, .micro_batch = 1, .checkpointing = true, .loss = loss_memory::logits};
     with_model(r.model, rc, [&]<class G, class R>(const typename G::dims& d) {
       using P = plan<G, R>;
       const step_prediction pr = predict<P>(d, m, st, hw);
@@ -392,6 +431,12 @@ int main(int argc, char** argv) {
     else if (a == "--vision-tokens") o.vision_tokens = parse_long(a, v), ++i;
     else if (a == "--image-patches") o.image_patches = parse_long(a, v), ++i;
     else if (a == "--budget-gib") o.budget_gib = parse_double(a, v), ++i;
+    else if (a == "--longest-gib") o.longest_gib = parse_double(a, v), ++i;
+    else if (a == "--loss") {
+      const std::string_view l = word();
+      if (l != "chunked" && l != "logits") usage("--loss takes chunked or logits, got '" + std::string(l) + "'");
+      o.step.loss = l == "chunked" ? loss_memory::chunked : loss_memory::logits;
+    }
     else if (a == "--no-plan") o.print_plan = false;
     else if (a == "--checkpointing") {
       const std::string_view c = word();

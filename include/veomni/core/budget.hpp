@@ -71,6 +71,37 @@ constexpr gpu_memory footprint(const typename P::model::dims& d, const mesh_shap
   return g;
 }
 
+// The longest sequence per sample that fits `budget_bytes` per GPU: the
+// largest multiple of `unit` (at least the Ulysses degree, so that every rank
+// holds whole tokens) whose footprint fits, or 0 if not even `unit` does.
+// `adjust(step)` restates what depends on the length (a vision stream's
+// patches); the footprint grows with the sequence, so doubling then bisecting
+// finds it in O(log) footprints. Worked example (tests/core/test_predict.cpp):
+// Qwen2-7B, FSDP over 128 H100s, bf16, checkpointing, 80 GiB: states and
+// buffers take a fixed 1.2 GiB, every token ~0.18 MB more.
+template <class P, class Adjust>
+constexpr long longest_sequence(const typename P::model::dims& d, const mesh_shape& m, training_step st,
+                                long budget_bytes, long unit, Adjust adjust) {
+  auto fits = [&](long n) {
+    st.seq = n * unit;
+    adjust(st);
+    return footprint<P>(d, m, st).total() <= budget_bytes;
+  };
+  if (unit < 1 || !fits(1)) return 0;
+  long lo = 1, hi = 2;  // fits(lo), and (once found) !fits(hi)
+  while (hi < (1L << 40) / unit && fits(hi)) lo = hi, hi *= 2;
+  while (hi - lo > 1) {
+    const long mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo * unit;
+}
+template <class P>
+constexpr long longest_sequence(const typename P::model::dims& d, const mesh_shape& m, const training_step& st,
+                                long budget_bytes) {
+  return longest_sequence<P>(d, m, st, budget_bytes, m.sp > 0 ? m.sp : 1, [](training_step&) {});
+}
+
 // "79.31 GiB"
 inline std::string gib(long bytes) {
   char buf[32];

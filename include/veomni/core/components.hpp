@@ -33,6 +33,7 @@ constexpr geometry attention(long hidden, long heads, long kv_heads, long head_d
   g.flops_per_token = 2 * g.params;
   g.params += (qkv_bias ? g.q_width + 2 * g.kv_width : 0) + (out_bias ? hidden : 0) + (qk_norm ? 2 * head_dim : 0);
   g.saved_per_token = hidden + 2 * g.q_width + 2 * g.kv_width;  // input, q, k, v, output
+  g.saved_fp32_per_token = heads;                                  // the softmax's log-sum-exp per head
   return g;
 }
 // SwiGLU: gate and up (hidden -> ffn), down (ffn -> hidden).

@@ -65,6 +65,10 @@ struct geometry {
   // q, k, v and the output, as FlashAttention keeps them, no seq^2 term;
   // SwiGLU: gate, up and their product). See activation.hpp.
   long saved_per_token = 0;
+  // fp32 values per token kept whatever the activation dtype (attention: the
+  // log-sum-exp of each head's scores row, all that FlashAttention keeps of
+  // its softmax for the backward).
+  long saved_fp32_per_token = 0;
 };
 
 }  // namespace veomni

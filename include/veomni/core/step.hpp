@@ -30,12 +30,24 @@ inline constexpr precision fp32{.param_bytes = 4, .grad_bytes = 4, .comm_bytes =
 // Bytes of one activation element under a precision (what comm_bytes moves).
 constexpr long activation_bytes_of(const precision& p) { return p.comm_bytes; }
 
+// What the loss keeps for its backward.
+//   chunked  veomni's LM loss (nn::lm_loss_sum): logits exist one chunk of
+//            rows at a time, in fp32; its forward computes the gradient of the
+//            head's input and keeps that (the width of the head's input per
+//            token, in the activation dtype)
+//   logits   a loss over the whole logits tensor (Hugging Face's, the
+//            reference system's): bf16 logits and their fp32 upcast, 6 bytes
+//            per vocabulary entry per token
+enum class loss_memory { chunked, logits };
+
 struct training_step {
   long seq = 8192;            // tokens per sample of the default stream (the language model's text)
   long global_batch = 128;    // samples per optimizer step
   long micro_batch = 1;       // samples per data-parallel rank per micro-batch
   bool checkpointing = true;  // full activation checkpointing: each block keeps its input, recomputes in backward
   precision prec = precisions::bf16;
+  loss_memory loss = loss_memory::chunked;  // veomni's runtime
+  long loss_chunk = 1024;                   // rows of logits at once (chunked)
 
   // A node whose tokens per sample differ from `seq` (a vision encoder's
   // patches), and the span its attention sees (an image's patches, not the
