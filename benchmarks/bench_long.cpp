@@ -11,10 +11,13 @@
 //       recomputed in backward), peak RSS
 //   bench_long train L STEPS WARMUP THREADS          (world 1, or veomni-launch --nproc 2: Ulysses 2)
 //       one sample of L tokens per step, FSDP + Ulysses, activation
-//       checkpointing: step time, tokens/s, peak RSS per rank, and the cost
-//       model's activation and parameter memory per rank
+//       checkpointing: step time, tokens/s, peak RSS per rank, what the
+//       steps add to the resident memory (peak - resident before the first
+//       step) against the cost model's footprint less the parameters
+//       (activations, gradients, optimizer moments, FSDP buffers)
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -52,6 +55,15 @@ long peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return u.ru_maxrss / 1024;
+}
+// Resident memory now (MB), from /proc/self/statm.
+double rss_mb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
 }
 
 // fp32 GEMM (at::mm, 2048^3): the median over 8 of wall-clock GFLOP/s, and of
@@ -140,6 +152,10 @@ int train_step(int64_t len, int steps, int warmup, int threads) {
   c.global_batch = 1;
   std::vector<double> t;
   double loss = 0;
+  // resident before the first step: the model's parameters (and LibTorch);
+  // the peak above it is what the steps add (activations, gradients, the
+  // optimizer's moments, the collectives' buffers)
+  const double before_mb = rss_mb();
   for (int step = 0; step < warmup + steps; ++step) {
     const nn::batch b = parallel::local_batch(bench::peer_batch(step, c), m, env.rank, -1, -1, decltype(model)::layout());
     const auto t0 = clock_type::now();
@@ -148,21 +164,30 @@ int train_step(int64_t len, int steps, int warmup, int threads) {
     model.optimizer_step([&](double n) { optim.step(1e-3, train::clip_scale(n, 1.0)); });
     if (step >= warmup) t.push_back(seconds_since(t0));
   }
-  // the cost model's memory per rank for this step (fp32)
+  // the cost model's memory per rank for this step (fp32, veomni's chunked loss)
   training_step st;
   st.seq = len;
   st.global_batch = 1;
   st.micro_batch = 1;
   st.checkpointing = true;
   st.prec = precisions::fp32;
-  const activation_memory act = activations<models::dense_lm>(d, st, m);
-  const memory_per_rank mem = memory<P>(d, m, precisions::fp32);
+  const gpu_memory f = footprint<P>(d, m, st);
+  const double mb = 1 << 20;
+  const double plan_step = static_cast<double>(f.total() - f.states.params) / mb;
   const double step_s = median(t);
+  const long peak = peak_rss_mb();
   std::printf(
-      "RESULT mode=train len=%lld world=%d threads=%d steps=%d step_s=%.3f tokens_per_s=%.1f loss=%.4f "
-      "peak_rss_mb=%ld plan_activation_mb=%.1f plan_state_mb=%.1f\n",
-      static_cast<long long>(len), env.world_size, threads, steps, step_s, static_cast<double>(len) / step_s, loss,
-      peak_rss_mb(), static_cast<double>(act.total()) / (1 << 20), static_cast<double>(mem.total()) / (1 << 20));
+      "RESULT mode=train len=%lld world=%d rank=%d threads=%d steps=%d warmup=%d step_s=%.3f tokens_per_s=%.1f "
+      "loss=%.4f peak_rss_mb=%ld before_mb=%.1f step_mb=%.1f plan_step_mb=%.1f step_over_plan=%.3f "
+      "plan_activation_mb=%.1f plan_kept_mb=%.1f plan_working_mb=%.1f plan_root_mb=%.1f plan_params_mb=%.1f "
+      "plan_grads_mb=%.1f plan_optimizer_mb=%.1f plan_buffers_mb=%.1f\n",
+      static_cast<long long>(len), env.world_size, env.rank, threads, steps, warmup, step_s,
+      static_cast<double>(len) / step_s, loss, peak, before_mb, static_cast<double>(peak) - before_mb, plan_step,
+      (static_cast<double>(peak) - before_mb) / plan_step, static_cast<double>(f.activations.total()) / mb,
+      static_cast<double>(f.activations.kept) / mb, static_cast<double>(f.activations.working) / mb,
+      static_cast<double>(f.activations.root) / mb, static_cast<double>(f.states.params) / mb,
+      static_cast<double>(f.states.grads) / mb, static_cast<double>(f.states.optimizer) / mb,
+      static_cast<double>(f.buffers) / mb);
   return 0;
 }
 

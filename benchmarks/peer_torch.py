@@ -6,15 +6,20 @@ the same synthetic tokens as the veomni side (benchmarks/peer_data.hpp).
   torchrun --nproc_per_node 2 --redirects 1 --tee 1 \
       benchmarks/peer_torch.py --threads 1                          # DDP over Gloo
   python3 benchmarks/peer_torch.py --threads 2 --profile            # where a step goes
+  python3 benchmarks/peer_torch.py --seq 16384 --global-batch 1 \
+      --checkpoint --steps 1 --warmup 1                             # long context (scripts/bench_long.sh)
 
 Prints one "RESULT key=value ..." line (rank 0). The model: Llama-style
 pre-norm blocks (RMSNorm, RoPE with cached tables, causal attention over
 [B, H, L, L], SwiGLU), final RMSNorm, untied LM head; mean cross-entropy,
 AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only), clipping at 1.0.
+--checkpoint recomputes each block in backward (torch.utils.checkpoint), as
+veomni's activation checkpointing does.
 """
 import argparse
 import math
 import os
+import resource
 import statistics
 import time
 
@@ -22,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 def load_config(path):
@@ -65,7 +71,7 @@ def rotate_half(x):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden, heads, ffn, seq):
+    def __init__(self, hidden, heads, ffn, seq, causal):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
         self.attn_norm, self.mlp_norm = RMSNorm(hidden), RMSNorm(hidden)
@@ -78,7 +84,7 @@ class Block(nn.Module):
         # Gloo cannot broadcast a bool mask)
         self.cos = torch.cat((ang.cos(), ang.cos()), -1)
         self.sin = torch.cat((ang.sin(), ang.sin()), -1)
-        self.causal = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+        self.causal = causal  # [seq, seq], one for all blocks
 
     def forward(self, x):  # x [B, L, hidden]
         b, l, _ = x.shape
@@ -96,10 +102,12 @@ class Block(nn.Module):
 
 
 class LM(nn.Module):
-    def __init__(self, vocab, hidden, layers, heads, ffn, seq):
+    def __init__(self, vocab, hidden, layers, heads, ffn, seq, checkpoint=False):
         super().__init__()
+        self.checkpoint = checkpoint
         self.embed = nn.Embedding(vocab, hidden)
-        self.blocks = nn.ModuleList(Block(hidden, heads, ffn, seq) for _ in range(layers))
+        causal = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+        self.blocks = nn.ModuleList(Block(hidden, heads, ffn, seq, causal) for _ in range(layers))
         self.norm = RMSNorm(hidden)
         self.head = nn.Linear(hidden, vocab, bias=False)
         for p in self.parameters():
@@ -109,7 +117,10 @@ class LM(nn.Module):
     def forward(self, tokens):
         x = self.embed(tokens)
         for blk in self.blocks:
-            x = blk(x)
+            if self.checkpoint and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return self.head(self.norm(x))
 
 
@@ -129,6 +140,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--seq", type=int, default=None, help="tokens per sample (default: the config's)")
+    ap.add_argument("--global-batch", type=int, default=None, help="samples per step (default: the config's)")
+    ap.add_argument("--checkpoint", action="store_true", help="activation checkpointing of every block")
     args = ap.parse_args()
     cfg = load_config(args.config)
     torch.set_num_threads(args.threads)
@@ -139,10 +153,11 @@ def main():
         dist.init_process_group("gloo")
     torch.manual_seed(1234)
     vocab, hidden, layers = cfg["model.vocab"], cfg["model.hidden"], cfg["model.layers"]
-    heads, ffn, seq = cfg["model.heads"], cfg["model.ffn"], cfg["data.seq"]
-    gbatch = cfg["data.global_batch"]
+    heads, ffn = cfg["model.heads"], cfg["model.ffn"]
+    seq = args.seq or cfg["data.seq"]
+    gbatch = args.global_batch or cfg["data.global_batch"]
     steps = args.steps or cfg["train.steps"]
-    model = LM(vocab, hidden, layers, heads, ffn, seq)
+    model = LM(vocab, hidden, layers, heads, ffn, seq, args.checkpoint)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -181,7 +196,9 @@ def main():
         print(f"RESULT side=pytorch mode={'ddp' if world > 1 else 'single'} world={world} threads={args.threads} "
               f"steps={steps} step_s={st:.6f} step_min_s={min(times):.6f} tokens_per_rank={per_rank * seq} "
               f"global_tokens_per_s={gbatch * seq / st:.1f} loss0={loss0:.6f} loss_last={loss.item():.6f} "
-              f"params={sum(p.numel() for p in model.parameters())} torch={torch.__version__}", flush=True)
+              f"params={sum(p.numel() for p in model.parameters())} seq={seq} checkpoint={int(args.checkpoint)} "
+              f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} torch={torch.__version__}",
+              flush=True)
     if world > 1:
         dist.destroy_process_group()
 
