@@ -13,8 +13,10 @@
 //       one sample of L tokens per step, FSDP + Ulysses, activation
 //       checkpointing: step time, tokens/s, peak RSS per rank, what the
 //       steps add to the resident memory (peak - resident before the first
-//       step) against the cost model's footprint less the parameters
-//       (activations, gradients, optimizer moments, FSDP buffers)
+//       step) against the cost model's activations and FSDP buffers.
+//       BENCH_LONG_LIVE=1: freed memory goes back at once (the peak RSS is
+//       the peak of live memory, as the plan counts it)
+#include <malloc.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -138,7 +140,16 @@ int attention(int64_t len, int64_t heads, int64_t dim, int64_t tile, int threads
 // sample of `len` tokens per step.
 int train_step(int64_t len, int steps, int warmup, int threads) {
   at::set_num_threads(threads);
-  parallel::retain_host_memory();
+  // BENCH_LONG_LIVE=1: every block above 64 KiB its own mapping, returned
+  // when freed, so that the peak RSS is the peak of live memory (what the
+  // cost model predicts); otherwise freed memory stays in the process for
+  // the next step, as veomni-train runs (faster, the peak includes the heap's
+  // fragments)
+  const bool live = std::getenv("BENCH_LONG_LIVE") != nullptr && std::string(std::getenv("BENCH_LONG_LIVE")) == "1";
+  if (live)
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+  else
+    parallel::retain_host_memory();
   const comm::launch_env env = comm::read_launch_env();
   const mesh_shape m{.sp = env.world_size};
   comm::gloo_mesh mesh(m, env);
@@ -152,9 +163,10 @@ int train_step(int64_t len, int steps, int warmup, int threads) {
   c.global_batch = 1;
   std::vector<double> t;
   double loss = 0;
-  // resident before the first step: the model's parameters (and LibTorch);
-  // the peak above it is what the steps add (activations, gradients, the
-  // optimizer's moments, the collectives' buffers)
+  // resident before the first step: LibTorch, the model's parameters and
+  // gradient buffers, the optimizer's moments (allocated and zeroed by their
+  // constructors); the peak above it is what the steps add: activations and
+  // the collectives' buffers, which the plan predicts (footprint<P>)
   const double before_mb = rss_mb();
   for (int step = 0; step < warmup + steps; ++step) {
     const nn::batch b = parallel::local_batch(bench::peer_batch(step, c), m, env.rank, -1, -1, decltype(model)::layout());
@@ -173,19 +185,20 @@ int train_step(int64_t len, int steps, int warmup, int threads) {
   st.prec = precisions::fp32;
   const gpu_memory f = footprint<P>(d, m, st);
   const double mb = 1 << 20;
-  const double plan_step = static_cast<double>(f.total() - f.states.params) / mb;
+  const double plan_step = static_cast<double>(f.activations.total() + f.buffers) / mb;
   const double step_s = median(t);
   const long peak = peak_rss_mb();
   std::printf(
-      "RESULT mode=train len=%lld world=%d rank=%d threads=%d steps=%d warmup=%d step_s=%.3f tokens_per_s=%.1f "
+      "RESULT mode=train live=%d len=%lld world=%d rank=%d threads=%d steps=%d warmup=%d step_s=%.3f tokens_per_s=%.1f "
       "loss=%.4f peak_rss_mb=%ld before_mb=%.1f step_mb=%.1f plan_step_mb=%.1f step_over_plan=%.3f "
-      "plan_activation_mb=%.1f plan_kept_mb=%.1f plan_working_mb=%.1f plan_root_mb=%.1f plan_params_mb=%.1f "
+      "plan_activation_mb=%.1f plan_kept_mb=%.1f plan_working_mb=%.1f plan_backward_mb=%.1f plan_root_mb=%.1f "
+      "plan_params_mb=%.1f "
       "plan_grads_mb=%.1f plan_optimizer_mb=%.1f plan_buffers_mb=%.1f\n",
-      static_cast<long long>(len), env.world_size, env.rank, threads, steps, warmup, step_s,
+      live ? 1 : 0, static_cast<long long>(len), env.world_size, env.rank, threads, steps, warmup, step_s,
       static_cast<double>(len) / step_s, loss, peak, before_mb, static_cast<double>(peak) - before_mb, plan_step,
       (static_cast<double>(peak) - before_mb) / plan_step, static_cast<double>(f.activations.total()) / mb,
       static_cast<double>(f.activations.kept) / mb, static_cast<double>(f.activations.working) / mb,
-      static_cast<double>(f.activations.root) / mb, static_cast<double>(f.states.params) / mb,
+      static_cast<double>(f.activations.backward) / mb, static_cast<double>(f.activations.root) / mb, static_cast<double>(f.states.params) / mb,
       static_cast<double>(f.states.grads) / mb, static_cast<double>(f.states.optimizer) / mb,
       static_cast<double>(f.buffers) / mb);
   return 0;

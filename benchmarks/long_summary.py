@@ -34,9 +34,8 @@ def main():
 
     print(f"GEMM peak (at::mm 2048^3, 2 threads): {peak:.1f} GFLOP/s\n")
     print("| tokens | attention fwd+bwd | GFLOP/s (model) | of GEMM peak | "
-          "veomni world 1: step | tokens/s | peak RSS | steps add | plan | add/plan | "
-          "Ulysses-2: step | tokens/s | peak RSS per rank | add/plan |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "veomni world 1: step | tokens/s | peak RSS | Ulysses-2: step | tokens/s | peak RSS per rank |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in lengths:
         row = [length_label(n)]
         a = results.get(f"attention_{n}")
@@ -49,23 +48,46 @@ def main():
         w = results.get(f"veomni_w1_{n}")
         if w:
             w = w[0]
-            row += [f"{float(w['step_s']):.2f} s", f"{float(w['tokens_per_s']):.0f}", f"{w['peak_rss_mb']} MB",
-                    f"{float(w['step_mb']):.0f} MB", f"{float(w['plan_step_mb']):.0f} MB",
-                    f"{float(w['step_over_plan']):.2f}"]
+            row += [f"{float(w['step_s']):.2f} s", f"{float(w['tokens_per_s']):.0f}", f"{w['peak_rss_mb']} MB"]
         else:
-            row += [failed.get(f"veomni_w1_{n}", "-")] + ["-"] * 5
+            row += [failed.get(f"veomni_w1_{n}", "-")] + ["-"] * 2
         s = results.get(f"veomni_sp2_{n}")
         if s:
             step = max(float(r["step_s"]) for r in s)
             rss = "/".join(r["peak_rss_mb"] for r in sorted(s, key=lambda r: int(r["rank"])))
-            ratio = "/".join(f"{float(r['step_over_plan']):.2f}" for r in sorted(s, key=lambda r: int(r["rank"])))
-            row += [f"{step:.2f} s", f"{n / step:.0f}", f"{rss} MB", ratio]
+            row += [f"{step:.2f} s", f"{n / step:.0f}", f"{rss} MB"]
         else:
-            row += [failed.get(f"veomni_sp2_{n}", "-")] + ["-"] * 3
+            row += [failed.get(f"veomni_sp2_{n}", "-")] + ["-"] * 2
+        print("| " + " | ".join(row) + " |")
+
+    print("\nMemory against the plan (one step, freed memory returned at once: the peak RSS is the peak of live "
+          "memory; 'adds' = peak - resident before the step, which held LibTorch, parameters, gradient buffers "
+          "and AdamW's moments; 'plan' = the cost model's activations + FSDP buffers per rank)\n")
+    print("| tokens | world 1: adds | plan | adds/plan | plan: kept, recomputed block, gradients in flight, "
+          "head+loss | Ulysses-2 per rank: adds | plan | adds/plan |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in lengths:
+        row = [length_label(n)]
+        w = results.get(f"live_w1_{n}")
+        if w:
+            w = w[0]
+            row += [f"{float(w['step_mb']):.0f} MB", f"{float(w['plan_step_mb']):.0f} MB",
+                    f"{float(w['step_over_plan']):.3f}",
+                    ", ".join(f"{float(w[k]):.0f}" for k in ("plan_kept_mb", "plan_working_mb", "plan_backward_mb",
+                                                             "plan_root_mb")) + " MB"]
+        else:
+            row += [failed.get(f"live_w1_{n}", "-")] + ["-"] * 3
+        s = results.get(f"live_sp2_{n}")
+        if s:
+            s = sorted(s, key=lambda r: int(r["rank"]))
+            row += ["/".join(f"{float(r['step_mb']):.0f}" for r in s) + " MB", f"{float(s[0]['plan_step_mb']):.0f} MB",
+                    "/".join(f"{float(r['step_over_plan']):.3f}" for r in s)]
+        else:
+            row += [failed.get(f"live_sp2_{n}", "-")] + ["-"] * 2
         print("| " + " | ".join(row) + " |")
 
     print("\n| tokens | PyTorch step | tokens/s | peak RSS | PyTorch + checkpoint: step | tokens/s | peak RSS | "
-          "veomni world 1 / PyTorch (plain, checkpoint) |")
+          "PyTorch step / veomni world-1 step (plain, checkpoint) |")
     print("|---|---|---|---|---|---|---|---|")
     longest = {}
     for n in lengths:

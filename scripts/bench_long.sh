@@ -3,8 +3,11 @@
 # model (benchmarks/configs/dense_peer.yaml) on one sample per step of 8k to
 # 64k tokens, activation checkpointing on:
 #   veomni world 1 (2 threads) and Ulysses over 2 ranks (veomni-launch, 1
-#   thread each): step time, tokens/s, peak RSS per rank, what the steps add
-#   to the resident memory against the cost model's prediction;
+#   thread each): step time, tokens/s, peak RSS per rank (freed memory kept
+#   for the next step, as veomni-train runs); then one more step each with
+#   freed memory returned at once (BENCH_LONG_LIVE=1), whose peak is the
+#   peak of live memory: what it adds to the resident memory against the
+#   cost model's activations and buffers;
 #   the attention core alone at each length (GFLOP/s against the GEMM peak
 #   measured in the same process);
 #   PyTorch's model (benchmarks/peer_torch.py), plain and with
@@ -66,6 +69,9 @@ for L in $LENGTHS; do
   run "attention_$L" "$LONG" attention "$L" 4 64 0 2 "$STEPS" || true
   run "veomni_w1_$L" "$LONG" train "$L" "$STEPS" "$WARMUP" 2 || true
   run "veomni_sp2_$L" OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$LONG" train "$L" "$STEPS" "$WARMUP" 1 || true
+  # memory against the plan: one step with freed memory returned at once
+  run "live_w1_$L" BENCH_LONG_LIVE=1 "$LONG" train "$L" 1 0 2 || true
+  run "live_sp2_$L" BENCH_LONG_LIVE=1 OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 -- "$LONG" train "$L" 1 0 1 || true
 done
 for mode in plain checkpoint; do
   flag=""

@@ -1,5 +1,5 @@
 // A launch whose predicted memory per GPU exceeds its stated budget: Qwen2-72B,
-// FSDP + Ulysses over 128 GPUs at 128k tokens (about 56 GB per GPU) against
+// FSDP + Ulysses over 128 GPUs at 128k tokens (about 58 GB per GPU) against
 // 80 GiB (fits) and 40 GiB (does not).
 #include <veomni/core.hpp>
 #include <veomni/models/paper.hpp>

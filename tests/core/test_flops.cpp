@@ -111,6 +111,10 @@ TEST_CASE("memory: activations of Qwen2-7B at 8k with and without checkpointing,
   CHECK(on.kept == L * h * T * 2);  // 1,644,167,168: each block's input
   CHECK(on.working == block_bytes * T);
   CHECK(on.root == root);
+  // backward's peak adds the largest layer's gradients in flight: SwiGLU's
+  // output gradient, d(product), d(gate), d(up), less the product
+  CHECK(on.backward == (h + 2 * ffn) * T * 2);
+  CHECK(on.total() == on.kept + on.working + on.root + on.backward);
   st.checkpointing = false;
   const activation_memory off = activations<paper::qwen2>(paper::qwen2_7b(), st, m);
   CHECK(off.kept == L * block_bytes * T);  // 36.4 GB
@@ -152,4 +156,6 @@ TEST_CASE("memory: Qwen3-30B-A3B, FSDP + EP8, experts by ep then ep_dp, activati
   const training_step st{.seq = 16384, .checkpointing = false};
   const activation_memory a = activations<paper::qwen3_moe>(d, st, m);
   CHECK(a.kept == 48L * (per_token * 2 + 32 * 4) * 16384);  // bf16, and a fp32 log-sum-exp per head (32)
+  // the largest backward in flight: the MoE layer's, its 8 routed SwiGLUs (attention: 2048 + 2 * 4096 + 2 * 512)
+  CHECK(a.backward == (2048 + 8 * 2 * 768) * 16384L * 2);
 }

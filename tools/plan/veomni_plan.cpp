@@ -250,9 +250,10 @@ void print_launch(const options& o, const typename G::dims& d) {
       }
     std::printf("%s", detail::render_table(rows).c_str());
     const gpu_memory g = footprint<P>(d, m, st);
-    std::printf("activations (*): kept %s, recomputed block %s, head and loss %s (%s)\n",
+    std::printf("activations (*): kept %s, recomputed block %s, gradients in flight %s, head and loss %s (%s)\n",
                 gb(static_cast<double>(g.activations.kept)).c_str(),
                 gb(static_cast<double>(g.activations.working)).c_str(),
+                gb(static_cast<double>(g.activations.backward)).c_str(),
                 gb(static_cast<double>(g.activations.root)).c_str(),
                 st.loss == loss_memory::chunked ? "chunked loss: the head input's gradient and one chunk of logits"
                                                 : "whole logits in bf16 and fp32");

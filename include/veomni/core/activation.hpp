@@ -23,6 +23,12 @@
 //     their fp32 upcast, 6 bytes x vocab per token, which dominates at long
 //     sequence (Qwen2-72B, 16k tokens per rank: 14.9 GB)
 //
+// Backward adds, at its peak, the gradients in flight through one layer
+// (geometry::grad_working_per_token, the largest layer's): measured against
+// veomni's runtime on the dense_peer model (benchmarks/RESULTS.md, "Long
+// context"), SwiGLU's h + 2 ffn per token is what a step adds beyond the
+// saved sets.
+//
 // Tokens are per rank: with Ulysses a rank holds seq/sp tokens outside
 // attention and seq x heads/sp inside it, the same count either way.
 #include <algorithm>
@@ -38,7 +44,8 @@ struct activation_memory {
   long kept = 0;     // bytes kept across the whole forward (all blocks)
   long working = 0;  // one block recomputed during backward (checkpointing only)
   long root = 0;     // root layers and the loss's logits
-  constexpr long total() const { return kept + working + root; }
+  long backward = 0; // gradients in flight through the largest layer during backward
+  constexpr long total() const { return kept + working + root + backward; }
 };
 
 namespace detail {
@@ -52,6 +59,13 @@ constexpr long saved_bytes_per_token(const typename C::dims& d, scope s, long el
       n += g.saved_per_token * element_bytes + g.saved_fp32_per_token * 4;
     }
   return n;
+}
+// Bytes per token of the largest layer's gradients in flight in backward.
+template <Component C>
+constexpr long grad_working_bytes_per_token(const typename C::dims& d, long element_bytes) {
+  long n = 0;
+  for (std::size_t i = 0; i < C::layers.size(); ++i) n = std::max(n, C::shape(i, d).grad_working_per_token);
+  return n * element_bytes;
 }
 // The width entering a block: what a checkpointed block keeps.
 template <Component C>
@@ -94,6 +108,7 @@ constexpr activation_memory activations(const typename C::dims& d, long tokens, 
   }
   a.root = detail::saved_bytes_per_token<C>(d, scope::model, element_bytes) * tokens +
            detail::loss_bytes<C>(d, tokens, element_bytes, loss, loss_chunk);
+  a.backward = detail::grad_working_bytes_per_token<C>(d, element_bytes) * tokens;
   return a;
 }
 
@@ -109,6 +124,7 @@ constexpr activation_memory activations(const typename G::dims& d, const trainin
     total.kept += a.kept;
     total.root += a.root;
     total.working = std::max(total.working, a.working);
+    total.backward = std::max(total.backward, a.backward);
   });
   return total;
 }

@@ -34,6 +34,8 @@ constexpr geometry attention(long hidden, long heads, long kv_heads, long head_d
   g.params += (qkv_bias ? g.q_width + 2 * g.kv_width : 0) + (out_bias ? hidden : 0) + (qk_norm ? 2 * head_dim : 0);
   g.saved_per_token = hidden + 2 * g.q_width + 2 * g.kv_width;  // input, q, k, v, output
   g.saved_fp32_per_token = heads;                                  // the softmax's log-sum-exp per head
+  // backward: the block's output gradient (held by the residual), d(out), dq, dk, dv
+  g.grad_working_per_token = hidden + 2 * g.q_width + 2 * g.kv_width;
   return g;
 }
 // SwiGLU: gate and up (hidden -> ffn), down (ffn -> hidden).
@@ -43,6 +45,9 @@ constexpr geometry swiglu(long hidden, long ffn) {
   g.params = 3 * hidden * ffn;
   g.flops_per_token = 2 * g.params;
   g.saved_per_token = hidden + 3 * ffn;  // input, gate, up, silu(gate)*up
+  // backward at its peak: the output gradient (held by the residual), then
+  // d(silu(gate)*up), d(gate), d(up), less silu(gate)*up, freed by then
+  g.grad_working_per_token = hidden + 2 * ffn;
   return g;
 }
 // Two-matrix MLP with an elementwise activation (ViT: fc1, GELU, fc2).
@@ -52,6 +57,7 @@ constexpr geometry gelu_mlp(long hidden, long ffn, bool bias = false) {
   g.params = 2 * hidden * ffn + (bias ? ffn + hidden : 0);
   g.flops_per_token = 4 * hidden * ffn;
   g.saved_per_token = hidden + 2 * ffn;  // input, fc1 output, activation output
+  g.grad_working_per_token = hidden + ffn;  // as SwiGLU's, with one branch
   return g;
 }
 // RMSNorm (weight) or LayerNorm (weight and bias).
@@ -82,6 +88,7 @@ constexpr geometry moe(long hidden, long experts, long top_k, long expert_ffn) {
   // input, router logits, then per routed copy: dispatched input, gate, up,
   // their product, and the expert output awaiting the weighted combine
   g.saved_per_token = hidden + experts + top_k * (2 * hidden + 3 * expert_ffn);
+  g.grad_working_per_token = hidden + top_k * 2 * expert_ffn;  // each routed copy's SwiGLU backward
   return g;
 }
 }  // namespace shapes

@@ -69,6 +69,11 @@ struct geometry {
   // log-sum-exp of each head's scores row, all that FlashAttention keeps of
   // its softmax for the backward).
   long saved_fp32_per_token = 0;
+  // Gradient elements per token alive at the peak of the layer's backward,
+  // net of what its backward has freed of the saved set by then (SwiGLU: the
+  // output's gradient, d(product), d(gate), d(up), less the product). A
+  // transient: the largest layer's adds to the step's peak. See activation.hpp.
+  long grad_working_per_token = 0;
 };
 
 }  // namespace veomni
