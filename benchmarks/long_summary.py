@@ -22,6 +22,16 @@ def parse(path):
     return results, failed
 
 
+def cells(results, failed, name, width, fill):
+    """A run's cells: fill(its RESULT lines), or why it failed and dashes."""
+    r = results.get(name)
+    return fill(r) if r else [failed.get(name, "-")] + ["-"] * (width - 1)
+
+
+def by_rank(rs):
+    return sorted(rs, key=lambda r: int(r["rank"]))
+
+
 def length_label(n):
     return f"{n // 1024}k"
 
@@ -37,27 +47,16 @@ def main():
           "veomni world 1: step | tokens/s | peak RSS | Ulysses-2: step | tokens/s | peak RSS per rank |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in lengths:
-        row = [length_label(n)]
-        a = results.get(f"attention_{n}")
-        if a:
-            a = a[0]
-            row += [f"{float(a['fwd_bwd_s']):.2f} s", f"{float(a['model_gflops']):.1f}",
-                    f"{float(a['of_peak']) * 100:.1f} %"]
-        else:
-            row += [failed.get(f"attention_{n}", "-")] + ["-"] * 2
-        w = results.get(f"veomni_w1_{n}")
-        if w:
-            w = w[0]
-            row += [f"{float(w['step_s']):.2f} s", f"{float(w['tokens_per_s']):.0f}", f"{w['peak_rss_mb']} MB"]
-        else:
-            row += [failed.get(f"veomni_w1_{n}", "-")] + ["-"] * 2
-        s = results.get(f"veomni_sp2_{n}")
-        if s:
+        def sp2(s):
             step = max(float(r["step_s"]) for r in s)
-            rss = "/".join(r["peak_rss_mb"] for r in sorted(s, key=lambda r: int(r["rank"])))
-            row += [f"{step:.2f} s", f"{n / step:.0f}", f"{rss} MB"]
-        else:
-            row += [failed.get(f"veomni_sp2_{n}", "-")] + ["-"] * 2
+            return [f"{step:.2f} s", f"{n / step:.0f}", "/".join(r["peak_rss_mb"] for r in by_rank(s)) + " MB"]
+        row = [length_label(n)]
+        row += cells(results, failed, f"attention_{n}", 3, lambda a: [
+            f"{float(a[0]['fwd_bwd_s']):.2f} s", f"{float(a[0]['model_gflops']):.1f}",
+            f"{float(a[0]['of_peak']) * 100:.1f} %"])
+        row += cells(results, failed, f"veomni_w1_{n}", 3, lambda w: [
+            f"{float(w[0]['step_s']):.2f} s", f"{float(w[0]['tokens_per_s']):.0f}", f"{w[0]['peak_rss_mb']} MB"])
+        row += cells(results, failed, f"veomni_sp2_{n}", 3, sp2)
         print("| " + " | ".join(row) + " |")
 
     print("\nMemory against the plan (one step, freed memory returned at once: the peak RSS is the peak of live "
@@ -67,23 +66,14 @@ def main():
           "head+loss | Ulysses-2 per rank: adds | plan | adds/plan |")
     print("|---|---|---|---|---|---|---|---|")
     for n in lengths:
+        parts = ("plan_kept_mb", "plan_working_mb", "plan_backward_mb", "plan_root_mb")
         row = [length_label(n)]
-        w = results.get(f"live_w1_{n}")
-        if w:
-            w = w[0]
-            row += [f"{float(w['step_mb']):.0f} MB", f"{float(w['plan_step_mb']):.0f} MB",
-                    f"{float(w['step_over_plan']):.3f}",
-                    ", ".join(f"{float(w[k]):.0f}" for k in ("plan_kept_mb", "plan_working_mb", "plan_backward_mb",
-                                                             "plan_root_mb")) + " MB"]
-        else:
-            row += [failed.get(f"live_w1_{n}", "-")] + ["-"] * 3
-        s = results.get(f"live_sp2_{n}")
-        if s:
-            s = sorted(s, key=lambda r: int(r["rank"]))
-            row += ["/".join(f"{float(r['step_mb']):.0f}" for r in s) + " MB", f"{float(s[0]['plan_step_mb']):.0f} MB",
-                    "/".join(f"{float(r['step_over_plan']):.3f}" for r in s)]
-        else:
-            row += [failed.get(f"live_sp2_{n}", "-")] + ["-"] * 2
+        row += cells(results, failed, f"live_w1_{n}", 4, lambda w: [
+            f"{float(w[0]['step_mb']):.0f} MB", f"{float(w[0]['plan_step_mb']):.0f} MB",
+            f"{float(w[0]['step_over_plan']):.3f}", ", ".join(f"{float(w[0][k]):.0f}" for k in parts) + " MB"])
+        row += cells(results, failed, f"live_sp2_{n}", 3, lambda s: [
+            "/".join(f"{float(r['step_mb']):.0f}" for r in by_rank(s)) + " MB",
+            f"{float(s[0]['plan_step_mb']):.0f} MB", "/".join(f"{float(r['step_over_plan']):.3f}" for r in by_rank(s))])
         print("| " + " | ".join(row) + " |")
 
     print("\n| tokens | PyTorch step | tokens/s | peak RSS | PyTorch + checkpoint: step | tokens/s | peak RSS | "
