@@ -145,7 +145,8 @@ int train_step(int64_t len, int steps, int warmup, int threads) {
   // cost model predicts); otherwise freed memory stays in the process for
   // the next step, as veomni-train runs (faster, the peak includes the heap's
   // fragments)
-  const bool live = std::getenv("BENCH_LONG_LIVE") != nullptr && std::string(std::getenv("BENCH_LONG_LIVE")) == "1";
+  const char* live_env = std::getenv("BENCH_LONG_LIVE");
+  const bool live = live_env != nullptr && std::string(live_env) == "1";
   if (live)
     mallopt(M_MMAP_THRESHOLD, 64 * 1024);
   else

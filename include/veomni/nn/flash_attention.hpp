@@ -109,11 +109,8 @@ inline void flash_backward_one(const float* g, const float* q, const float* k, c
       gemm(cblas_row_major, cblas_trans, cblas_no_trans, n, id, m, scale, dp, n, qi, ild, beta, dkj, ild);  // dK_j (+)= dS^T Q_i / sqrt(d)
       first = false;
     }
-    if (first)  // no query sees these keys (cannot happen when causal rows see themselves; kept for safety)
-      for (int64_t i = 0; i < nk; ++i) {
-        std::fill(dkj + i * ld, dkj + i * ld + d, 0.0f);
-        std::fill(dvj + i * ld, dvj + i * ld + d, 0.0f);
-      }
+    // every key tile is seen by at least one query tile (causal: the one
+    // holding its first key), so the loop above has set dK_j and dV_j
   }
 }
 #endif

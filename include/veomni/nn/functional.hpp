@@ -210,7 +210,8 @@ inline std::vector<attention_task> attention_tasks(const std::vector<attention_r
 // contiguous), all that backward keeps besides q, k, v and out.
 // The tile of a run: `block` if given (> 0), else a quarter of its samples'
 // length within [64, 256] (short samples: small tiles skip more of the
-// causal triangle; long ones: larger GEMMs; measured in benchmarks/RESULTS.md).
+// causal triangle; long ones: larger GEMMs; `bench_long attention L H D TILE`
+// compares tiles).
 inline int64_t flash_tile(int64_t block, int64_t len) {
   return block > 0 ? block : std::clamp<int64_t>(len / 4, 64, 256);
 }

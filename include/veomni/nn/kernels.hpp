@@ -160,19 +160,6 @@ __attribute__((target("avx2,fma"))) inline void scale_avx2(float* row, int64_t l
   for (; j < len; ++j) row[j] *= f;
 }
 
-// Softmax in place over the rows of s [m, n] (row-major, rows n apart). Row i
-// sees columns [0, q0 + i + 1) when causal (the query at position q0 + i),
-// else all n; the columns it does not see become 0.
-__attribute__((target("avx2,fma"))) inline void softmax_rows_avx2(float* s, int64_t m, int64_t n, int64_t q0,
-                                                                  bool causal) {
-  for (int64_t i = 0; i < m; ++i) {
-    float* row = s + i * n;
-    const int64_t len = causal ? std::min(n, q0 + i + 1) : n;
-    scale_avx2(row, len, 1.0f / exp_sum_avx2(row, len, row_max_avx2(row, len), true));
-    std::fill(row + len, row + n, 0.0f);
-  }
-}
-
 // Flash attention's row passes over one [m, n] tile of scores s (queries
 // q0.., keys k0..; diag = q0 - k0): row i sees columns [0, vis_i), vis_i = n,
 // or when causal min(n, max(0, diag + i + 1)); what it does not see becomes 0.
