@@ -13,7 +13,8 @@ packages=(
   doctest-dev libbenchmark-dev
   libyaml-cpp-dev         # veomni-train: YAML configs
   nlohmann-json3-dev      # veomni-train: JSONL manifests, metrics, safetensors headers
-  libstb-dev              # veomni-train: image decoding, PNG loss curve; veomni-dataset: PNG images
+  libstb-dev              # veomni-train: image decoding; veomni-dataset: PNG images
+  libplplot-dev plplot-driver-cairo  # veomni-train: the loss curve (PLplot; PNG and SVG through its cairo and svg drivers)
   libsndfile1-dev         # veomni-train: WAV decoding; veomni-dataset: WAV clips
   clang libclang-rt-14-dev  # reliability.fuzz: libFuzzer targets (clang -fsanitize=fuzzer) over the config and manifest parsers
   zlib1g-dev              # veomni-train: CRC-32 of checkpoint files

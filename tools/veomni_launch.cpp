@@ -5,7 +5,9 @@
 //
 // Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 // MASTER_PORT (a free loopback port unless given), GROUP_RANK, ROLE_RANK,
-// ROLE_WORLD_SIZE, and OMP_NUM_THREADS=1 unless set (as torchrun does).
+// ROLE_WORLD_SIZE, and OMP_NUM_THREADS=1 unless set (as torchrun does), with
+// VEOMNI_LAUNCH_SET_OMP=1 saying that 1 is ours, not the user's (veomni-train
+// then chooses its threads from the CPUs, train/threads.hpp).
 // Output lines are prefixed "[rank k] " (--no-prefix turns that off).
 // SIGINT / SIGTERM / SIGHUP are forwarded to every rank. When a rank exits
 // non-zero or dies by a signal, the others get SIGTERM, then SIGKILL after
@@ -268,7 +270,8 @@ int main(int argc, char** argv) {
       set("ROLE_WORLD_SIZE", std::to_string(nproc));
       set("MASTER_ADDR", master_addr);
       set("MASTER_PORT", std::to_string(master_port));
-      if (set_omp) set("OMP_NUM_THREADS", "1");
+      if (set_omp) set("OMP_NUM_THREADS", "1"), set("VEOMNI_LAUNCH_SET_OMP", "1");
+      else unsetenv("VEOMNI_LAUNCH_SET_OMP");
       if (!blocks.empty()) {
         cpu_set_t mine;
         CPU_ZERO(&mine);

@@ -178,7 +178,7 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
       const std::vector<parallel::sample> part(global.begin() + m * per, global.begin() + (m + 1) * per);
       const nn::batch b = parallel::local_batch(part, a.mesh, env.rank, testing::image_token, testing::audio_token,
                                                 decltype(model)::layout());
-      loss += a.micro == 1 ? model.forward_backward(b).loss : model.forward_backward(b, acc).loss;
+      loss += a.micro == 1 ? model.forward_backward(b).total : model.forward_backward(b, acc).total;
       predicted<P>(want, d, a.mesh, b.tokens.size(0), a.checkpoint, false);
       micro_tokens.push_back(b.tokens.size(0));
     }

@@ -2,8 +2,13 @@
 // and verified before loading; a truncated, damaged or incomplete checkpoint
 // is refused with a message naming the file (exit 2, before any collective),
 // "auto" falls back to the newest checkpoint that verifies, and the previous
-// good one stays loadable.
+// good one stays loadable. Retention: train.keep_checkpoints keeps the newest
+// N, never the one being read; a save that runs out of space ends the run
+// with the error and leaves the previous checkpoint whole.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -145,5 +150,113 @@ TEST_CASE("a `latest` that names a path outside the checkpoints folder is ignore
   CHECK(j.rc == 0);
   CHECK(contains(j.output, "names '../../ck_meta/out/checkpoints/step_000004', not a step_N folder"));
   CHECK(contains(j.output, "resumed from " + ckpt(tag, 4)));
+}
+
+namespace {
+bool exists(const std::string& p) { return fs::exists(p); }
+}  // namespace
+
+TEST_CASE("keep_checkpoints keeps the newest N, never one being read, and 0 keeps all" * doctest::timeout(180)) {
+  const std::string tag = "ck_keep", cfg = ckpt_config(tag, 10);
+  const job j = train(tag, 1, cfg, "--train.keep_checkpoints=2");
+  ok_metrics(j, tag, 10);
+  for (int s : {2, 4, 6}) {
+    CHECK_FALSE(exists(ckpt(tag, s)));
+    CHECK(contains(j.output, "removed " + ckpt(tag, s) + " (train.keep_checkpoints = 2)"));
+  }
+  CHECK(exists(ckpt(tag, 8)));
+  CHECK(exists(ckpt(tag, 10)));
+  CHECK(slurp(tmp_root + "/" + tag + "/out/checkpoints/latest") == "step_000010\n");
+  for (const auto& e : fs::directory_iterator(tmp_root + "/" + tag + "/out/checkpoints")) CHECK_MESSAGE(!e.path().has_extension(), e.path());
+  // another process reads step 8 (a shared lock on the folder, as verifying and loading take): it stays
+  const int fd = ::open(ckpt(tag, 8).c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_SH) == 0);
+  const job k = train(tag, 1, cfg, "--train.load_checkpoint_path=auto --train.max_steps=14 --train.keep_checkpoints=1");
+  ::close(fd);
+  ok_metrics(k, tag, 14);
+  CHECK(contains(k.output, "resumed from " + ckpt(tag, 10)));
+  CHECK(contains(k.output, "kept " + ckpt(tag, 8) + " past train.keep_checkpoints = 1: another process is reading it"));
+  CHECK(exists(ckpt(tag, 8)));
+  for (int s : {10, 12}) CHECK_FALSE(exists(ckpt(tag, s)));
+  CHECK(exists(ckpt(tag, 14)));
+  // the reader gone, the next save removes it
+  const job l = train(tag, 1, cfg, "--train.load_checkpoint_path=auto --train.max_steps=16 --train.keep_checkpoints=1");
+  ok_metrics(l, tag, 16);
+  CHECK_FALSE(exists(ckpt(tag, 8)));
+  CHECK_FALSE(exists(ckpt(tag, 14)));
+  // 0: every checkpoint stays (more than the default 3)
+  const std::string all = "ck_keep_all";
+  ok_metrics(train(all, 1, ckpt_config(all, 8), "--train.keep_checkpoints=0"), all, 8);
+  for (int s : {2, 4, 6, 8}) CHECK(exists(ckpt(all, s)));
+}
+
+namespace {
+uint64_t folder_bytes(const std::string& dir) {
+  uint64_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += (fs::file_size(e.path()) + 4095) / 4096 * 4096;
+  return n;
+}
+}  // namespace
+
+// The output folder on a tmpfs with room for two checkpoints and not three
+// (root: mount; otherwise a file-size limit, `ulimit -f`, fails the save the
+// same way, with EFBIG instead of ENOSPC).
+TEST_CASE("a save that fails for lack of space: the run exits with the error; the previous checkpoint verifies and resumes exactly" *
+          doctest::timeout(240)) {
+  const std::string tag = "ck_full";
+  const auto ref = ok_metrics(train(tag + "_ref", 1, ckpt_config(tag + "_ref", 8)), tag + "_ref", 8);
+  const uint64_t one = folder_bytes(ckpt(tag + "_ref", 8));
+  MESSAGE("one checkpoint: ", one, " bytes");
+  REQUIRE(one > 256 * 1024);  // big enough against the run's small files
+  const std::string disk = tmp_root + "/" + tag + "/disk";
+  (void)std::system(("umount " + disk + " 2>/dev/null").c_str());  // left by an earlier run killed midway
+  std::string cfg = ckpt_config(tag, 8);  // a fresh tmp/ck_full
+  const std::string dir = tmp_root + "/" + tag, out = disk + "/out", ck = out + "/checkpoints/";
+  cfg.replace(cfg.find(dir + "/out"), (dir + "/out").size(), out);
+  write_file(dir + "/config.in.yaml", cfg);
+  fs::create_directories(disk);
+  const uint64_t room = 2 * one + one / 2;
+  const bool mounted = std::system(("mount -t tmpfs -o size=" + std::to_string(room) + " tmpfs " + disk + " 2>/dev/null").c_str()) == 0;
+  struct unmount {
+    bool on;
+    std::string at;
+    ~unmount() {
+      if (on && std::system(("umount " + at).c_str()) != 0) std::fprintf(stderr, "could not unmount %s\n", at.c_str());
+    }
+  } unmount_at_end{mounted, disk};
+  auto run_here = [&](const std::string& limit, const std::string& overrides, const std::string& name) {
+    return run("bash -c '" + limit + "exec " + train_bin + " " + dir + "/config.in.yaml " + overrides + "'", name);
+  };
+  job failed;
+  if (mounted) {
+    MESSAGE("a tmpfs of ", room, " bytes");
+    failed = run_here("", "--train.keep_checkpoints=2", tag + "_fill");
+  } else {
+    MESSAGE("mount not permitted here: a file-size limit instead");
+    ok_metrics(run_here("", "--train.max_steps=4", tag + "_first"), tag + "/disk", 4);
+    failed = run_here("ulimit -f " + std::to_string(one / 2 / 1024) + "; ", "--train.load_checkpoint_path=auto", tag + "_fill");
+  }
+  {
+    INFO(failed.output);
+    CHECK(failed.rc == 1);
+    CHECK(contains(failed.output, "veomni-train: failed: writing '" + ck + "step_000006.tmp/rank_00000.safetensors.tmp' failed: " +
+                                      (mounted ? "No space left on device" : "File too large")));
+  }
+  CHECK(slurp(ck + "latest") == "step_000004\n");
+  CHECK(exists(ck + "step_000004/meta.json"));
+  CHECK_FALSE(exists(ck + "step_000006"));
+  // the previous checkpoint verifies and the run resumes from it exactly; keeping one, the run
+  // removes step 2 at the start (step 4 is newer and verified), and the next save fits
+  const job again = run_here("", "--train.load_checkpoint_path=auto --train.keep_checkpoints=1", tag + "_again");
+  INFO(again.output);
+  CHECK(contains(again.output, "resumed from " + ck + "step_000004"));
+  if (mounted) CHECK(contains(again.output, "removed " + ck + "step_000002 (train.keep_checkpoints = 1)"));
+  CHECK_FALSE(contains(again.output, "refusing"));
+  const auto got = ok_metrics(again, tag + "/disk", 8);
+  for (size_t i = 4; i < 8; ++i) {
+    CHECK(got[i]["loss"].get<double>() == ref[i]["loss"].get<double>());
+    CHECK(got[i]["grad_norm"].get<double>() == ref[i]["grad_norm"].get<double>());
+  }
 }
 }

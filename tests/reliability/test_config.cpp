@@ -4,6 +4,8 @@
 // only pass by failing before it connects).
 #include <doctest/doctest.h>
 
+#include <cstdlib>
+
 #include "harness.hpp"
 
 using namespace veomni::testing;
@@ -43,6 +45,15 @@ TEST_CASE("numbers that are not finite, or negative" * doctest::timeout(180)) {
   expect_rule("cfg_nan", synthetic, "--train.lr=.nan", "train.lr: must be a finite number >= 0, got nan");
   expect_rule("cfg_inf", synthetic, "--train.max_grad_norm=.inf", "train.max_grad_norm: must be a finite number >= 0, got inf");
   expect_rule("cfg_negative", synthetic, "--train.weight_decay=-0.1", "train.weight_decay: must be a finite number >= 0, got -0.1");
+  expect_rule("cfg_keep", synthetic, "--train.keep_checkpoints=-1", "train.keep_checkpoints: must be >= 0 (0 keeps every checkpoint)");
+  expect_rule("cfg_threads", synthetic, "--train.threads=-2",
+              "train.threads: must be >= 0 (0 chooses from the CPUs this rank may use)");
+}
+
+TEST_CASE("an OMP_NUM_THREADS that is not a number of threads" * doctest::timeout(180)) {
+  ::setenv("OMP_NUM_THREADS", "lots", 1);
+  expect_rule("cfg_omp", synthetic, "", "OMP_NUM_THREADS: 'lots' is not a positive number of threads (unset it, or set train.threads)");
+  ::unsetenv("OMP_NUM_THREADS");
 }
 
 TEST_CASE("mesh sizes whose product is not the world size" * doctest::timeout(180)) {

@@ -180,7 +180,7 @@ TEST_CASE("data.bad_samples: skip skips bad lines, counts them by reason, report
   REQUIRE(j.rc == 0);
   CHECK(contains(j.output,
                  "veomni-train: 16 training samples (bad lines skipped: 1 corrupt_audio, 2 corrupt_image, 2 empty, 1 invalid, "
-                 "1 malformed_json, 1 missing_media, 2 too_long), 8 held out (bad lines skipped: 1 empty);"));
+                 "1 malformed_json, 1 missing_media, 2 too_long), 8 held out (bad lines skipped: 1 empty)\n"));
   const auto summary = nlohmann::json::parse(slurp(dir + "/out/summary.json"));
   const nlohmann::json expected = {{"corrupt_audio", 1}, {"corrupt_image", 2}, {"empty", 2}, {"invalid", 1},
                                    {"malformed_json", 1}, {"missing_media", 1}, {"too_long", 2}};
@@ -190,7 +190,7 @@ TEST_CASE("data.bad_samples: skip skips bad lines, counts them by reason, report
   const job clean = train("skip_clean", 1, data_config("skip_clean", data + "/train.jsonl", "", data + "/eval.jsonl"));
   INFO(clean.output);
   REQUIRE(clean.rc == 0);
-  CHECK(contains(clean.output, "veomni-train: 16 training samples, 8 held out;"));
+  CHECK(contains(clean.output, "veomni-train: 16 training samples, 8 held out\n"));
   const auto a = metrics(dir + "/out"), b = metrics(tmp_root + "/skip_clean/out");
   REQUIRE(a.size() == 1);
   REQUIRE(b.size() == 1);
@@ -222,6 +222,6 @@ TEST_CASE("the bundled dataset has no bad or over-long line under the shipped om
                     "bundled_run");
   INFO(j.output);
   CHECK(j.rc == 0);
-  CHECK(contains(j.output, "veomni-train: 2400 training samples, 240 held out;"));
+  CHECK(contains(j.output, "veomni-train: 2400 training samples, 240 held out\n"));
 }
 }  // TEST_SUITE("data")

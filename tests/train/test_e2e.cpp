@@ -60,22 +60,42 @@ void check_parity(const std::string& tag, const std::string& overrides) {
 TEST_CASE("world 1: the omni model learns and writes its outputs" * doctest::timeout(120)) {
   const job j = train("learn", 1, omni_config("learn", 60, "  eval_steps: 30\n  save_steps: 30\n"));
   const auto m = ok_metrics(j, "learn", 60);
-  for (const char* k : {"step", "loss", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"}) CHECK(m.back().contains(k));
+  for (const char* k : {"step", "loss", "aux_loss", "total_loss", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"})
+    CHECK(m.back().contains(k));
+  // loss is the language model's alone; what is minimised adds the image head's loss (in the steps
+  // whose samples have image codes to predict) and the weighted load-balancing loss (train.aux_weight,
+  // 0.01 by default)
+  int with_codes = 0;
+  for (const auto& r : m) {
+    const double codes = r.value("image_codes_loss", 0.0);
+    with_codes += r.contains("image_codes_loss");
+    CHECK(rel(r["total_loss"].get<double>(), r["loss"].get<double>() + codes + 0.01 * r["aux_loss"].get<double>()) < 1e-9);
+    CHECK(r["aux_loss"].get<double>() > 0);
+  }
+  MESSAGE(with_codes, " of 60 steps had image codes to predict");
+  CHECK(with_codes > 0);
   const double first = m.front()["loss"], last = m.back()["loss"];
   MESSAGE("loss ", first, " -> ", last);
   CHECK(last < 0.5 * first);
   CHECK(m[29].contains("eval_loss"));
   CHECK(contains(j.output, "step 60/60 | loss "));
+  CHECK(contains(j.output, " | aux "));
+  CHECK(contains(j.output, " | total "));
   CHECK(contains(j.output, "held-out (24 samples): loss "));
   const std::string out = tmp_root + "/learn/out";
   const std::string cfg = slurp(out + "/config.yaml");
   CHECK(contains(cfg, "max_steps: 60"));
   CHECK(contains(cfg, "ulysses_size: 1"));
   CHECK(slurp(out + "/loss_curve.png").substr(1, 3) == "PNG");
+  CHECK(contains(slurp(out + "/loss_curve.svg"), "<svg"));
   CHECK(std::filesystem::exists(out + "/checkpoints/step_000030/rank_00000.safetensors"));
   CHECK(slurp(out + "/checkpoints/latest") == "step_000060\n");
   const auto summary = nlohmann::json::parse(slurp(out + "/summary.json"));
   CHECK(summary["eval"]["token_accuracy"].get<double>() > 0.3);
+  CHECK(summary["final_loss"] == m.back()["loss"]);
+  CHECK(summary["final_aux_loss"] == m.back()["aux_loss"]);
+  CHECK(summary["final_total_loss"] == m.back()["total_loss"]);
+  CHECK(contains(summary["losses"].get<std::string>(), "loss: the language-model loss alone"));
 }
 
 TEST_CASE("world 2 FSDP (dp_shard 2) trains like world 1" * doctest::timeout(120)) {

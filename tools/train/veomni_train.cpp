@@ -7,6 +7,7 @@
 //
 // Exit codes: 0 done; 2 a bad config, manifest, launch or checkpoint to resume
 // from (reported on every rank, before any collective); 1 a failure while training.
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -39,6 +40,9 @@ int main(int argc, char** argv) {
                  "  trains model.name (dense_lm | tiny_vl | omni_moe) as CONFIG says; keys: docs/trainer.md\n");
     return argc < 2 ? 2 : 0;
   }
+  // A file-size limit (ulimit -f) then fails a write with EFBIG, reported
+  // like a full disk, instead of killing the process without a message.
+  std::signal(SIGXFSZ, SIG_IGN);
   parallel::retain_host_memory();  // freed step temporaries stay in the process (no page faults every step)
   train::config c;
   comm::launch_env env;

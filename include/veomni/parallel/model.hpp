@@ -145,10 +145,14 @@ class parallel_model : public nn::unit_source {
   }
 
   // ---- one micro-batch: forward and backward ----------------------------------------
+  // Every value is global (identical on every rank); with accumulation, the
+  // sums over a step's micro-batches are the step's values.
   struct step_stats {
-    double loss = 0;  // global mean loss (identical on every rank)
+    double loss = 0;   // the model's token losses (LM, image codes): each term's sum over its global count
+    std::map<std::string, double> terms;  // loss by term name ("lm", "image_codes"), the terms with targets
     std::vector<double> term_sums, term_counts;
-    double aux = 0;
+    double aux = 0;    // the MoE load-balancing loss (unweighted; 0 without experts)
+    double total = 0;  // what the backward minimises: loss + options.aux_weight * aux
   };
 
   // Gradient accumulation over the micro-batches of one step: divide each
@@ -193,6 +197,8 @@ class parallel_model : public nn::unit_source {
       out.term_sums.push_back(gs);
       out.term_counts.push_back(stats[2 * i + 1].item<double>());
       out.loss += gs / gc;
+      if (over != acc.global_counts.end() ? over->second > 0 : stats[2 * i + 1].item<double>() > 0)
+        out.terms[ctx.losses[i].name] += gs / gc;  // a term without targets in the step has no loss to report
     }
     if (!ctx.aux_losses.empty()) {
       // every rank computes the same aux from global statistics; each adds 1/n of it
@@ -201,8 +207,8 @@ class parallel_model : public nn::unit_source {
       aux = aux / static_cast<double>(ctx.aux_losses.size());
       loss = loss + acc.aux_scale * exec_.opts().aux_weight * aux / n_data;
       out.aux = acc.aux_scale * aux.item<double>();
-      out.loss += exec_.opts().aux_weight * out.aux;
     }
+    out.total = out.loss + exec_.opts().aux_weight * out.aux;
     // keep every node's outputs in the graph so every unit's backward runs
     for (auto& [k, v] : outs)
       if (v.requires_grad()) loss = loss + 0 * v.sum();

@@ -13,7 +13,9 @@
 //                                         "files": {name: {"bytes", "crc32"}} of every rank file (rank 0)
 //   latest                                "step_000100" (written last, atomically)
 // Every file is written under a temporary name, flushed to disk (fsync), then
-// renamed; old checkpoints are kept. Before loading, verify_checkpoint checks
+// renamed. Old checkpoints are kept, or only the newest train.keep_checkpoints
+// of them (prune_checkpoints: after a newer one is complete and verified,
+// never the one `latest` names, never one being read). Before loading, verify_checkpoint checks
 // meta.json, the set of rank files, and each file's size and CRC-32 (zlib):
 // a truncated or damaged checkpoint is refused with a message naming the file,
 // and choose_checkpoint("auto") then falls back to the newest one that verifies.
@@ -27,6 +29,7 @@
 #include <torch/torch.h>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -292,12 +295,41 @@ inline std::string finish_checkpoint(const std::string& dir, const train_state& 
   return fin.string();
 }
 
+// ---- readers and retention ------------------------------------------------------------------
+
+// An advisory lock (flock) on a checkpoint folder. Readers (verify_checkpoint,
+// load_checkpoint; this job or another on the host) hold a shared one while
+// they read; prune_checkpoints removes a folder only under an exclusive one
+// taken without waiting, so a checkpoint that a resume still reads is kept.
+class folder_lock {
+ public:
+  folder_lock(const std::string& path, bool exclusive) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0) return;
+    if (exclusive) held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
+    else
+      while (!(held_ = ::flock(fd_, LOCK_SH) == 0) && errno == EINTR) {
+      }
+  }
+  folder_lock(const folder_lock&) = delete;
+  folder_lock& operator=(const folder_lock&) = delete;
+  ~folder_lock() {
+    if (fd_ >= 0) ::close(fd_);  // closing drops the lock
+  }
+  bool held() const { return held_; }
+
+ private:
+  int fd_ = -1;
+  bool held_ = false;
+};
+
 // Throws checkpoint_error naming what is wrong with the checkpoint folder
 // `path`: meta.json missing or unreadable, a rank file missing, extra, of the
 // wrong size (truncated) or with another CRC-32 (damaged). Reads every byte.
 inline void verify_checkpoint(const std::string& path) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(path)) throw checkpoint_error(path + ": no such checkpoint folder");
+  const folder_lock reading(path, false);
   const fs::path meta_path = fs::path(path) / "meta.json";
   nlohmann::json meta;
   try {
@@ -378,10 +410,68 @@ inline std::string choose_checkpoint(const std::string& spec, const std::string&
   return {};
 }
 
+// Rank 0: the retention rule, applied after finish_checkpoint wrote the
+// step_N folder `current` of dir (and at a resume from dir's newest). Keeps
+// `current` and the newest keep - 1 other step_N folders (0: all), removes
+// the rest — but first verifies `current` (every byte; only when something
+// is to be removed, and unless the caller just did), and never removes the
+// folder `latest` names or one another process is reading (folder_lock: it
+// stays, and a later prune removes it). A removal renames the folder to
+// step_N.deleting first, so a crash mid-way leaves no half folder that looks
+// like a checkpoint; leftovers of crashed removals and of saves killed
+// midway (step_N.tmp, N below current's) go too. Returns one line per folder
+// removed or kept back. Throws checkpoint_error when `current` does not
+// verify (nothing is removed then).
+inline std::vector<std::string> prune_checkpoints(const std::string& dir, long keep, const std::string& current,
+                                                  bool verified = false) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> said;
+  if (keep <= 0 || !fs::is_directory(dir)) return said;
+  static const std::regex step_name("step_([0-9]+)"), leftover("step_([0-9]+)\\.(tmp|deleting)");
+  std::smatch m;
+  if (!std::regex_match(current, m, step_name)) return said;
+  const long long now = std::stoll(m[1].str());
+  std::vector<std::pair<long long, std::string>> others, leftovers;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, m, step_name)) {
+      if (name != current) others.emplace_back(std::stoll(m[1].str()), name);
+    } else if (std::regex_match(name, m, leftover)) {
+      if (std::stoll(m[1].str()) < now || m[2].str() == "deleting") leftovers.emplace_back(0, name);
+    }
+  }
+  if (others.size() < static_cast<size_t>(keep) && leftovers.empty()) return said;
+  if (!verified) verify_checkpoint((fs::path(dir) / current).string());
+  std::sort(others.begin(), others.end(), std::greater<>());
+  std::string latest;
+  std::ifstream(fs::path(dir) / "latest") >> latest;
+  for (const auto& [n, name] : leftovers) {
+    fs::remove_all(fs::path(dir) / name);
+    said.push_back("removed " + (fs::path(dir) / name).string() + " (left by an interrupted save or removal)");
+  }
+  for (size_t i = static_cast<size_t>(keep) - 1; i < others.size(); ++i) {
+    const fs::path p = fs::path(dir) / others[i].second;
+    if (others[i].second == latest) continue;
+    folder_lock mine(p.string(), true);
+    if (!mine.held()) {
+      said.push_back("kept " + p.string() + " past train.keep_checkpoints = " + std::to_string(keep) +
+                     ": another process is reading it");
+      continue;
+    }
+    const fs::path gone = fs::path(dir) / (others[i].second + ".deleting");
+    fs::rename(p, gone);
+    fs::remove_all(gone);
+    said.push_back("removed " + p.string() + " (train.keep_checkpoints = " + std::to_string(keep) + ")");
+  }
+  return said;
+}
+
 // Loads parameters, AdamW moments and the training state into a model on any mesh.
 template <class Model, class Optim>
 train_state load_checkpoint(const std::string& path, Model& model, Optim& optim) {
   if (!std::filesystem::is_directory(path)) throw checkpoint_error(path + ": no such checkpoint folder");
+  const folder_lock reading(path, false);
   std::vector<safetensors_file> files;
   for (const auto& e : std::filesystem::directory_iterator(path))
     if (e.path().extension() == ".safetensors") files.emplace_back(e.path().string());

@@ -69,11 +69,14 @@ struct config {
     long eval_steps = 0;                     // 0: evaluate only at the end
     bool activation_checkpointing = false;
     bool save_checkpoints = true;
+    long keep_checkpoints = 3;               // the newest N checkpoints stay, older ones go once a newer one verifies; 0: keep all
     std::string load_checkpoint_path;        // "" : fresh start; "auto": latest in output_dir; or a directory
     bool export_safetensors = true;          // output_dir/hf/model.safetensors + config.json at the end
     double aux_weight = 0.01;                // MoE load-balancing loss weight
     double peak_flops_per_rank = 0;          // for MFU; 0: measure this CPU's fp32 GEMM throughput at start
     long log_steps = 1;                      // progress line every log_steps steps (rank 0)
+    long threads = 0;                        // intra-op threads per rank; 0: OMP_NUM_THREADS if the user set it, else
+                                             // the CPUs of the rank's affinity mask over the local ranks sharing them
     accelerator_config accelerator;
   } train;
 };
@@ -143,11 +146,13 @@ inline std::vector<field> schema(config& c) {
       make_field("train.eval_steps", K::integer, c.train.eval_steps),
       make_field("train.activation_checkpointing", K::boolean, c.train.activation_checkpointing),
       make_field("train.save_checkpoints", K::boolean, c.train.save_checkpoints),
+      make_field("train.keep_checkpoints", K::integer, c.train.keep_checkpoints),
       make_field("train.load_checkpoint_path", K::string, c.train.load_checkpoint_path),
       make_field("train.export_safetensors", K::boolean, c.train.export_safetensors),
       make_field("train.aux_weight", K::number, c.train.aux_weight),
       make_field("train.peak_flops_per_rank", K::number, c.train.peak_flops_per_rank),
       make_field("train.log_steps", K::integer, c.train.log_steps),
+      make_field("train.threads", K::integer, c.train.threads),
       make_field("train.accelerator.dp_replicate_size", K::integer, c.train.accelerator.dp_replicate_size),
       make_field("train.accelerator.dp_shard_size", K::integer, c.train.accelerator.dp_shard_size),
       make_field("train.accelerator.ulysses_size", K::integer, c.train.accelerator.ulysses_size),
@@ -357,6 +362,8 @@ inline void resolve(config& c, long world) {
       throw config_error(std::string(key) + ": must be a finite number >= 0, got " + got);
     }
   if (c.train.save_steps < 0) throw config_error("train.save_steps: must be >= 0");
+  if (c.train.keep_checkpoints < 0) throw config_error("train.keep_checkpoints: must be >= 0 (0 keeps every checkpoint)");
+  if (c.train.threads < 0) throw config_error("train.threads: must be >= 0 (0 chooses from the CPUs this rank may use)");
   if (c.data.token_budget < 0) throw config_error("data.token_budget: must be >= 0");
   if (c.data.token_budget % a.ulysses_size != 0)
     throw config_error("data.token_budget: " + std::to_string(c.data.token_budget) + " is not a multiple of train.accelerator.ulysses_size = " +

@@ -27,6 +27,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "../comm.hpp"
@@ -39,7 +40,9 @@
 #include "metrics.hpp"
 #include "optimizer.hpp"
 #include "paths.hpp"
+#include "plot.hpp"
 #include "schedule.hpp"
+#include "threads.hpp"
 
 namespace veomni::train {
 
@@ -176,6 +179,14 @@ long vocab_of(const typename G::dims& d) {
     if constexpr (std::is_same_v<C, text_decoder> || std::is_same_v<C, moe_text_decoder>) v = std::get<I.value>(d).vocab;
   });
   return v;
+}
+
+// The model has MoE layers (and so a load-balancing loss).
+template <Model G>
+constexpr bool has_experts() {
+  bool any = false;
+  for_each_node<G>([&](auto I) { any = any || std::is_same_v<typename G::template component_at<I.value>, moe_text_decoder>; });
+  return any;
 }
 
 // Model FLOPs of one step (forward + backward = 3 x forward, core/flops.hpp),
@@ -335,6 +346,45 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
   std::ofstream(dir + "/config.json") << j.dump(2) << "\n";
 }
 
+// ---- threads ---------------------------------------------------------------------------------------
+
+// This rank's intra-op threads (threads.hpp): every rank tells the world its
+// host and affinity mask (one all_reduce at start-up), and counts the ranks
+// on its host whose masks overlap its own.
+template <class Comm>
+thread_choice rank_threads(const config& c, const comm::launch_env& env, Comm& world) {
+  constexpr int64_t words = 64;  // masks of up to 4,096 CPUs
+  const std::vector<std::uint64_t> mine = affinity_words();
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  const int64_t host_id = static_cast<int64_t>(std::hash<std::string>{}(host) >> 1);
+  at::Tensor all = at::zeros({static_cast<int64_t>(env.world_size), 1 + words}, at::kLong);
+  all[env.rank][0] = host_id;
+  for (size_t w = 0; w < mine.size() && w < static_cast<size_t>(words); ++w)
+    all[env.rank][static_cast<int64_t>(1 + w)] = static_cast<int64_t>(mine[w]);
+  if (env.world_size > 1) world.all_reduce(all).wait();
+  long sharing = 0;
+  const auto* a = all.data_ptr<int64_t>();
+  for (int64_t r = 0; r < env.world_size; ++r) {
+    if (a[r * (1 + words)] != host_id) continue;
+    bool overlap = false;
+    for (int64_t w = 0; w < words && !overlap; ++w) overlap = (a[r * (1 + words) + 1 + w] & a[env.rank * (1 + words) + 1 + w]) != 0;
+    sharing += overlap;
+  }
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  thread_inputs in{.configured = c.train.threads,
+                   .omp = omp ? std::optional<std::string>(omp) : std::nullopt,
+                   .launcher_omp = launcher_set_omp(omp, std::getenv("VEOMNI_LAUNCH_SET_OMP"), std::getenv("TORCHELASTIC_RUN_ID"),
+                                                    env.local_world_size),
+                   .cpus = count_cpus(mine),
+                   .sharing = std::max(1L, sharing)};
+  try {
+    return choose_threads(in);
+  } catch (const std::invalid_argument& e) {
+    throw config_error(e.what());
+  }
+}
+
 // ---- the job -------------------------------------------------------------------------------------
 
 struct run_options {
@@ -357,7 +407,7 @@ struct prepared {
 
 // What the trainer writes, all inside train.output_dir (paths.hpp).
 inline const std::vector<std::string>& output_names() {
-  static const std::vector<std::string> names{"config.yaml", "metrics.jsonl", "loss_curve.png", "summary.json", "checkpoints",
+  static const std::vector<std::string> names{"config.yaml", "metrics.jsonl", "loss_curve.png", "loss_curve.svg", "summary.json", "checkpoints",
                                               "checkpoints/latest", "hf", "hf/model.safetensors", "hf/config.json"};
   return names;
 }
@@ -381,6 +431,14 @@ inline std::string resume_point(const config& c, int rank, const std::function<v
 template <Model G>
 prepared<G> prepare(config& c, long world) {
   resolve(c, world);
+  try {  // a bad OMP_NUM_THREADS is named now, before any rank connects (the choice itself: rank_threads)
+    thread_inputs omp_only;
+    omp_only.configured = c.train.threads;
+    if (const char* omp = std::getenv("OMP_NUM_THREADS")) omp_only.omp = omp;
+    (void)choose_threads(omp_only);
+  } catch (const std::invalid_argument& e) {
+    throw config_error(e.what());
+  }
   prepared<G> p;
   p.dims = model_dims<G>(c);
   p.media = media_of<G>(p.dims, c);
@@ -412,6 +470,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   const std::string& resume = prep.resume;  // chosen and verified before any rank could write (resume_point)
 
   comm::gloo_mesh mesh(shape, env);
+  const thread_choice threads = rank_threads(c, env, mesh.world());
+  at::set_num_threads(threads.threads);
+  ro.log("veomni-train: rank " + std::to_string(env.rank) + " uses " + std::to_string(threads.threads) +
+         (threads.threads == 1 ? " thread (" : " threads (") + threads.why + ")");
   parallel::options popt;
   popt.checkpoint = c.train.activation_checkpointing;
   popt.aux_weight = c.train.aux_weight;
@@ -424,12 +486,21 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (!resume.empty()) {
     st = load_checkpoint(resume, model, optim);
     if (lead) ro.log("veomni-train: resumed from " + resume + " at step " + std::to_string(st.step));
+    // resumed from this run's newest checkpoint (verified): the retention rule applies now, so a
+    // run stopped by a full disk can go on with a smaller train.keep_checkpoints
+    const std::filesystem::path from(resume);
+    std::string latest;
+    std::ifstream(std::filesystem::path(ckpt_dir) / "latest") >> latest;
+    if (lead && c.train.save_checkpoints && from.filename() == latest &&
+        std::filesystem::equivalent(from.parent_path(), ckpt_dir))
+      for (const auto& line : prune_checkpoints(ckpt_dir, c.train.keep_checkpoints, latest, true)) ro.log("veomni-train: " + line);
   }
   if (lead) {
     std::ofstream(out.file("config.yaml")) << to_yaml(c);
   }
   // metrics.jsonl: keep the lines of steps before the resumed one
-  std::vector<std::pair<double, double>> curve, eval_points;
+  loss_plot plot;
+  plot.title = c.model.name + "  (" + out.dir().string() + ")";
   if (lead) {
     std::vector<std::string> keep;
     std::ifstream old(out.file("metrics.jsonl"));
@@ -438,8 +509,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         const auto j = nlohmann::json::parse(line);
         if (j.at("step").get<long>() <= st.step) {
           keep.push_back(line);
-          if (j.contains("loss")) curve.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
-          if (j.contains("eval_loss")) eval_points.emplace_back(j["step"].get<double>(), j["eval_loss"].get<double>());
+          const double x = j["step"].get<double>();
+          if (j.contains("loss")) plot.train.emplace_back(x, j["loss"].get<double>());
+          if (j.contains("eval_loss")) plot.eval.emplace_back(x, j["eval_loss"].get<double>());
+          if (j.contains("lr")) plot.lr.emplace_back(x, j["lr"].get<double>());
         }
       } catch (const std::exception&) {
       }
@@ -451,7 +524,14 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   std::ofstream metrics;
   if (lead) metrics.open(out.file("metrics.jsonl"), std::ios::app);
 
-  const double peak = c.train.peak_flops_per_rank > 0 ? c.train.peak_flops_per_rank : (lead ? measure_peak_flops() : 1.0);
+  // MFU's yardstick: the sum over ranks of each rank's fp32 GEMM rate on the threads it uses
+  double peak_sum = c.train.peak_flops_per_rank * static_cast<double>(env.world_size);
+  if (c.train.peak_flops_per_rank <= 0) {
+    at::Tensor p = at::full({1}, measure_peak_flops(), at::kDouble);
+    if (env.world_size > 1) mesh.world().all_reduce(p).wait();
+    peak_sum = p.item<double>();
+  }
+  const double peak = peak_sum / static_cast<double>(env.world_size);
   const parallel::data_coords dc = parallel::data_coords_of(shape, env.rank);
   if (lead) {
     std::string plan_line = "veomni-train: " + c.model.name + " on " + std::to_string(env.world_size) + " rank(s), mesh dp_replicate " +
@@ -463,8 +543,12 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       ro.log("veomni-train: " + std::to_string(prep.train.samples.size()) + " training samples" +
              (prep.train.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.train.skipped) + ")") + ", " +
              std::to_string(prep.eval.samples.size()) + " held out" +
-             (prep.eval.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.eval.skipped) + ")") + "; peak " + with_commas(peak / 1e6) +
-             " MFLOP/s per rank (" + (c.train.peak_flops_per_rank > 0 ? "train.peak_flops_per_rank" : "measured fp32 GEMM") + ")");
+             (prep.eval.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.eval.skipped) + ")"));
+    ro.log("veomni-train: MFU against " + with_commas(peak / 1e6) + " MFLOP/s per rank (" +
+           (c.train.peak_flops_per_rank > 0 ? std::string("train.peak_flops_per_rank")
+                                            : "fp32 GEMM measured by each rank on its own threads" +
+                                                  std::string(env.world_size > 1 ? ", mean over ranks" : "")) +
+           ")");
   }
 
   sample_order order(prep.synthetic ? 1 : static_cast<int64_t>(prep.train.samples.size()), static_cast<uint64_t>(c.train.seed));
@@ -493,6 +577,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
                                    {"mesh", {{"dp_replicate", shape.dp_replicate}, {"dp_shard", shape.dp_shard},
                                              {"ulysses", shape.sp}, {"ep", shape.ep}}}};
       ro.log("veomni-train: saved " + finish_checkpoint(ckpt_dir, st, meta, files));
+      for (const auto& line : prune_checkpoints(ckpt_dir, c.train.keep_checkpoints, step_dir_name(st.step)))
+        ro.log("veomni-train: " + line);
     }
     mesh.world().barrier().wait();
   };
@@ -506,7 +592,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
 
   const auto t_start = clock::now();
   const long first = st.step;
-  double last_loss = 0;
+  step_record last;
   while (st.step < c.train.max_steps) {
     const auto t0 = clock::now();
     // the step's global batch
@@ -527,7 +613,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     const auto micro = micro_batches(batch, dc.data_index, dc.data_size, c.train.micro_batch_size, c.data.token_budget);
     accum.aux_scale = 1.0 / static_cast<double>(micro.size());
     model.zero_grad();
-    double loss = 0;
+    double total = 0, aux = 0;
+    std::map<std::string, double> terms;
     for (const auto& idx : micro) {
       nn::batch b;
       if (idx.empty()) {
@@ -538,24 +625,31 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         b = parallel::slice_sequence(parallel::pack(mine, shape.sp, byte_tokenizer::image, byte_tokenizer::audio), dc.sp_index,
                                      dc.sp_size);
       }
-      loss += model.forward_backward(b, accum).loss;
+      const auto fb = model.forward_backward(b, accum);
+      total += fb.total;
+      aux += fb.aux;
+      for (const auto& [name, v] : fb.terms) terms[name] += v;
     }
     const double lr = sched.at(st.step);
     const double norm = model.optimizer_step([&](double n) { optim.step(lr, clip_scale(n, c.train.max_grad_norm)); });
     ++st.step;
-    last_loss = loss;
     const double secs = std::chrono::duration<double>(clock::now() - t0).count();
 
     step_record r;
     r.step = st.step;
     r.total = c.train.max_steps;
-    r.loss = loss;
+    r.loss = terms["lm"];
+    for (const auto& [name, v] : terms)
+      if (name != "lm") r.other_losses[name] = v;
+    r.aux_loss = aux;
+    r.has_aux = has_experts<G>();
+    r.total_loss = total;
     r.grad_norm = norm;
     r.lr = lr;
     for (const auto* s : batch) r.tokens += static_cast<double>(s->tokens.size());
     r.seconds = secs;
     r.micro_batches = static_cast<long>(micro.size());
-    r.mfu = step_flops<G>(prep.dims, batch, prep.media) / (secs * peak * env.world_size);
+    r.mfu = step_flops<G>(prep.dims, batch, prep.media) / (secs * peak_sum);
     const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
     r.eta_s = elapsed / static_cast<double>(st.step - first) * static_cast<double>(c.train.max_steps - st.step);
     auto j = to_json(r);
@@ -565,7 +659,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         j["eval_loss"] = e->loss;
         j["eval_token_accuracy"] = e->token_accuracy;
         j["eval_exact_match"] = e->exact_match;
-        eval_points.emplace_back(static_cast<double>(st.step), e->loss);
+        plot.eval.emplace_back(static_cast<double>(st.step), e->loss);
         char b[160];
         std::snprintf(b, sizeof b, "eval at step %ld: loss %.4f | answer-token accuracy %.1f%% | exact match %.1f%%", st.step,
                       e->loss, 100 * e->token_accuracy, 100 * e->exact_match);
@@ -574,15 +668,27 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     }
     if (lead) {
       metrics << j.dump() << "\n" << std::flush;
-      curve.emplace_back(static_cast<double>(st.step), loss);
+      plot.train.emplace_back(static_cast<double>(st.step), r.loss);
+      plot.lr.emplace_back(static_cast<double>(st.step), lr);
       if (st.step % c.train.log_steps == 0 || st.step == c.train.max_steps || st.step == first + 1) ro.log(progress_line(r));
     }
     if (c.train.save_checkpoints && c.train.save_steps > 0 && st.step % c.train.save_steps == 0 && st.step < c.train.max_steps)
       save();
+    last = r;
   }
   if (c.train.save_checkpoints) save();
   // held-out evaluation and export of the final model
-  nlohmann::ordered_json summary = {{"steps", st.step}, {"final_loss", last_loss}};
+  nlohmann::ordered_json summary = {{"steps", st.step}, {"final_loss", last.loss}};
+  for (const auto& [name, v] : last.other_losses) summary["final_" + name + "_loss"] = v;
+  summary["final_aux_loss"] = last.aux_loss;
+  summary["final_total_loss"] = last.total_loss;
+  summary["losses"] = "loss: the language-model loss alone (mean cross-entropy over the text target tokens)" +
+                      std::string(last.other_losses.empty() ? "" : "; <term>_loss: the model's other token losses") +
+                      "; aux_loss: the MoE load-balancing loss, unweighted; total_loss: what is minimised, the token losses + "
+                      "train.aux_weight * aux_loss";
+  summary["threads_per_rank_0"] = threads.threads;
+  summary["threads_why"] = threads.why;
+  summary["peak_flops_per_rank"] = peak;
   if (!prep.synthetic) {  // data.bad_samples: skip — what was left out, by reason
     summary["skipped_samples"] = prep.train.skipped;
     summary["eval_skipped_samples"] = prep.eval.skipped;
@@ -606,7 +712,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       by_kind[k] = {{"exact", v.first}, {"samples", v.second}};
     }
     ro.log(kinds);
-    eval_points.emplace_back(static_cast<double>(st.step), e->loss);
+    plot.eval.emplace_back(static_cast<double>(st.step), e->loss);
     summary["eval"] = {{"loss", e->loss},           {"token_accuracy", e->token_accuracy}, {"exact_match", e->exact_match},
                        {"code_accuracy", e->code_accuracy}, {"samples", e->samples},     {"by_kind", by_kind}};
   }
@@ -618,9 +724,15 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     }
   }
   if (lead) {
-    write_loss_curve(out.file("loss_curve.png").string(), curve, eval_points);
     std::ofstream(out.file("summary.json")) << summary.dump(2) << "\n";
-    ro.log("veomni-train: outputs in " + out.dir().string() + " (metrics.jsonl, loss_curve.png, config.yaml, summary.json" +
+    std::string drawn = "loss_curve.png, loss_curve.svg, ";
+    try {  // last: PLplot may end the process on an error it cannot recover from (plot.hpp)
+      write_loss_plot(plot, out.file("loss_curve.png").string(), out.file("loss_curve.svg").string());
+    } catch (const plot_error& e) {  // the model is the product: a missing plot is reported, not fatal
+      ro.log(std::string("veomni-train: warning: loss curve not drawn: ") + e.what());
+      drawn.clear();
+    }
+    ro.log("veomni-train: outputs in " + out.dir().string() + " (metrics.jsonl, " + drawn + "config.yaml, summary.json" +
            (c.train.save_checkpoints ? ", checkpoints/" : "") + (c.train.export_safetensors ? ", hf/" : "") + ")");
   }
   mesh.world().barrier().wait();
