@@ -2,6 +2,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "../../examples/models.hpp"
 
@@ -203,4 +206,52 @@ TEST_CASE("cost: the whole model is priced at compile time") {
   constexpr auto mem = memory<P>(omni_moe_dims(), mesh_shape{.dp_shard = 2, .sp = 2, .ep = 2});
   static_assert(mem.params < memory<P>(omni_moe_dims(), mesh_shape{}).params);
   CHECK(t.calls > 0);
+}
+
+// No entry is ever dropped: a workload keeps 32 nodes with their own tokens
+// and a mesh 8 axes besides the built-in ones; one more is an error, at
+// compile time in a constant expression (tests/compile_fail) and an exception
+// at run time. (Before, a ninth node and a fifth axis were dropped silently.)
+TEST_CASE("workload, training_step and mesh_shape keep every entry, and say when full") {
+  constexpr auto nine = [] {
+    workload w;
+    w.default_tokens = 7;
+    constexpr std::string_view names[] = {"n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"};
+    for (long i = 0; i < 9; ++i) w.with(names[i], 100 + i);
+    return w;
+  }();
+  static_assert(nine.tokens_for("n8") == 108 && nine.tokens_for("n0") == 100 && nine.tokens_for("other") == 7);
+  constexpr auto five_axes = [] {
+    mesh_shape m;
+    for (std::string_view a : {"a", "b", "c", "d", "e"}) m.with(a, 2);
+    return m;
+  }();
+  static_assert(five_axes.world() == 32 && five_axes["e"] == 2);
+  constexpr auto nine_streams = [] {
+    training_step s;
+    constexpr std::string_view names[] = {"n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"};
+    for (long i = 0; i < 9; ++i) s.with(names[i], 10 + i);
+    return s;
+  }();
+  static_assert(nine_streams.tokens_per_sample("n8") == 18);
+
+  std::vector<std::string> names;
+  for (int i = 0; i <= 32; ++i) names.push_back("node" + std::to_string(i));
+  workload w;
+  for (int i = 0; i < 32; ++i) w.with(names[static_cast<size_t>(i)], i);
+  CHECK(w.tokens_for("node31") == 31);
+  CHECK_THROWS_WITH_AS(w.with(names[32], 1),
+                       "veomni::workload::with(\"node32\"): a workload holds at most 32 nodes whose tokens differ from default_tokens",
+                       std::length_error);
+  w.with("node3", 300);  // an existing node is updated in place, full or not
+  CHECK(w.tokens_for("node3") == 300);
+  mesh_shape m;
+  for (int i = 0; i < 8; ++i) m.with(names[static_cast<size_t>(i)], 2);
+  CHECK(m.world() == 256);
+  CHECK_THROWS_WITH_AS(m.with(names[8], 2), "veomni::mesh_shape::with(\"node8\"): a mesh holds at most 8 axes besides the built-in ones",
+                       std::length_error);
+  training_step s;
+  for (int i = 0; i < 32; ++i) s.with(names[static_cast<size_t>(i)], i);
+  CHECK_THROWS_WITH_AS(s.with(names[32], 1), "veomni::training_step::with(\"node32\"): a training_step holds at most 32 streams",
+                       std::length_error);
 }

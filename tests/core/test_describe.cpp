@@ -56,3 +56,27 @@ TEST_CASE("describe: human-readable byte counts") {
   CHECK(to_string(axes<axis::dp_shard, axis::sp>) == "dp_shard*sp");
   CHECK(to_string(axis_set{}) == "-");
 }
+
+TEST_CASE("describe: each op's dtype, and each axis's bytes by dtype") {
+  workload w;
+  w.default_tokens = 64;
+  using P = plan<tiny_vl, tiny_vl_fsdp>;
+  const std::string s = describe<P>(tiny_vl_dims(), mesh_shape{.dp_shard = 2, .sp = 2}, w, precisions::bf16);
+  INFO(s);
+  auto row = [&](const std::string& start) {  // the first line holding `start`
+    const std::size_t at = s.find(start);
+    return at == std::string::npos ? std::string{} : s.substr(at, s.find('\n', at) - at);
+  };
+  // bf16 gathers and exchanges, fp32 gradient reduction and statistics (precisions::bf16)
+  CHECK(row("vision  root            x1  forward    all_gather").find(" bf16 ") != std::string::npos);
+  CHECK(row("lm      attn            x2  forward    all_to_all").find(" bf16 ") != std::string::npos);
+  CHECK(row("lm      block           x2  backward   reduce_scatter").find(" f32 ") != std::string::npos);
+  CHECK(row("step    step            x1  forward    all_reduce").find(" f32 ") != std::string::npos);
+  // dp_shard*sp carries both: bf16 gathers, f32 reductions (and the grad-norm); the sums add up to the total
+  const std::string fsdp_axis = row("dp_shard*sp               4");
+  CHECK(fsdp_axis.find("bf16 ") != std::string::npos);
+  CHECK(fsdp_axis.find("f32 ") != std::string::npos);
+  CHECK(row("sp                        2").find("bf16 ") != std::string::npos);
+  CHECK(row("sp                        2").find("f32 ") == std::string::npos);
+  CHECK(row("total").find("bf16 ") != std::string::npos);
+}

@@ -10,6 +10,8 @@
 #include <array>
 #include <concepts>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 namespace veomni {
@@ -58,6 +60,15 @@ template <MeshAxis... A>
   requires(sizeof...(A) <= axis_set::max_axes)
 inline constexpr axis_set axes{{A::name...}, sizeof...(A)};
 
+namespace detail {
+// Called when a mesh_shape has no room for another axis. Not constexpr: in a
+// constant expression the compiler's error names this function; at run time
+// it throws. (An axis is never dropped.)
+[[noreturn]] inline void mesh_shape_holds_at_most_8_extra_axes(std::string_view name) {
+  throw std::length_error("veomni::mesh_shape::with(\"" + std::string(name) + "\"): a mesh holds at most 8 axes besides the built-in ones");
+}
+}  // namespace detail
+
 // Runtime sizes of the mesh. Unknown axes have size 1.
 struct mesh_shape {
   long dp_replicate = 1;
@@ -67,12 +78,13 @@ struct mesh_shape {
   // Axes declared by user policies (e.g. a context-parallel axis); each is a
   // factor of the world size.
   struct named_size { std::string_view name; long size = 1; };
-  std::array<named_size, 4> extra{};
+  static constexpr std::size_t max_extra = 8;
+  std::array<named_size, max_extra> extra{};  // filled from the front
 
   constexpr mesh_shape& with(std::string_view name, long size) {
     for (auto& e : extra)
       if (e.name.empty() || e.name == name) { e = {name, size}; return *this; }
-    return *this;
+    detail::mesh_shape_holds_at_most_8_extra_axes(name);
   }
   constexpr long extra_product() const {
     long n = 1;

@@ -22,18 +22,28 @@
 
 namespace veomni {
 
-enum class modality { text, image, audio };
+// What a component's tokens are: text, image, audio, or a user's own
+// modality, declared as a constant of this type and compared by name (as
+// tensor kinds are):
+//   inline constexpr modality depth{"depth"};
+//   struct depth_encoder { static constexpr modality mod = depth; ... };
+// The library reads it in two places: a text component's attention is causal
+// (core/flops.hpp, and the decoder's Ulysses split), and the trainer's text
+// head is the text component's. Anything else is the component's own.
+struct modality {
+  std::string_view name;
+  static const modality text, image, audio;
+  friend constexpr bool operator==(const modality& a, const modality& b) { return a.name == b.name; }
+};
+inline constexpr modality modality::text{"text"};
+inline constexpr modality modality::image{"image"};
+inline constexpr modality modality::audio{"audio"};
 
-constexpr std::string_view to_string(modality m) {
-  switch (m) {
-    case modality::text: return "text";
-    case modality::image: return "image";
-    case modality::audio: return "audio";
-  }
-  return "?";
-}
+constexpr std::string_view to_string(modality m) { return m.name; }
 
-// Tensor kinds that flow along edges. Two ports connect only when their kinds match.
+// Tensor kinds that flow along edges. Two ports connect only when their kinds
+// match, by name: a user's kind is a struct with a `name`, and two kinds of
+// the same name (declared in two places) are the same kind.
 namespace tensor {
 struct token_ids   { static constexpr std::string_view name = "token_ids"; };
 struct pixels      { static constexpr std::string_view name = "pixels"; };

@@ -18,6 +18,8 @@
 //   FSDP all_gather x2 + reduce_scatter          3 P (n-1)/n   -> 1.5x DDP
 #include <array>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 #include "plan.hpp"
@@ -35,20 +37,33 @@ struct precision {
 
 // Tokens each rank processes per micro-step, by node (its modality's tokens:
 // text tokens for the language model, patches for a vision encoder, ...).
+namespace detail {
+// Called when a workload has no room for another node's entry. Not constexpr:
+// in a constant expression the compiler's error names this function; at run
+// time it throws. (An entry is never dropped.)
+[[noreturn]] inline void workload_holds_at_most_32_nodes_with_their_own_tokens(std::string_view node) {
+  throw std::length_error("veomni::workload::with(\"" + std::string(node) +
+                          "\"): a workload holds at most 32 nodes whose tokens differ from default_tokens");
+}
+}  // namespace detail
+
 struct workload {
   struct node_tokens { std::string_view node; long tokens = 0; };
+  static constexpr std::size_t capacity = 32;
   long default_tokens = 0;
-  std::array<node_tokens, 8> per_node{};
+  std::array<node_tokens, capacity> per_node{};  // filled from the front
   long micro_batches = 1;
 
   constexpr workload& with(std::string_view node, long tokens) {
     for (auto& e : per_node)
       if (e.node.empty() || e.node == node) { e = {node, tokens}; return *this; }
-    return *this;
+    detail::workload_holds_at_most_32_nodes_with_their_own_tokens(node);
   }
   constexpr long tokens_for(std::string_view node) const {
-    for (const auto& e : per_node)
-      if (!e.node.empty() && e.node == node) return e.tokens;
+    for (const auto& e : per_node) {
+      if (e.node.empty()) break;
+      if (e.node == node) return e.tokens;
+    }
     return default_tokens;
   }
 };

@@ -7,7 +7,9 @@
 //
 // Checked when the graph is instantiated: node names are unique, every edge
 // names an existing node and port, the two ports carry the same tensor kind,
-// and there is no cycle. `tiny_vl::order` is the topological order
+// no input port has two edges into it (an input takes one producer: two
+// image encoders feed two ports, or one port after a component that merges
+// them), and there is no cycle. `tiny_vl::order` is the topological order
 // ({0, 1, 2} above): nodes run forward in it and backward in reverse.
 #include <array>
 #include <cstddef>
@@ -126,6 +128,14 @@ struct check_edge {
                 "veomni::graph: incompatible ports on an edge (the output's tensor kind differs from the input's)");
   static constexpr bool ok = fault == edge_fault::none;
 };
+
+// Instantiated with the second edge into an already fed input port (or void
+// when there is none), so that the one error names that edge.
+template <class E, bool Fault>
+struct check_fan_in {
+  static_assert(!Fault, "veomni::graph: two edges end at the same input port (an input takes one producer)");
+  static constexpr bool ok = !Fault;
+};
 }  // namespace detail
 
 template <class... N, class... E>
@@ -157,7 +167,22 @@ struct graph<nodes<N...>, edges<E...>> {
     return true;
   }();
   static_assert(unique_names, "veomni::graph: two nodes have the same name");
-  static constexpr bool edges_ok = (detail::check_edge<graph, E>::ok && ... && true);
+
+ public:
+  static constexpr std::size_t edge_count = sizeof...(E);
+  static constexpr std::array<std::string_view, sizeof...(E)> edge_from{E::from...};
+  static constexpr std::array<std::string_view, sizeof...(E)> edge_to{E::to...};
+
+ private:
+  static constexpr std::size_t second_producer = [] {
+    for (std::size_t i = 0; i < sizeof...(E); ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        if (edge_to[j] == edge_to[i]) return i;
+    return sizeof...(E);
+  }();
+  static constexpr bool edges_ok =
+      (detail::check_edge<graph, E>::ok && ... && true) &&
+      detail::check_fan_in<std::tuple_element_t<second_producer, std::tuple<E..., void>>, (second_producer < sizeof...(E))>::ok;
 
   static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links{
       std::pair{index_of(E::from_node), index_of(E::to_node)}...};
@@ -191,9 +216,6 @@ struct graph<nodes<N...>, edges<E...>> {
  public:
   static constexpr std::array<std::size_t, size> order = topo();
   static_assert(size == 0 || order[0] <= size, "veomni::graph: the model graph has a cycle");
-  static constexpr std::size_t edge_count = sizeof...(E);
-  static constexpr std::array<std::string_view, sizeof...(E)> edge_from{E::from...};
-  static constexpr std::array<std::string_view, sizeof...(E)> edge_to{E::to...};
 };
 
 template <class T>

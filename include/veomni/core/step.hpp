@@ -10,6 +10,8 @@
 // each; so data parallelism is world / sp, and one optimizer step runs
 // global_batch / (micro_batch * dp) micro-batches (gradient accumulation).
 #include <array>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 #include "axis.hpp"
@@ -40,6 +42,13 @@ constexpr long activation_bytes_of(const precision& p) { return p.comm_bytes; }
 //            per vocabulary entry per token
 enum class loss_memory { chunked, logits };
 
+namespace detail {
+// Called when a training_step has no room for another stream (see workload's).
+[[noreturn]] inline void training_step_holds_at_most_32_streams(std::string_view node) {
+  throw std::length_error("veomni::training_step::with(\"" + std::string(node) + "\"): a training_step holds at most 32 streams");
+}
+}  // namespace detail
+
 struct training_step {
   long seq = 8192;            // tokens per sample of the default stream (the language model's text)
   long global_batch = 128;    // samples per optimizer step
@@ -53,16 +62,19 @@ struct training_step {
   // patches), and the span its attention sees (an image's patches, not the
   // sample). context 0: the node's whole share of the sample.
   struct stream { std::string_view node; long tokens = 0; long context = 0; };
-  std::array<stream, 8> streams{};
+  static constexpr std::size_t capacity = 32;
+  std::array<stream, capacity> streams{};  // filled from the front
 
   constexpr training_step& with(std::string_view node, long tokens, long context = 0) {
     for (auto& e : streams)
       if (e.node.empty() || e.node == node) { e = {node, tokens, context}; return *this; }
-    return *this;
+    detail::training_step_holds_at_most_32_streams(node);
   }
   constexpr const stream* find(std::string_view node) const {
-    for (const auto& e : streams)
-      if (!e.node.empty() && e.node == node) return &e;
+    for (const auto& e : streams) {
+      if (e.node.empty()) break;
+      if (e.node == node) return &e;
+    }
     return nullptr;
   }
   constexpr long tokens_per_sample(std::string_view node) const {
@@ -89,7 +101,8 @@ struct training_step {
     workload w;
     w.default_tokens = micro_batch * seq / (m.sp > 0 ? m.sp : 1);
     w.micro_batches = 1;
-    for (std::size_t i = 0; i < G::size; ++i) w.with(G::names[i], tokens_per_rank(G::names[i], m));
+    for (std::size_t i = 0; i < G::size; ++i)  // only the nodes that differ: a long chain of text nodes needs none
+      if (const long t = tokens_per_rank(G::names[i], m); t != w.default_tokens) w.with(G::names[i], t);
     return w;
   }
 };
