@@ -8,8 +8,7 @@
 # libraries stay uninstrumented (ASan still sees their heap through its malloc
 # interposition, so leaks and frees of their memory are checked; their loads
 # and stores are not).
-set(VEOMNI_SANITIZE "" CACHE STRING
-  "Build veomni's own targets with -fsanitize=<list>, e.g. address,undefined (empty: off)")
+# (VEOMNI_SANITIZE is declared with every other option in the top-level CMakeLists.txt.)
 if(VEOMNI_SANITIZE)
   set(_veomni_sanitize_flags -fsanitize=${VEOMNI_SANITIZE} -fno-omit-frame-pointer)
   if(VEOMNI_SANITIZE MATCHES "undefined")

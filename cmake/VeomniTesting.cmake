@@ -6,7 +6,7 @@ include(doctest)
 # Sanitized builds run slower: every TIMEOUT given to veomni_add_doctest is
 # multiplied by this (ctest's --timeout only sets the default for tests
 # without one). The `asan` preset sets it.
-set(VEOMNI_TEST_TIMEOUT_SCALE 1 CACHE STRING "Factor applied to the TIMEOUT of veomni's doctest tests")
+# (VEOMNI_TEST_TIMEOUT_SCALE: the top-level CMakeLists.txt, with every other option.)
 
 # One executable per area keeps heavy (torch) translation units few; each
 # doctest TEST_CASE becomes its own ctest test carrying LABEL.
