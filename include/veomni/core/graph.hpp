@@ -136,6 +136,17 @@ struct check_fan_in {
   static_assert(!Fault, "veomni::graph: two edges end at the same input port (an input takes one producer)");
   static constexpr bool ok = !Fault;
 };
+// The same for the second node of a name, and for a node on a cycle.
+template <class N, bool Fault>
+struct check_unique_node {
+  static_assert(!Fault, "veomni::graph: two nodes have the same name (the node named below is the second)");
+  static constexpr bool ok = !Fault;
+};
+template <class N, bool Fault>
+struct check_acyclic {
+  static_assert(!Fault, "veomni::graph: the model graph has a cycle (through the node named below)");
+  static constexpr bool ok = !Fault;
+};
 }  // namespace detail
 
 template <class... N, class... E>
@@ -160,13 +171,14 @@ struct graph<nodes<N...>, edges<E...>> {
                                   std::type_identity<node<"", detail::absent_component>>>::type::component;
 
  private:
-  static constexpr bool unique_names = [] {
+  static constexpr std::size_t second_of_a_name = [] {
     for (std::size_t i = 0; i < size; ++i)
-      for (std::size_t j = i + 1; j < size; ++j)
-        if (names[i] == names[j]) return false;
-    return true;
+      for (std::size_t j = 0; j < i; ++j)
+        if (names[i] == names[j]) return i;
+    return size;
   }();
-  static_assert(unique_names, "veomni::graph: two nodes have the same name");
+  static constexpr bool unique_names =
+      detail::check_unique_node<std::tuple_element_t<second_of_a_name, std::tuple<N..., void>>, (second_of_a_name < size)>::ok;
 
  public:
   static constexpr std::size_t edge_count = sizeof...(E);
@@ -187,10 +199,42 @@ struct graph<nodes<N...>, edges<E...>> {
   static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links{
       std::pair{index_of(E::from_node), index_of(E::to_node)}...};
 
+  // A node on a cycle, or size: what Kahn's algorithm leaves has a left
+  // predecessor each, so walking back `size` steps from any of it ends on a cycle.
+  static constexpr std::size_t on_cycle() {
+    if (!edges_ok || !unique_names) return size;
+    std::array<std::size_t, size> indeg{};
+    std::array<bool, size> done{};
+    for (auto [f, t] : links) ++indeg[t];
+    for (bool more = true; more;) {
+      more = false;
+      for (std::size_t i = 0; i < size; ++i)
+        if (!done[i] && indeg[i] == 0) {
+          done[i] = more = true;
+          for (auto [f, t] : links)
+            if (f == i) --indeg[t];
+        }
+    }
+    std::size_t cur = size;
+    for (std::size_t i = 0; i < size && cur == size; ++i)
+      if (!done[i]) cur = i;
+    if (cur == size) return size;
+    for (std::size_t step = 0; step < size; ++step)
+      for (auto [f, t] : links)
+        if (t == cur && !done[f]) {
+          cur = f;
+          break;
+        }
+    return cur;
+  }
+  static constexpr std::size_t cycle_node = on_cycle();
+  static constexpr bool acyclic =
+      detail::check_acyclic<std::tuple_element_t<cycle_node, std::tuple<N..., void>>, (cycle_node < size)>::ok;
+
   // Kahn's algorithm; returns size+1 in slot 0 when there is a cycle.
   static constexpr std::array<std::size_t, size> topo() {
     std::array<std::size_t, size> indeg{}, out{};
-    if (!edges_ok) {  // already reported; keep the declared order to avoid a second error
+    if (!edges_ok || !unique_names || !acyclic) {  // already reported; keep the declared order to avoid a second error
       for (std::size_t i = 0; i < size; ++i) out[i] = i;
       return out;
     }
@@ -215,7 +259,6 @@ struct graph<nodes<N...>, edges<E...>> {
 
  public:
   static constexpr std::array<std::size_t, size> order = topo();
-  static_assert(size == 0 || order[0] <= size, "veomni::graph: the model graph has a cycle");
 };
 
 template <class T>
