@@ -49,9 +49,14 @@ function(veomni_add_compile_fail)
     list(APPEND patterns ${T_GCC_MESSAGES})
   endif()
   string(REPLACE ";" "|" patterns "${patterns}")
+  # GCC: exactly one "error:" line (a user's mistake is one error, not a cascade)
+  set(one_error OFF)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    set(one_error ON)
+  endif()
   add_test(NAME ${T_LABEL}.compile_fail.${T_NAME}
     COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${CMAKE_BINARY_DIR} -DTARGET=${T_NAME}_fail
-            "-DPATTERNS=${patterns}" -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
+            "-DPATTERNS=${patterns}" -DONE_ERROR=${one_error} -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
   set_tests_properties(${T_LABEL}.compile_fail.${T_NAME} PROPERTIES
     LABELS "${T_LABEL};compile_fail"
     # compile-fail builds share the build tree's ninja lock

@@ -1,6 +1,7 @@
-# ctest driver for a compile-fail case: the build of TARGET must fail, and its
-# output must contain every pattern in PATTERNS (a |-separated list).
-#   cmake -DBUILD_DIR=... -DTARGET=... -DPATTERNS=a|b -P compile_fail.cmake
+# ctest driver for a compile-fail case: the build of TARGET must fail, its
+# output must contain every pattern in PATTERNS (a |-separated list), and,
+# with ONE_ERROR=ON (GCC), exactly one "error:" line.
+#   cmake -DBUILD_DIR=... -DTARGET=... -DPATTERNS=a|b [-DONE_ERROR=ON] -P compile_fail.cmake
 execute_process(COMMAND ${CMAKE_COMMAND} --build ${BUILD_DIR} --target ${TARGET}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 set(log "${out}${err}")
@@ -14,4 +15,11 @@ foreach(p IN LISTS patterns)
     message(FATAL_ERROR "compile-fail: ${TARGET} failed, but its diagnostic lacks \"${p}\":\n${log}")
   endif()
 endforeach()
+if(ONE_ERROR)
+  string(REGEX MATCHALL "error: " errors "${log}")
+  list(LENGTH errors n)
+  if(NOT n EQUAL 1)
+    message(FATAL_ERROR "compile-fail: ${TARGET} failed with ${n} errors; a user's mistake must be one:\n${log}")
+  endif()
+endif()
 message(STATUS "compile-fail: ${TARGET} failed as expected with: ${PATTERNS}")

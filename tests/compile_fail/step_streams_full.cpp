@@ -11,4 +11,6 @@ constexpr training_step s = [] {
   for (long i = 0; i < count; ++i) x.with(std::string_view("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ").substr(static_cast<std::size_t>(i), 1), i + 1);
   return x;
 }();
+#ifndef VEOMNI_COMPILE_FAIL
 static_assert(s.tokens_per_sample("a") == 1);
+#endif

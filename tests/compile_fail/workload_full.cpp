@@ -11,9 +11,11 @@ constexpr long count = 33;
 #else
 constexpr long count = 32;
 #endif
-constexpr workload w = [] {
+constexpr workload w = [] {  // used below only where it compiles
   workload x;
   for (long i = 0; i < count; ++i) x.with(names[i], i + 1);
   return x;
 }();
+#ifndef VEOMNI_COMPILE_FAIL
 static_assert(w.tokens_for("n31") == 32);
+#endif

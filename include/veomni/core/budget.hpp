@@ -132,7 +132,10 @@ struct memory_budget_exceeded {
   static_assert(predicted_MiB <= budget_MiB,
                 "veomni::fits_memory_budget<P, Launch>: the predicted memory per GPU exceeds the budget "
                 "(memory_budget_exceeded<predicted, budget, states, activations, buffers>, in MiB)");
-  static constexpr bool value = predicted_MiB <= budget_MiB;
+  // true either way: when it does not fit, the assertion above has already
+  // failed the build, and the user's static_assert(fits_memory_budget<...>)
+  // must not add a second error
+  static constexpr bool value = true;
 };
 
 template <class L>
