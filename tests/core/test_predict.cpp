@@ -67,7 +67,7 @@ TEST_CASE("step: data parallelism, micro-batches and tokens per rank") {
   CHECK(w.micro_batches == 1);
 }
 
-TEST_CASE("predict: a compute-bound launch costs its compute; communication hides behind it") {
+TEST_CASE("predict: a compute-bound launch costs its compute, communication hides behind it") {
   const mesh_shape m{.dp_shard = 128};
   const training_step st{.seq = 8192};
   const step_prediction p = predict<fsdp_7b>(paper::qwen2_7b(), m, st, h100);

@@ -182,7 +182,7 @@ TEST_CASE("schedule: the optimizer phase: the gradient norm, then (ZeRO) the upd
   CHECK(lines<P>(w1.optimizer, false).size() == 4);
 }
 
-TEST_CASE("schedule: unit ops have one standard meaning each; layer ops have none") {
+TEST_CASE("schedule: unit ops have one standard meaning each, layer ops have none") {
   static_assert(classify(unit_op(scope::block, phase::forward, collective::all_gather, {}, tensor_role::params)) ==
                 unit_op_kind::gather);
   static_assert(classify(unit_op(scope::block, phase::backward, collective::all_gather, {}, tensor_role::params)) ==

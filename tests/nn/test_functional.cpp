@@ -55,7 +55,7 @@ at::Tensor reference_attention(const at::Tensor& q, const at::Tensor& k, const a
 }
 }  // namespace
 
-TEST_CASE("init: values depend only on (seed, name, index); slices equal the whole") {
+TEST_CASE("init: values depend only on (seed, name, index), and slices equal the whole") {
   const param_spec s{"layers.0.mlp.up_proj.weight", {8, 6}};
   const at::Tensor full = materialize(s, 7);
   CHECK(close(materialize_slice(s, 7, 10, 30), full.view({-1}).slice(0, 10, 30), 0));
@@ -81,7 +81,7 @@ TEST_CASE("init: a flat slice over several params, with FSDP padding past the en
   CHECK_THROWS_WITH(materialize_slice(specs[0], 3, 0, 7), doctest::Contains("outside parameter 'a'"));
 }
 
-TEST_CASE("rms_norm matches its formula; rope rotates pairs and keeps norms") {
+TEST_CASE("rms_norm matches its formula, rope rotates pairs and keeps norms") {
   const at::Tensor x = at::randn({5, 8}, f64), w = at::randn({8}, f64);
   CHECK(close(rms_norm(x, w), x / (x.pow(2).mean(-1, true) + 1e-6).sqrt() * w));
   const at::Tensor q = at::randn({6, 2, 8}, f64);

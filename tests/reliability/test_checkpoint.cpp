@@ -202,7 +202,7 @@ uint64_t folder_bytes(const std::string& dir) {
 // The output folder on a tmpfs with room for two checkpoints and not three
 // (root: mount; otherwise a file-size limit, `ulimit -f`, fails the save the
 // same way, with EFBIG instead of ENOSPC).
-TEST_CASE("a save that fails for lack of space: the run exits with the error; the previous checkpoint verifies and resumes exactly" *
+TEST_CASE("a save that fails for lack of space: the run exits with the error, the previous checkpoint verifies and resumes exactly" *
           doctest::timeout(240)) {
   const std::string tag = "ck_full";
   const auto ref = ok_metrics(train(tag + "_ref", 1, ckpt_config(tag + "_ref", 8)), tag + "_ref", 8);
