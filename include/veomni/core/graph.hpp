@@ -128,25 +128,6 @@ struct check_edge {
                 "veomni::graph: incompatible ports on an edge (the output's tensor kind differs from the input's)");
   static constexpr bool ok = fault == edge_fault::none;
 };
-
-// Instantiated with the second edge into an already fed input port (or void
-// when there is none), so that the one error names that edge.
-template <class E, bool Fault>
-struct check_fan_in {
-  static_assert(!Fault, "veomni::graph: two edges end at the same input port (an input takes one producer)");
-  static constexpr bool ok = !Fault;
-};
-// The same for the second node of a name, and for a node on a cycle.
-template <class N, bool Fault>
-struct check_unique_node {
-  static_assert(!Fault, "veomni::graph: two nodes have the same name (the node named below is the second)");
-  static constexpr bool ok = !Fault;
-};
-template <class N, bool Fault>
-struct check_acyclic {
-  static_assert(!Fault, "veomni::graph: the model graph has a cycle (through the node named below)");
-  static constexpr bool ok = !Fault;
-};
 }  // namespace detail
 
 template <class... N, class... E>
@@ -171,14 +152,13 @@ struct graph<nodes<N...>, edges<E...>> {
                                   std::type_identity<node<"", detail::absent_component>>>::type::component;
 
  private:
-  static constexpr std::size_t second_of_a_name = [] {
+  static constexpr bool unique_names = [] {
     for (std::size_t i = 0; i < size; ++i)
-      for (std::size_t j = 0; j < i; ++j)
-        if (names[i] == names[j]) return i;
-    return size;
+      for (std::size_t j = i + 1; j < size; ++j)
+        if (names[i] == names[j]) return false;
+    return true;
   }();
-  static constexpr bool unique_names =
-      detail::check_unique_node<std::tuple_element_t<second_of_a_name, std::tuple<N..., void>>, (second_of_a_name < size)>::ok;
+  static_assert(unique_names, "veomni::graph: two nodes have the same name");
 
  public:
   static constexpr std::size_t edge_count = sizeof...(E);
@@ -186,55 +166,26 @@ struct graph<nodes<N...>, edges<E...>> {
   static constexpr std::array<std::string_view, sizeof...(E)> edge_to{E::to...};
 
  private:
-  static constexpr std::size_t second_producer = [] {
+  // An input takes one producer. (Checked here, in the graph, not in a
+  // template naming the edge: that cost a 128-node graph 45 % more compiler
+  // memory, benchmarks/bench_plan_compile.py. The graph's type in the
+  // error lists the edges.)
+  static constexpr bool one_producer_each = [] {
     for (std::size_t i = 0; i < sizeof...(E); ++i)
       for (std::size_t j = 0; j < i; ++j)
-        if (edge_to[j] == edge_to[i]) return i;
-    return sizeof...(E);
+        if (edge_to[j] == edge_to[i]) return false;
+    return true;
   }();
-  static constexpr bool edges_ok =
-      (detail::check_edge<graph, E>::ok && ... && true) &&
-      detail::check_fan_in<std::tuple_element_t<second_producer, std::tuple<E..., void>>, (second_producer < sizeof...(E))>::ok;
+  static_assert(one_producer_each, "veomni::graph: two edges end at the same input port (an input takes one producer)");
+  static constexpr bool edges_ok = (detail::check_edge<graph, E>::ok && ... && true) && one_producer_each;
 
   static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links{
       std::pair{index_of(E::from_node), index_of(E::to_node)}...};
 
-  // A node on a cycle, or size: what Kahn's algorithm leaves has a left
-  // predecessor each, so walking back `size` steps from any of it ends on a cycle.
-  static constexpr std::size_t on_cycle() {
-    if (!edges_ok || !unique_names) return size;
-    std::array<std::size_t, size> indeg{};
-    std::array<bool, size> done{};
-    for (auto [f, t] : links) ++indeg[t];
-    for (bool more = true; more;) {
-      more = false;
-      for (std::size_t i = 0; i < size; ++i)
-        if (!done[i] && indeg[i] == 0) {
-          done[i] = more = true;
-          for (auto [f, t] : links)
-            if (f == i) --indeg[t];
-        }
-    }
-    std::size_t cur = size;
-    for (std::size_t i = 0; i < size && cur == size; ++i)
-      if (!done[i]) cur = i;
-    if (cur == size) return size;
-    for (std::size_t step = 0; step < size; ++step)
-      for (auto [f, t] : links)
-        if (t == cur && !done[f]) {
-          cur = f;
-          break;
-        }
-    return cur;
-  }
-  static constexpr std::size_t cycle_node = on_cycle();
-  static constexpr bool acyclic =
-      detail::check_acyclic<std::tuple_element_t<cycle_node, std::tuple<N..., void>>, (cycle_node < size)>::ok;
-
   // Kahn's algorithm; returns size+1 in slot 0 when there is a cycle.
   static constexpr std::array<std::size_t, size> topo() {
     std::array<std::size_t, size> indeg{}, out{};
-    if (!edges_ok || !unique_names || !acyclic) {  // already reported; keep the declared order to avoid a second error
+    if (!edges_ok) {  // already reported; keep the declared order to avoid a second error
       for (std::size_t i = 0; i < size; ++i) out[i] = i;
       return out;
     }
@@ -259,6 +210,7 @@ struct graph<nodes<N...>, edges<E...>> {
 
  public:
   static constexpr std::array<std::size_t, size> order = topo();
+  static_assert(size == 0 || order[0] <= size, "veomni::graph: the model graph has a cycle");
 };
 
 template <class T>
