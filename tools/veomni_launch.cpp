@@ -270,8 +270,12 @@ int main(int argc, char** argv) {
       set("ROLE_WORLD_SIZE", std::to_string(nproc));
       set("MASTER_ADDR", master_addr);
       set("MASTER_PORT", std::to_string(master_port));
-      if (set_omp) set("OMP_NUM_THREADS", "1"), set("VEOMNI_LAUNCH_SET_OMP", "1");
-      else unsetenv("VEOMNI_LAUNCH_SET_OMP");
+      if (set_omp) {
+        set("OMP_NUM_THREADS", "1");
+        set("VEOMNI_LAUNCH_SET_OMP", "1");
+      } else {
+        unsetenv("VEOMNI_LAUNCH_SET_OMP");
+      }
       if (!blocks.empty()) {
         cpu_set_t mine;
         CPU_ZERO(&mine);

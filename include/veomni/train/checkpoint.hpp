@@ -431,14 +431,15 @@ inline std::vector<std::string> prune_checkpoints(const std::string& dir, long k
   std::smatch m;
   if (!std::regex_match(current, m, step_name)) return said;
   const long long now = std::stoll(m[1].str());
-  std::vector<std::pair<long long, std::string>> others, leftovers;
+  std::vector<std::pair<long long, std::string>> others;
+  std::vector<std::string> leftovers;
   for (const auto& e : fs::directory_iterator(dir)) {
     if (!e.is_directory()) continue;
     const std::string name = e.path().filename().string();
     if (std::regex_match(name, m, step_name)) {
       if (name != current) others.emplace_back(std::stoll(m[1].str()), name);
     } else if (std::regex_match(name, m, leftover)) {
-      if (std::stoll(m[1].str()) < now || m[2].str() == "deleting") leftovers.emplace_back(0, name);
+      if (std::stoll(m[1].str()) < now || m[2].str() == "deleting") leftovers.push_back(name);
     }
   }
   if (others.size() < static_cast<size_t>(keep) && leftovers.empty()) return said;
@@ -446,7 +447,7 @@ inline std::vector<std::string> prune_checkpoints(const std::string& dir, long k
   std::sort(others.begin(), others.end(), std::greater<>());
   std::string latest;
   std::ifstream(fs::path(dir) / "latest") >> latest;
-  for (const auto& [n, name] : leftovers) {
+  for (const auto& name : leftovers) {
     fs::remove_all(fs::path(dir) / name);
     said.push_back("removed " + (fs::path(dir) / name).string() + " (left by an interrupted save or removal)");
   }

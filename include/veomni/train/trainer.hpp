@@ -185,7 +185,7 @@ long vocab_of(const typename G::dims& d) {
 template <Model G>
 constexpr bool has_experts() {
   bool any = false;
-  for_each_node<G>([&](auto I) { any = any || std::is_same_v<typename G::template component_at<I.value>, moe_text_decoder>; });
+  for_each_node<G>([&](auto I) { any = any || has_layer_kind<typename G::template component_at<I.value>>(layer_kind::moe); });
   return any;
 }
 
@@ -348,6 +348,26 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
 
 // ---- threads ---------------------------------------------------------------------------------------
 
+// The choice's inputs from the config and the environment; `cpus` and
+// `sharing` are the caller's (rank_threads).
+inline thread_inputs thread_settings(const config& c, long local_world) {
+  thread_inputs in;
+  in.configured = c.train.threads;
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  if (omp) in.omp = omp;
+  in.launcher_omp = launcher_set_omp(omp, std::getenv("VEOMNI_LAUNCH_SET_OMP"), std::getenv("TORCHELASTIC_RUN_ID"), local_world);
+  return in;
+}
+
+// choose_threads, a bad OMP_NUM_THREADS reported as a config_error (exit 2).
+inline thread_choice choose_threads_or_config_error(const thread_inputs& in) {
+  try {
+    return choose_threads(in);
+  } catch (const std::invalid_argument& e) {
+    throw config_error(e.what());
+  }
+}
+
 // This rank's intra-op threads (threads.hpp): every rank tells the world its
 // host and affinity mask (one all_reduce at start-up), and counts the ranks
 // on its host whose masks overlap its own.
@@ -371,18 +391,10 @@ thread_choice rank_threads(const config& c, const comm::launch_env& env, Comm& w
     for (int64_t w = 0; w < words && !overlap; ++w) overlap = (a[r * (1 + words) + 1 + w] & a[env.rank * (1 + words) + 1 + w]) != 0;
     sharing += overlap;
   }
-  const char* omp = std::getenv("OMP_NUM_THREADS");
-  thread_inputs in{.configured = c.train.threads,
-                   .omp = omp ? std::optional<std::string>(omp) : std::nullopt,
-                   .launcher_omp = launcher_set_omp(omp, std::getenv("VEOMNI_LAUNCH_SET_OMP"), std::getenv("TORCHELASTIC_RUN_ID"),
-                                                    env.local_world_size),
-                   .cpus = count_cpus(mine),
-                   .sharing = std::max(1L, sharing)};
-  try {
-    return choose_threads(in);
-  } catch (const std::invalid_argument& e) {
-    throw config_error(e.what());
-  }
+  thread_inputs in = thread_settings(c, env.local_world_size);
+  in.cpus = count_cpus(mine);
+  in.sharing = std::max(1L, sharing);
+  return choose_threads_or_config_error(in);
 }
 
 // ---- the job -------------------------------------------------------------------------------------
@@ -431,14 +443,8 @@ inline std::string resume_point(const config& c, int rank, const std::function<v
 template <Model G>
 prepared<G> prepare(config& c, long world) {
   resolve(c, world);
-  try {  // a bad OMP_NUM_THREADS is named now, before any rank connects (the choice itself: rank_threads)
-    thread_inputs omp_only;
-    omp_only.configured = c.train.threads;
-    if (const char* omp = std::getenv("OMP_NUM_THREADS")) omp_only.omp = omp;
-    (void)choose_threads(omp_only);
-  } catch (const std::invalid_argument& e) {
-    throw config_error(e.what());
-  }
+  // a bad OMP_NUM_THREADS is named now, before any rank connects (the choice itself: rank_threads)
+  (void)choose_threads_or_config_error(thread_settings(c, 1));
   prepared<G> p;
   p.dims = model_dims<G>(c);
   p.media = media_of<G>(p.dims, c);
