@@ -18,7 +18,13 @@ packages=(
   libsndfile1-dev         # veomni-train: WAV decoding; veomni-dataset: WAV clips
   clang libclang-rt-14-dev  # reliability.fuzz: libFuzzer targets (clang -fsanitize=fuzzer) over the config and manifest parsers
   zlib1g-dev              # veomni-train: CRC-32 of checkpoint files
+  libpcre2-dev            # text/tokenizer.hpp: the pre-tokenizers' Unicode-property split regexes (PCRE2, JIT)
+  libutf8proc-dev         # text/tokenizer.hpp: NFC normalisation, UTF-8 validation
 )
+# node and npm run the tokenizer tests' reference (Hugging Face's JavaScript
+# tokenizers and Jinja); a node from elsewhere (nodesource) is kept.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -35,3 +41,5 @@ if ((${#missing[@]})); then
 else
   echo "veomni setup: all packages present"
 fi
+
+"$(dirname "$0")/npm_fixtures.sh"

@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include "chat_fixture.hpp"
 #include "harness.hpp"
 
 using namespace veomni::testing;
@@ -192,6 +193,39 @@ TEST_CASE("export: dense_lm on 2 ranks gives HF-named safetensors equal to the c
   CHECK(config["hidden_size"] == 64);
   CHECK(config["num_key_value_heads"] == 2);
   CHECK(config["architectures"][0] == "LlamaForCausalLM");
+}
+
+// Chat SFT (issue 20): conversations rendered with the tokenizer's ChatML template, the loss on the
+// assistant turns only; a recipe at world 2 trains like world 1 on them, and the model learns them.
+TEST_CASE("chat SFT: conversations with a tokenizer.json train, FSDP at world 2 like world 1" * doctest::timeout(180)) {
+  auto config = [](const std::string& tag, int steps, const std::string& extra) {
+    const std::string dir = case_dir(tag);
+    write_chat_tokenizer(dir);
+    write_chat_manifest(dir + "/train.jsonl", 32);
+    write_chat_manifest(dir + "/eval.jsonl", 8, 32);
+    return "model:\n  name: dense_lm\ndata:\n  manifest: " + dir + "/train.jsonl\n  eval_manifest: " + dir +
+           "/eval.jsonl\n  tokenizer: " + dir + "\ntrain:\n  output_dir: " + dir + "/out\n  max_steps: " + std::to_string(steps) +
+           "\n  global_batch_size: 8\n  lr: 0.003\n  log_steps: 100\n  save_checkpoints: false\n" + extra;
+  };
+  const auto ref = ok_metrics(train("chat_w1", 1, config("chat_w1", 10, "  export_safetensors: false\n")), "chat_w1", 10);
+  const auto got = ok_metrics(train("chat_w2", 2, config("chat_w2", 10, "  export_safetensors: false\n"),
+                                    "--train.accelerator.dp_shard_size=2"),
+                              "chat_w2", 10);
+  check_same(ref, got, 1e-5);
+  // the model learns the answers; the tokenizer travels with the export
+  const job j = train("chat_learn", 1, config("chat_learn", 80, ""));
+  const auto m = ok_metrics(j, "chat_learn", 80);
+  const double first = m.front()["loss"], last = m.back()["loss"];
+  MESSAGE("chat loss ", first, " -> ", last);
+  CHECK(last < 0.3 * first);
+  const std::string out = tmp_root + "/chat_learn/out";
+  const auto summary = nlohmann::json::parse(slurp(out + "/summary.json"));
+  CHECK(summary["eval"]["token_accuracy"].get<double>() > 0.8);
+  CHECK(std::filesystem::exists(out + "/hf/tokenizer.json"));
+  CHECK(std::filesystem::exists(out + "/hf/tokenizer_config.json"));
+  const auto hf = nlohmann::json::parse(slurp(out + "/hf/config.json"));
+  CHECK(hf["eos_token_id"] == 269);   // <|im_end|>: after 256 bytes, 11 merges, <|endoftext|> and <|im_start|>
+  CHECK(hf["bos_token_id"].is_null());  // ChatML has none
 }
 
 TEST_CASE("torchrun: 2 ranks with Ulysses + EP" * doctest::timeout(120)) {

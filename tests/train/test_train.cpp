@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "chat_fixture.hpp"
 #include "harness.hpp"
 
 using namespace veomni::testing;
@@ -33,6 +34,58 @@ TEST_CASE("manifest: a missing manifest and an unknown field") {
   write_file(dir + "/m.jsonl", "{\"text\": \"a\"}\n{\"txt\": \"b\"}\n");
   expect_error(train("man_field", 1, "data:\n  manifest: " + dir + "/m.jsonl\n  eval_manifest: ''\n"),
                dir + "/m.jsonl:2: unknown field 'txt'");
+}
+
+// ---- chat data (data.tokenizer; train/vocabulary.hpp) ------------------------------------------
+
+namespace {
+// a dense_lm config over tmp/<tag>/m.jsonl with the test's ChatML tokenizer (chat_fixture.hpp)
+std::string chat_config(const std::string& dir, const std::string& lines, const std::string& extra = "") {
+  write_chat_tokenizer(dir);
+  write_file(dir + "/m.jsonl", lines);
+  return "model:\n  name: dense_lm\ndata:\n  manifest: " + dir + "/m.jsonl\n  eval_manifest: ''\n  tokenizer: " + dir + "\n" + extra +
+         "train:\n  output_dir: " + dir + "/out\n  max_steps: 2\n  global_batch_size: 2\n  save_checkpoints: false\n"
+         "  export_safetensors: false\n";
+}
+const std::string good_chat =
+    R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})" "\n";
+}  // namespace
+
+TEST_CASE("chat data: a conversation needs a tokenizer with a chat template") {
+  const std::string dir = case_dir("chat_bytes");
+  write_file(dir + "/m.jsonl", good_chat);
+  expect_error(train("chat_bytes", 1, "model:\n  name: dense_lm\ndata:\n  manifest: " + dir + "/m.jsonl\n  eval_manifest: ''\n"),
+               dir + "/m.jsonl:1: 'messages' needs a tokenizer with a chat template (data.tokenizer");
+}
+
+TEST_CASE("chat data: an unknown role, a missing assistant turn and a bad field are named with their line") {
+  const std::string dir = case_dir("chat_bad");
+  const std::string lines = good_chat + R"({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]})" "\n" +
+                            R"({"messages": [{"role": "user", "content": "hi"}]})" "\n" +
+                            R"({"messages": [{"role": "assistant", "content": 3}]})" "\n" +
+                            R"({"messages": [{"role": "user", "content": "hi"}], "prompt": "x"})" "\n";
+  expect_error(train("chat_bad", 1, chat_config(dir, lines)), dir + "/m.jsonl:2: messages[1]: unknown role 'bot' (system, user, assistant or tool)");
+  // skipped and counted by reason under data.bad_samples: skip
+  const job j = train("chat_bad", 1, chat_config(dir, lines, "  bad_samples: skip\n"));
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  const auto summary = nlohmann::json::parse(slurp(dir + "/out/summary.json"));
+  CHECK(summary["skipped_samples"]["invalid"] == 3);
+  CHECK(summary["skipped_samples"]["empty"] == 1);
+  write_file(dir + "/m2.jsonl", R"({"messages": [{"role": "user", "content": "hi"}]})" "\n");
+  expect_error(train("chat_bad", 1, chat_config(dir, good_chat), "--data.manifest=" + dir + "/m2.jsonl"),
+               dir + "/m2.jsonl:1: no assistant turn: nothing to learn");
+}
+
+TEST_CASE("chat data: a malformed tokenizer, a missing one and a vocabulary too small for it") {
+  const std::string dir = case_dir("chat_tok");
+  const std::string cfg = chat_config(dir, good_chat);
+  std::filesystem::create_directories(dir + "/broken");
+  write_file(dir + "/broken/tokenizer.json", "{\"model\": ");
+  expect_error(train("chat_tok", 1, cfg, "--data.tokenizer=" + dir + "/broken"), "data.tokenizer: " + dir + "/broken/tokenizer.json");
+  expect_error(train("chat_tok", 1, cfg, "--data.tokenizer=" + dir + "/nowhere"), "data.tokenizer: " + dir + "/nowhere: not found");
+  // 256 bytes + 11 merges + 3 specials = 270 ids, + 4 placeholders
+  expect_error(train("chat_tok", 1, cfg, "--model.lm.vocab=260"), "model.lm.vocab: 260 is smaller than the 274 ids of the tokenizer");
 }
 
 // ---- threads (train/threads.hpp) --------------------------------------------------------------

@@ -47,6 +47,8 @@ struct config {
     std::string type = "manifest";           // manifest | synthetic
     std::string manifest = "data/default/train.jsonl";
     std::string eval_manifest = "data/default/eval.jsonl";  // "" : no held-out evaluation
+    std::string tokenizer;                   // "" : bytes (0..255) plus specials; or a Hugging Face tokenizer.json (or its
+                                             // folder, with tokenizer_config.json for the chat template): train/vocabulary.hpp
     long max_seq_len = 256;                  // a longer sample is a bad sample
     std::string bad_samples = "error";       // error: a bad manifest line stops the run (file:line) | skip: skipped, counted by reason
     long token_budget = 0;                   // > 0: micro-batches packed up to this many tokens per rank
@@ -126,6 +128,7 @@ inline std::vector<field> schema(config& c) {
       make_field("data.type", K::string, c.data.type, {"manifest", "synthetic"}),
       make_field("data.manifest", K::string, c.data.manifest),
       make_field("data.eval_manifest", K::string, c.data.eval_manifest),
+      make_field("data.tokenizer", K::string, c.data.tokenizer),
       make_field("data.max_seq_len", K::integer, c.data.max_seq_len),
       make_field("data.bad_samples", K::string, c.data.bad_samples, {"error", "skip"}),
       make_field("data.token_budget", K::integer, c.data.token_budget),

@@ -15,7 +15,8 @@
 // naming the file and line; under data.bad_samples: skip they are skipped and
 // counted by reason (dataset::skipped).
 //
-// Tokenizer (manifest.hpp): bytes (0..255) plus specials; the model's vocabulary must hold them.
+// Tokenizer (manifest.hpp's vocabulary): bytes (0..255) plus specials, or a Hugging Face
+// tokenizer.json (data.tokenizer; vocabulary.hpp); the model's vocabulary must hold its ids.
 // Images are decoded by stb_image (PNG, PPM, ...), WAV by libsndfile, and
 // turned into Whisper-style log-mel frames (n_fft 256, hop 128, Hann).
 #include <sndfile.h>
@@ -163,7 +164,7 @@ inline at::Tensor log_mel(const std::vector<float>& wav, int64_t bins, int64_t r
 
 // One checked manifest line -> one sample: reads its media and lays out its
 // tokens. Throws data_error (without the line number: the caller adds it).
-inline parallel::sample make_sample(const manifest_entry& e, const media_spec& m) {
+inline parallel::sample make_sample(const manifest_entry& e, const media_spec& m, const vocabulary& v = byte_vocabulary()) {
   parallel::sample s;
   std::vector<int64_t> image_n, audio_n;
   for (const auto& f : e.images) {
@@ -191,7 +192,7 @@ inline parallel::sample make_sample(const manifest_entry& e, const media_spec& m
     for (int64_t c : codes)
       if (c >= m.codebook) throw data_error("image codes need model.image_out.codebook >= 256", bad_sample::unsupported_media);
   }
-  sample_layout l = lay_out(e, image_n, audio_n, codes.size());
+  sample_layout l = lay_out(e, image_n, audio_n, codes.size(), v);
   s.tokens = std::move(l.tokens);
   s.targets = std::move(l.targets);
   if (!codes.empty()) {
@@ -202,8 +203,9 @@ inline parallel::sample make_sample(const manifest_entry& e, const media_spec& m
 }
 
 // One manifest line, parsed as JSON, -> one sample. `dir`: the manifest's folder.
-inline parallel::sample make_sample(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m) {
-  return make_sample(parse_manifest_entry(j, dir, m), m);
+inline parallel::sample make_sample(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m,
+                                    const vocabulary& v = byte_vocabulary()) {
+  return make_sample(parse_manifest_entry(j, dir, m, v), m, v);
 }
 
 struct dataset {
@@ -229,7 +231,8 @@ inline long count_skipped(const std::map<std::string, long>& skipped) {
 //   "data/train.jsonl:7: sample has 300 tokens, data.max_seq_len = 256 ..."
 // or, with skip_bad (data.bad_samples: skip), is skipped and counted by reason.
 // A manifest left without samples is an error either way.
-inline dataset load_manifest(const std::string& path, const media_spec& m, long max_seq_len, bool skip_bad = false) {
+inline dataset load_manifest(const std::string& path, const media_spec& m, long max_seq_len, bool skip_bad = false,
+                             const vocabulary& v = byte_vocabulary()) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw data_error(path + ": a folder, not a JSONL manifest");
   std::ifstream in(path);
@@ -243,8 +246,8 @@ inline dataset load_manifest(const std::string& path, const media_spec& m, long 
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     try {
       try {
-        const manifest_entry e = parse_manifest_line(line, dir, m);
-        parallel::sample s = make_sample(e, m);
+        const manifest_entry e = parse_manifest_line(line, dir, m, v);
+        parallel::sample s = make_sample(e, m, v);
         if (static_cast<long>(s.tokens.size()) > max_seq_len)
           throw data_error("sample has " + std::to_string(s.tokens.size()) + " tokens, data.max_seq_len = " + std::to_string(max_seq_len) +
                                " (raise data.max_seq_len, or set data.bad_samples: skip)",
@@ -268,26 +271,27 @@ inline dataset load_manifest(const std::string& path, const media_spec& m, long 
 
 // Deterministic random samples for benchmarks (data.type: synthetic): counting
 // runs of tokens, with images, clips and codes on some samples where the model takes them.
-inline parallel::sample synthetic_sample(int64_t index, uint64_t seed, int64_t len, int64_t vocab, const media_spec& m) {
+inline parallel::sample synthetic_sample(int64_t index, uint64_t seed, int64_t len, int64_t vocab, const media_spec& m,
+                                         const vocabulary& v = byte_vocabulary()) {
   at::Generator gen = at::detail::createCPUGenerator(seed * 1000003ULL + static_cast<uint64_t>(index));
   parallel::sample s;
-  const int64_t top = std::min<int64_t>(vocab, byte_tokenizer::bos);  // never a special id
+  const int64_t top = std::min<int64_t>(vocab, v.bos >= 0 ? std::min(v.bos, v.image) : v.image);  // never a special id
   int64_t t = at::randint(0, top, {1}, gen).item<int64_t>();
   if (m.images && index % 4 == 0) {
     const int64_t side = 4 * m.vision_patch;
-    s.tokens.insert(s.tokens.end(), static_cast<size_t>(image_tokens(m, side, side)), byte_tokenizer::image);
+    s.tokens.insert(s.tokens.end(), static_cast<size_t>(image_tokens(m, side, side)), v.image);
     s.images.push_back(at::rand({m.channels, side, side}, gen));
   }
   if (m.audio && index % 3 == 1) {
     const at::Tensor mel = at::randn({16, m.mel_bins}, gen);
-    s.tokens.insert(s.tokens.end(), static_cast<size_t>(audio_tokens(m, 16)), byte_tokenizer::audio);
+    s.tokens.insert(s.tokens.end(), static_cast<size_t>(audio_tokens(m, 16)), v.audio);
     s.audio.push_back(mel);
   }
   while (static_cast<int64_t>(s.tokens.size()) < len) s.tokens.push_back(t), t = (t + 1) % top;
   const size_t n = s.tokens.size();
   for (size_t j = 0; j < n; ++j) {
     const int64_t next = j + 1 < n ? s.tokens[j + 1] : -100;
-    s.targets.push_back(next == byte_tokenizer::image || next == byte_tokenizer::audio ? -100 : next);
+    s.targets.push_back(next == v.image || next == v.audio ? -100 : next);
   }
   if (m.generation && index % 4 == 2) {
     s.code_targets.assign(n, -100);
@@ -366,9 +370,10 @@ inline std::vector<std::vector<size_t>> micro_batches(const std::vector<const pa
 
 // A micro-batch with no data: one padding token per sp rank, no targets, not
 // counted as tokens by the MoE routers.
-inline nn::batch empty_micro_batch(long sp, int64_t image_token, int64_t audio_token) {
+inline nn::batch empty_micro_batch(long sp, const vocabulary& v) {
+  const int64_t image_token = v.image, audio_token = v.audio;
   parallel::sample s;
-  s.tokens.assign(static_cast<size_t>(sp), byte_tokenizer::pad);
+  s.tokens.assign(static_cast<size_t>(sp), v.pad);
   s.targets.assign(static_cast<size_t>(sp), -100);
   nn::batch b = parallel::pack({&s}, sp, image_token, audio_token);
   b.token_mask = at::zeros({sp});

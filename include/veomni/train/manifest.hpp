@@ -9,9 +9,13 @@
 //   {"prompt": "<audio>digit?", "answer": " 7", "audio": ["audio/0001.wav"]}
 //   {"prompt": "draw: red square, top left", "generate_image": "images/0002.png"}
 //   {"text": "loss on every token of this"}
+//   {"messages": [{"role": "user", "content": "<image>colour?"}, {"role": "assistant", "content": "red"}],
+//    "images": ["images/0001.png"]}
 // "<image>" / "<audio>" in a prompt mark where each image / clip goes (in
 // order; media without markers go first). The loss is on the answer (and the
-// end-of-sequence token), or on every token of "text"; an image to generate
+// end-of-sequence token), or on every token of "text", or on the assistant
+// turns of a conversation rendered with the tokenizer's chat template
+// (data.tokenizer; text/chat.hpp: the content and its end-of-turn token); an image to generate
 // becomes one placeholder per image_out patch with its colour code as target.
 //
 //   parse_manifest_line(R"({"prompt": "<image>colour?", "answer": " red", "images": ["a.png"]})", "data", m)
@@ -27,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -72,6 +77,32 @@ struct byte_tokenizer {
   }
 };
 
+// What a sample's layout needs of its tokenizer: how text becomes ids, the
+// ids of its special positions, and (with a chat template) how a conversation
+// becomes ids with the loss on the assistant's turns. The byte tokenizer by
+// default; train/vocabulary.hpp makes one of a tokenizer.json (data.tokenizer),
+// whose placeholders (image, audio, gen, pad) take the ids past its own.
+struct chat_tokens {
+  std::vector<int64_t> ids;  // the rendered conversation; one image / audio id per "<image>" / "<audio>" marker
+  std::vector<uint8_t> loss;  // per id: 1 on the assistant turns (their content and end-of-turn token)
+};
+struct vocabulary {
+  int64_t bos = byte_tokenizer::bos;  // -1: the tokenizer has none (Qwen); prompts and text start without one
+  int64_t eos = byte_tokenizer::eos;
+  int64_t image = byte_tokenizer::image, audio = byte_tokenizer::audio, gen = byte_tokenizer::gen, pad = byte_tokenizer::pad;
+  int64_t size = byte_tokenizer::vocab_size;  // the ids the model's vocabulary must hold
+  std::string name = "bytes";                 // for messages: "bytes" or the tokenizer.json's path
+  std::vector<std::string> files;             // the tokenizer's files, copied beside an export (hf/)
+  std::function<std::vector<int64_t>(std::string_view)> encode = [](std::string_view s) { return byte_tokenizer::encode(s); };
+  // a manifest line's "messages" -> ids and loss flags; empty: no chat data (a data_error says why)
+  std::function<chat_tokens(const nlohmann::json& messages)> chat;
+};
+
+inline const vocabulary& byte_vocabulary() {
+  static const vocabulary v;
+  return v;
+}
+
 // ---- what the model expects of its inputs ----------------------------------------------
 
 struct media_spec {
@@ -97,9 +128,10 @@ inline int64_t audio_tokens(const media_spec& m, int64_t frames) {
 struct manifest_entry {
   std::vector<std::string> images, audio;  // resolved paths, in the order of their slots
   std::string generate_image;              // resolved path; "" : none
-  std::vector<int64_t> prompt;             // the prompt's (or text's) bytes; one byte_tokenizer::image / audio per slot
-  std::vector<int64_t> answer;             // the answer's bytes
+  std::vector<int64_t> prompt;             // the prompt's (text's, conversation's) ids; one vocabulary::image / audio per slot
+  std::vector<int64_t> answer;             // the answer's ids
   bool text = false;                       // a "text" sample: the loss is on every token
+  std::vector<uint8_t> chat_loss;          // a "messages" sample: per prompt id, 1 where the loss is (no bos/eos added)
   std::string kind = "all";                // for per-kind evaluation
 };
 
@@ -133,12 +165,36 @@ inline std::vector<std::string> manifest_paths(const nlohmann::json& j, const st
 
 }  // namespace detail
 
-// One parsed manifest line -> its entry. `dir`: the manifest's folder.
-inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m) {
-  using tok = byte_tokenizer;
+// A manifest's "messages": a list of {role, content} objects (reasoning_content
+// on an assistant turn), with at least one assistant turn; "" when fine, else what is wrong.
+inline std::string check_messages(const nlohmann::json& m) {
+  if (!m.is_array() || m.empty()) return "'messages' must be a non-empty list of {\"role\", \"content\"}";
+  bool assistant = false;
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    const auto& x = m[i];
+    const std::string at = "messages[" + std::to_string(i) + "]";
+    if (!x.is_object()) return at + " is not an object";
+    for (const auto& [k, v] : x.items())
+      if (k != "role" && k != "content" && k != "reasoning_content") return at + ": unknown field '" + k + "'";
+    if (!x.contains("role") || !x["role"].is_string()) return at + ": 'role' must be a string";
+    const std::string role = x["role"].get<std::string>();
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool")
+      return at + ": unknown role '" + role + "' (system, user, assistant or tool)";
+    if (!x.contains("content") || !x["content"].is_string()) return at + ": 'content' must be a string";
+    if (x.contains("reasoning_content") && (role != "assistant" || !(x["reasoning_content"].is_string() || x["reasoning_content"].is_null())))
+      return at + ": 'reasoning_content' must be a string (or null), on an assistant turn";
+    assistant = assistant || role == "assistant";
+  }
+  return assistant ? std::string() : "no assistant turn: nothing to learn";
+}
+
+// One parsed manifest line -> its entry. `dir`: the manifest's folder; `v`:
+// the tokenizer (bytes by default).
+inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m,
+                                           const vocabulary& v = byte_vocabulary()) {
   if (!j.is_object()) throw data_error("expected a JSON object");
-  static const std::vector<std::string> known{"prompt", "answer", "text", "images", "audio", "generate_image", "id", "kind"};
-  for (const auto& [k, v] : j.items())
+  static const std::vector<std::string> known{"prompt", "answer", "text", "messages", "images", "audio", "generate_image", "id", "kind"};
+  for (const auto& [k, x] : j.items())
     if (std::find(known.begin(), known.end(), k) == known.end()) throw data_error("unknown field '" + k + "'");
   manifest_entry e;
   e.images = detail::manifest_paths(j, dir, "images");
@@ -156,55 +212,87 @@ inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::f
   }
   const std::string text = detail::manifest_string(j, "text"), prompt = detail::manifest_string(j, "prompt"),
                     answer = detail::manifest_string(j, "answer");
+  if (const auto it = j.find("messages"); it != j.end()) {  // a conversation, rendered by the chat template
+    if (!text.empty() || !prompt.empty() || !answer.empty() || !e.generate_image.empty())
+      throw data_error("'messages' goes without 'text', 'prompt', 'answer' and 'generate_image'");
+    if (const std::string why = check_messages(*it); !why.empty())
+      throw data_error(why, why.rfind("no assistant", 0) == 0 ? bad_sample::empty : bad_sample::invalid);
+    if (!v.chat)
+      throw data_error("'messages' needs a tokenizer with a chat template (data.tokenizer: a folder with tokenizer.json and "
+                       "tokenizer_config.json); the tokenizer here is " + v.name);
+    chat_tokens ct = v.chat(*it);
+    const auto count = [&](int64_t id) { return static_cast<size_t>(std::count(ct.ids.begin(), ct.ids.end(), id)); };
+    if (count(v.image) != e.images.size())
+      throw data_error("the conversation has " + std::to_string(count(v.image)) + " <image> markers for " +
+                       std::to_string(e.images.size()) + " images (a conversation places each with a marker)");
+    if (count(v.audio) != e.audio.size())
+      throw data_error("the conversation has " + std::to_string(count(v.audio)) + " <audio> markers for " +
+                       std::to_string(e.audio.size()) + " audio clips (a conversation places each with a marker)");
+    bool learn = false;
+    for (size_t i = 0; i < ct.ids.size(); ++i) {
+      if (ct.loss[i] && (ct.ids[i] == v.image || ct.ids[i] == v.audio))
+        throw data_error("an <image> or <audio> marker in an assistant turn: the model reads media, it does not write them this way");
+      learn = learn || ct.loss[i];
+    }
+    if (!learn) throw data_error("the assistant turns render to no tokens: nothing to learn", bad_sample::empty);
+    e.prompt = std::move(ct.ids);
+    e.chat_loss = std::move(ct.loss);
+    return e;
+  }
   if (!text.empty() && (!prompt.empty() || !answer.empty())) throw data_error("'text' goes without 'prompt' and 'answer'");
   e.text = !text.empty();
   const bool media = !e.images.empty() || !e.audio.empty();
   if (!e.text) {
     if (prompt.empty() && !media && answer.empty() && e.generate_image.empty())
-      throw data_error("empty sample (no prompt, answer, text or generate_image)", bad_sample::empty);
+      throw data_error("empty sample (no prompt, answer, text, messages or generate_image)", bad_sample::empty);
     if (prompt.empty() && !media)
       throw data_error("no prompt: an 'answer' or 'generate_image' needs a 'prompt' or media (or use 'text')", bad_sample::empty);
     if (answer.empty() && e.generate_image.empty())
       throw data_error("nothing to learn: a prompt needs an 'answer' or 'generate_image' (or use 'text')", bad_sample::empty);
   }
-  // the prompt with its media slots
+  // the prompt with its media slots: the text between markers is tokenized piece by piece
   const std::string& body = e.text ? text : prompt;
   const bool marked = body.find("<image>") != std::string::npos || body.find("<audio>") != std::string::npos;
   size_t next_image = 0, next_audio = 0;
   if (!marked) {
-    e.prompt.insert(e.prompt.end(), e.images.size(), tok::image);
-    e.prompt.insert(e.prompt.end(), e.audio.size(), tok::audio);
+    e.prompt.insert(e.prompt.end(), e.images.size(), v.image);
+    e.prompt.insert(e.prompt.end(), e.audio.size(), v.audio);
     next_image = e.images.size(), next_audio = e.audio.size();
   }
   e.prompt.reserve(e.prompt.size() + body.size());
   for (size_t i = 0; i < body.size();) {
-    if (body.compare(i, 7, "<image>") == 0) {
-      if (next_image++ >= e.images.size()) throw data_error("more <image> markers than images");
-      e.prompt.push_back(tok::image);
-      i += 7;
-    } else if (body.compare(i, 7, "<audio>") == 0) {
-      if (next_audio++ >= e.audio.size()) throw data_error("more <audio> markers than audio clips");
-      e.prompt.push_back(tok::audio);
-      i += 7;
-    } else {
-      e.prompt.push_back(static_cast<unsigned char>(body[i++]));
+    const size_t next = std::min(body.find("<image>", i), body.find("<audio>", i));
+    const size_t end = next == std::string::npos ? body.size() : next;
+    if (end > i) {
+      const std::vector<int64_t> ids = v.encode(std::string_view(body).substr(i, end - i));
+      e.prompt.insert(e.prompt.end(), ids.begin(), ids.end());
     }
+    if (end == body.size()) break;
+    if (body.compare(end, 7, "<image>") == 0) {
+      if (next_image++ >= e.images.size()) throw data_error("more <image> markers than images");
+      e.prompt.push_back(v.image);
+    } else {
+      if (next_audio++ >= e.audio.size()) throw data_error("more <audio> markers than audio clips");
+      e.prompt.push_back(v.audio);
+    }
+    i = end + 7;
   }
   if (next_image != e.images.size()) throw data_error("fewer <image> markers than images");
   if (next_audio != e.audio.size()) throw data_error("fewer <audio> markers than audio clips");
-  e.answer = tok::encode(answer);
+  e.answer = v.encode(answer);
   return e;
 }
 
 // One manifest line (text) -> its entry; "malformed JSON: ..." when it is not JSON.
-inline manifest_entry parse_manifest_line(std::string_view line, const std::filesystem::path& dir, const media_spec& m) {
+inline manifest_entry parse_manifest_line(std::string_view line, const std::filesystem::path& dir, const media_spec& m,
+                                          const vocabulary& v = byte_vocabulary()) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
   } catch (const nlohmann::json::exception& e) {
     throw data_error(std::string("malformed JSON: ") + e.what(), bad_sample::malformed_json);
   }
-  return parse_manifest_entry(j, dir, m);
+  return parse_manifest_entry(j, dir, m, v);
 }
 
 // A sample's tokens and targets once its media are measured: image_n / audio_n
@@ -215,37 +303,47 @@ struct sample_layout {
 };
 
 inline sample_layout lay_out(const manifest_entry& e, const std::vector<int64_t>& image_n, const std::vector<int64_t>& audio_n,
-                             size_t n_codes) {
-  using tok = byte_tokenizer;
+                             size_t n_codes, const vocabulary& v = byte_vocabulary()) {
   if (image_n.size() != e.images.size() || audio_n.size() != e.audio.size())
     throw std::invalid_argument("lay_out: one token count per image and per clip");
   for (int64_t n : image_n)
     if (n < 0) throw std::invalid_argument("lay_out: negative token count");
   for (int64_t n : audio_n)
     if (n < 0) throw std::invalid_argument("lay_out: negative token count");
+  const bool chat = !e.chat_loss.empty();
+  if (chat && e.chat_loss.size() != e.prompt.size()) throw std::invalid_argument("lay_out: one loss flag per conversation id");
   sample_layout s;
   std::vector<int64_t>& tokens = s.tokens;
-  tokens.push_back(tok::bos);
+  std::vector<uint8_t> loss;  // conversations: per token, whether it is a target
+  if (v.bos >= 0 && !chat) tokens.push_back(v.bos);  // a conversation's template writes its own
   size_t next_image = 0, next_audio = 0;
-  for (int64_t t : e.prompt) {
-    if (t == tok::image) tokens.insert(tokens.end(), static_cast<size_t>(image_n[next_image++]), tok::image);
-    else if (t == tok::audio) tokens.insert(tokens.end(), static_cast<size_t>(audio_n[next_audio++]), tok::audio);
+  for (size_t i = 0; i < e.prompt.size(); ++i) {
+    const int64_t t = e.prompt[i];
+    const size_t before = tokens.size();
+    if (t == v.image) tokens.insert(tokens.end(), static_cast<size_t>(image_n[next_image++]), v.image);
+    else if (t == v.audio) tokens.insert(tokens.end(), static_cast<size_t>(audio_n[next_audio++]), v.audio);
     else tokens.push_back(t);
+    if (chat) loss.insert(loss.end(), tokens.size() - before, e.chat_loss[i]);
   }
   const bool lm_loss = e.text || !e.answer.empty();
-  const size_t loss_from = e.text ? 1 : tokens.size();  // the first token with a loss on it
+  const size_t loss_from = e.text ? (v.bos >= 0 ? 1 : 0) : tokens.size();  // the first token with a loss on it
   if (lm_loss) {
     tokens.insert(tokens.end(), e.answer.begin(), e.answer.end());
-    tokens.push_back(tok::eos);
+    tokens.push_back(v.eos);
   }
   s.codes_from = tokens.size();
-  tokens.insert(tokens.end(), n_codes, tok::gen);
+  tokens.insert(tokens.end(), n_codes, v.gen);
   s.targets.assign(tokens.size(), -100);
-  if (lm_loss)
-    for (size_t p = loss_from - 1; p + 1 < s.codes_from; ++p) {
-      const int64_t next = tokens[p + 1];
-      if (next != tok::image && next != tok::audio) s.targets[p] = next;
-    }
+  auto target = [&](size_t p) {
+    const int64_t next = tokens[p + 1];
+    if (next != v.image && next != v.audio) s.targets[p] = next;
+  };
+  if (chat) {
+    for (size_t p = 0; p + 1 < s.codes_from; ++p)
+      if (loss[p + 1]) target(p);
+  } else if (lm_loss) {
+    for (size_t p = loss_from == 0 ? 0 : loss_from - 1; p + 1 < s.codes_from; ++p) target(p);
+  }
   return s;
 }
 

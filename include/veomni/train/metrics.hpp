@@ -50,6 +50,7 @@ struct step_record {
   double aux_loss = 0, total_loss = 0;                // MoE load balance (unweighted); what is minimised
   bool has_aux = false;                               // the model has experts
   double tokens = 0, seconds = 0, mfu = 0, eta_s = 0;
+  double data_seconds = 0;                            // of `seconds`: the step's batch, micro-batches, packing and slicing
   long micro_batches = 1;
 };
 
@@ -85,6 +86,7 @@ inline nlohmann::ordered_json to_json(const step_record& r) {
   j["tokens_per_s"] = r.seconds > 0 ? r.tokens / r.seconds : 0.0;
   j["mfu"] = r.mfu;
   j["step_time_s"] = r.seconds;
+  j["data_time_s"] = r.data_seconds;
   j["micro_batches"] = r.micro_batches;
   return j;
 }

@@ -43,6 +43,7 @@
 #include "plot.hpp"
 #include "schedule.hpp"
 #include "threads.hpp"
+#include "vocabulary.hpp"
 
 namespace veomni::train {
 
@@ -192,7 +193,8 @@ constexpr bool has_experts() {
 // Model FLOPs of one step (forward + backward = 3 x forward, core/flops.hpp),
 // from the step's samples: each node's tokens at each sample's context.
 template <Model G>
-double step_flops(const typename G::dims& d, const std::vector<const parallel::sample*>& batch, const media_spec& m) {
+double step_flops(const typename G::dims& d, const std::vector<const parallel::sample*>& batch, const media_spec& m,
+                  const vocabulary& v = byte_vocabulary()) {
   double f = 0;
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
@@ -214,7 +216,7 @@ double step_flops(const typename G::dims& d, const std::vector<const parallel::s
       } else if constexpr (std::is_same_v<C, audio_encoder>) {
         for (const auto& a : s->audio) add(audio_tokens(m, a.size(0)), audio_tokens(m, a.size(0)));
       } else {  // projectors: one row per placeholder of their modality
-        const int64_t ph = name.find("audio") != std::string_view::npos ? byte_tokenizer::audio : byte_tokenizer::image;
+        const int64_t ph = name.find("audio") != std::string_view::npos ? v.audio : v.image;
         add(static_cast<long>(std::count(s->tokens.begin(), s->tokens.end(), ph)), 1);
       }
     }
@@ -235,7 +237,7 @@ struct eval_result {
 
 // Teacher-forced evaluation of whole parameters (rank 0 after consolidate).
 template <Model G>
-eval_result evaluate(const typename G::dims& d, named_params<G>& params, const dataset& data) {
+eval_result evaluate(const typename G::dims& d, named_params<G>& params, const dataset& data, const vocabulary& v = byte_vocabulary()) {
   torch::NoGradGuard no_grad;
   eval_result r;
   double loss = 0, right = 0, count = 0, code_right = 0, code_count = 0, exact = 0;
@@ -258,7 +260,7 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
   for (size_t a = 0; a < data.samples.size(); a += chunk) {
     std::vector<const parallel::sample*> part;
     for (size_t i = a; i < std::min(data.samples.size(), a + chunk); ++i) part.push_back(&data.samples[i]);
-    const nn::batch b = parallel::pack(part, 1, byte_tokenizer::image, byte_tokenizer::audio);
+    const nn::batch b = parallel::pack(part, 1, v.image, v.audio);
     nn::context ctx;
     ctx.data = &b;
     const nn::port_map outs = nn::forward<G>(d, params, ctx);
@@ -306,13 +308,16 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
 // other models keep their node prefix ("vision.layers.0...").
 template <Model G>
 void export_model(const std::string& dir, const typename G::dims& d, const std::string& model_name,
-                  const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
+                  const std::vector<std::pair<nn::param_spec, at::Tensor>>& all, const vocabulary& v = byte_vocabulary()) {
   std::filesystem::create_directories(dir);
   constexpr bool hf = std::is_same_v<G, models::dense_lm>;
   (void)model_name;
   std::vector<std::pair<std::string, at::Tensor>> ts;
   for (const auto& [s, t] : all) ts.emplace_back(hf && s.name.rfind("lm.", 0) == 0 ? s.name.substr(3) : s.name, t);
   write_safetensors(dir + "/model.safetensors", ts, {{"format", "pt"}});
+  for (const std::string& f : v.files)  // the tokenizer goes with the model: hf/ loads as a whole
+    std::filesystem::copy_file(f, std::filesystem::path(dir) / std::filesystem::path(f).filename(),
+                               std::filesystem::copy_options::overwrite_existing);
   nlohmann::ordered_json j;
   if constexpr (hf) {
     const auto& lm = std::get<0>(d);
@@ -330,8 +335,8 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
          {"rope_theta", 10000.0},
          {"max_position_embeddings", 4096},
          {"tie_word_embeddings", false},
-         {"bos_token_id", byte_tokenizer::bos},
-         {"eos_token_id", byte_tokenizer::eos},
+         {"bos_token_id", v.bos >= 0 ? nlohmann::ordered_json(v.bos) : nlohmann::ordered_json()},
+         {"eos_token_id", v.eos},
          {"torch_dtype", "float32"}};
   } else {
     j["architectures"] = {"veomni_" + model_name};
@@ -412,7 +417,9 @@ template <Model G>
 struct prepared {
   typename G::dims dims;
   media_spec media;
+  vocabulary vocab;  // bytes, or data.tokenizer's (vocabulary.hpp)
   dataset train, eval;
+  double load_seconds = 0;  // reading, tokenizing and laying out both manifests (media included)
   bool synthetic = false;
   std::string resume;  // the verified checkpoint folder to start from ("": a fresh start), see resume_point
 };
@@ -440,6 +447,12 @@ inline std::string resume_point(const config& c, int rank, const std::function<v
   }
 }
 
+inline std::string seconds_text(double s) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f s", s);
+  return b;
+}
+
 template <Model G>
 prepared<G> prepare(config& c, long world) {
   resolve(c, world);
@@ -449,18 +462,27 @@ prepared<G> prepare(config& c, long world) {
   p.dims = model_dims<G>(c);
   p.media = media_of<G>(p.dims, c);
   const long vocab = vocab_of<G>(p.dims);
+  if (!c.data.tokenizer.empty()) {
+    try {
+      p.vocab = load_vocabulary(c.data.tokenizer);
+    } catch (const std::runtime_error& e) {  // text::chat_error, text::tokenizer_error, jinja::error
+      throw config_error(std::string("data.tokenizer: ") + e.what());
+    }
+  }
   if (c.data.type == "synthetic") {
     p.synthetic = true;
     if (c.data.synthetic_seq_len < 8) throw config_error("data.synthetic_seq_len: must be >= 8");
     return p;
   }
-  if (vocab < byte_tokenizer::vocab_size)
-    throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the byte tokenizer's " +
-                       std::to_string(byte_tokenizer::vocab_size) + " ids");
+  if (vocab < p.vocab.size)
+    throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the " +
+                       std::to_string(p.vocab.size) + " ids of the tokenizer (" + p.vocab.name + ") and its placeholders");
   if (c.data.manifest.empty()) throw config_error("data.manifest: empty (give a JSONL manifest, or data.type: synthetic)");
   const bool skip_bad = c.data.bad_samples == "skip";
-  p.train = load_manifest(c.data.manifest, p.media, c.data.max_seq_len, skip_bad);
-  if (!c.data.eval_manifest.empty()) p.eval = load_manifest(c.data.eval_manifest, p.media, c.data.max_seq_len, skip_bad);
+  const auto t0 = std::chrono::steady_clock::now();
+  p.train = load_manifest(c.data.manifest, p.media, c.data.max_seq_len, skip_bad, p.vocab);
+  if (!c.data.eval_manifest.empty()) p.eval = load_manifest(c.data.eval_manifest, p.media, c.data.max_seq_len, skip_bad, p.vocab);
+  p.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return p;
 }
 
@@ -550,6 +572,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
              (prep.train.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.train.skipped) + ")") + ", " +
              std::to_string(prep.eval.samples.size()) + " held out" +
              (prep.eval.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.eval.skipped) + ")"));
+    if (!prep.synthetic)
+      ro.log("veomni-train: manifests read, tokenized (" + prep.vocab.name + ") and laid out in " + seconds_text(prep.load_seconds));
     ro.log("veomni-train: MFU against " + with_commas(peak / 1e6) + " MFLOP/s per rank (" +
            (c.train.peak_flops_per_rank > 0 ? std::string("train.peak_flops_per_rank")
                                             : "fp32 GEMM measured by each rank on its own threads" +
@@ -593,7 +617,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     const auto all = consolidate<G>(prep.dims, model, mesh);
     if (!lead) return std::nullopt;
     named_params<G> whole(prep.dims, all);
-    return evaluate<G>(prep.dims, whole, prep.eval);
+    return evaluate<G>(prep.dims, whole, prep.eval, prep.vocab);
   };
 
   const auto t_start = clock::now();
@@ -607,7 +631,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       synth.clear();
       for (long i = 0; i < c.train.global_batch_size; ++i)
         synth.push_back(synthetic_sample(st.data_cursor + i, static_cast<uint64_t>(c.train.seed), c.data.synthetic_seq_len,
-                                         vocab_of<G>(prep.dims), prep.media));
+                                         vocab_of<G>(prep.dims), prep.media, prep.vocab));
       for (const auto& s : synth) batch.push_back(&s);
     } else {
       for (long i = 0; i < c.train.global_batch_size; ++i)
@@ -617,20 +641,23 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     typename parallel::parallel_model<G, R, comm::gloo_mesh>::accumulation accum;
     accum.global_counts = target_counts(batch);
     const auto micro = micro_batches(batch, dc.data_index, dc.data_size, c.train.micro_batch_size, c.data.token_budget);
+    double data_secs = std::chrono::duration<double>(clock::now() - t0).count();
     accum.aux_scale = 1.0 / static_cast<double>(micro.size());
     model.zero_grad();
     double total = 0, aux = 0;
     std::map<std::string, double> terms;
     for (const auto& idx : micro) {
+      const auto tp = clock::now();
       nn::batch b;
       if (idx.empty()) {
-        b = parallel::slice_sequence(empty_micro_batch(shape.sp, byte_tokenizer::image, byte_tokenizer::audio), dc.sp_index, dc.sp_size);
+        b = parallel::slice_sequence(empty_micro_batch(shape.sp, prep.vocab), dc.sp_index, dc.sp_size);
       } else {
         std::vector<const parallel::sample*> mine;
         for (size_t i : idx) mine.push_back(batch[i]);
-        b = parallel::slice_sequence(parallel::pack(mine, shape.sp, byte_tokenizer::image, byte_tokenizer::audio), dc.sp_index,
+        b = parallel::slice_sequence(parallel::pack(mine, shape.sp, prep.vocab.image, prep.vocab.audio), dc.sp_index,
                                      dc.sp_size);
       }
+      data_secs += std::chrono::duration<double>(clock::now() - tp).count();
       const auto fb = model.forward_backward(b, accum);
       total += fb.total;
       aux += fb.aux;
@@ -654,8 +681,9 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     r.lr = lr;
     for (const auto* s : batch) r.tokens += static_cast<double>(s->tokens.size());
     r.seconds = secs;
+    r.data_seconds = data_secs;
     r.micro_batches = static_cast<long>(micro.size());
-    r.mfu = step_flops<G>(prep.dims, batch, prep.media) / (secs * peak_sum);
+    r.mfu = step_flops<G>(prep.dims, batch, prep.media, prep.vocab) / (secs * peak_sum);
     const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
     r.eta_s = elapsed / static_cast<double>(st.step - first) * static_cast<double>(c.train.max_steps - st.step);
     auto j = to_json(r);
@@ -696,6 +724,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   summary["threads_why"] = threads.why;
   summary["peak_flops_per_rank"] = peak;
   if (!prep.synthetic) {  // data.bad_samples: skip — what was left out, by reason
+    summary["data_load_s"] = prep.load_seconds;
     summary["skipped_samples"] = prep.train.skipped;
     summary["eval_skipped_samples"] = prep.eval.skipped;
   }
@@ -725,7 +754,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (c.train.export_safetensors) {
     const auto all = consolidate<G>(prep.dims, model, mesh);
     if (lead) {
-      export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all);
+      export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all, prep.vocab);
       ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
     }
   }
