@@ -1,0 +1,379 @@
+#pragma once
+// <veomni/nn/generate.hpp>: incremental decoding of a language-model node
+// (impl<text_decoder>, impl<moe_text_decoder>) with a KV cache, and sampling.
+//
+// The decoder runs the training weights, in the training layout
+// (impl<C>::root_specs, block_specs), through the training functions:
+// rms_norm (eps 1e-6), rope (theta 10000, rotate-half), project, swiglu,
+// route (softmax, top-k, renormalised as nn::context's default) and
+// hooks::experts (sort by expert, grouped experts, weighted sum). Only the
+// attention differs in form: the queries of the new tokens against the
+// cached keys and values of every earlier position, with grouped-query heads
+// (query head h reads kv head h / (heads / kv_heads), as varlen_attention's
+// repeat_interleave) and scale 1 / sqrt(head_dim). A prefill into an empty
+// cache runs varlen_attention itself (flash attention, memory O(T)).
+// tests/nn/test_generate.cpp holds it to the training forward: logits within
+// 1e-5 relative in fp32 (measured: 1e-6), dense and MoE.
+//
+// Worked example, a prompt of 5 tokens, then one more:
+//   decoder<text_decoder> lm(d, weights_by_name<text_decoder>(d, named, "lm."));
+//   at::Tensor l = lm.prefill({256, 'h', 'i', '?', ' '});  // positions 0..4: logits of 4, [vocab] fp32
+//   l = lm.step(greedy(l));  // position 5: each layer's cache holds K, V of 0..5, [6, kv_heads, head_dim]
+// or the whole loop (sampling, stop ids, streaming: generate_options):
+//   generation g = generate(lm, prompt, opts);  // g.tokens: the new ids, without the stop id
+//
+// Text only: the prompt is token ids. Media placeholders (the image and audio
+// rows an encoder puts in the training batch) are out of scope here.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "components.hpp"
+#include "functional.hpp"
+#include "model.hpp"
+
+namespace veomni::nn {
+
+// ---- the cache ---------------------------------------------------------------------------
+
+// Per layer, the keys and values (after rope) of every position decoded so
+// far: [capacity, kv_heads, head_dim] each, positions [0, length()) valid.
+// capacity > 0 preallocates and a longer sequence is an error; 0 grows
+// (doubling), for a caller that does not know the length in advance.
+class kv_cache {
+ public:
+  kv_cache() = default;
+  kv_cache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t capacity = 0,
+           at::ScalarType dtype = at::kFloat)
+      : k_(static_cast<size_t>(layers)), v_(static_cast<size_t>(layers)), kv_heads_(kv_heads), head_dim_(head_dim),
+        fixed_(capacity > 0), dtype_(dtype) {
+    if (capacity > 0) reserve(capacity);
+  }
+
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return k_.empty() || !k_[0].defined() ? 0 : k_[0].size(0); }
+  int64_t layers() const { return static_cast<int64_t>(k_.size()); }
+
+  // Writes layer l's k, v [n, kv_heads, head_dim] at positions [length(),
+  // length() + n) and returns that layer's keys and values of [0, length() + n).
+  // length() moves on once every layer has written: advance(n).
+  std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
+    const int64_t n = k.size(0), end = length_ + n;
+    TORCH_CHECK(layer >= 0 && layer < layers(), "veomni::nn::kv_cache: layer ", layer, " of a cache of ", layers(), " layers");
+    TORCH_CHECK(k.dim() == 3 && k.size(1) == kv_heads_ && k.size(2) == head_dim_ && v.sizes() == k.sizes(),
+                "veomni::nn::kv_cache: keys ", k.sizes(), " and values ", v.sizes(), " do not fit a cache of ", kv_heads_,
+                " kv heads of dim ", head_dim_);
+    if (end > capacity()) {
+      TORCH_CHECK(!fixed_, "veomni::nn::kv_cache: ", end, " positions exceed its capacity of ", capacity(),
+                  " (allocate a longer cache, or capacity 0 to grow)");
+      reserve(std::max<int64_t>(end, 2 * capacity()));
+    }
+    auto& kl = k_[static_cast<size_t>(layer)];
+    auto& vl = v_[static_cast<size_t>(layer)];
+    kl.narrow(0, length_, n).copy_(k);
+    vl.narrow(0, length_, n).copy_(v);
+    return {kl.narrow(0, 0, end), vl.narrow(0, 0, end)};
+  }
+  void advance(int64_t n) { length_ += n; }
+  // Keeps positions [0, n): a conversation that shares its first n tokens
+  // with what is cached decodes only the rest.
+  void truncate(int64_t n) {
+    TORCH_CHECK(n >= 0 && n <= length_, "veomni::nn::kv_cache::truncate: ", n, " is outside [0, ", length_, "]");
+    length_ = n;
+  }
+  void clear() { length_ = 0; }
+
+ private:
+  void reserve(int64_t cap) {
+    for (size_t l = 0; l < k_.size(); ++l) {
+      at::Tensor k = at::empty({cap, kv_heads_, head_dim_}, at::TensorOptions().dtype(dtype_));
+      at::Tensor v = at::empty_like(k);
+      if (length_ > 0) {
+        k.narrow(0, 0, length_).copy_(k_[l].narrow(0, 0, length_));
+        v.narrow(0, 0, length_).copy_(v_[l].narrow(0, 0, length_));
+      }
+      k_[l] = k, v_[l] = v;
+    }
+  }
+  std::vector<at::Tensor> k_, v_;
+  int64_t kv_heads_ = 0, head_dim_ = 0, length_ = 0;
+  bool fixed_ = false;
+  at::ScalarType dtype_ = at::kFloat;
+};
+
+// Queries of positions [start, start + n), q [n, heads, D], against keys and
+// values of positions [0, L), [L, kv_heads, D] (L = start + n): causal, each
+// sees the keys up to its own position. Returns [n, heads, D].
+// Grouped heads without copies: q viewed [kv_heads, group * n, D], one
+// batched matmul per kv head's group.
+inline at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const int64_t n = q.size(0), hq = q.size(1), d = q.size(2), hkv = k.size(1), len = k.size(0);
+  TORCH_CHECK(hq % hkv == 0 && len == start + n, "veomni::nn::cached_attention: ", hq, " query heads at positions [", start,
+              ", ", start + n, ") against ", hkv, " kv heads of ", len, " positions");
+  const int64_t g = hq / hkv;
+  const at::Tensor qg = q.view({n, hkv, g, d}).permute({1, 2, 0, 3}).reshape({hkv, g * n, d});
+  const at::Tensor kk = k.permute({1, 0, 2}), vv = v.permute({1, 0, 2});  // [kv_heads, L, D]
+  at::Tensor s = at::bmm(qg, kk.transpose(1, 2)).mul_(1.0 / std::sqrt(static_cast<double>(d)));  // [kv_heads, g n, L]
+  if (n > 1) {  // query i (position start + i) sees keys j <= start + i
+    const at::Tensor above = at::ones({n, len}, at::TensorOptions().dtype(at::kBool)).triu(start + 1);
+    s.view({hkv, g, n, len}).masked_fill_(above, -std::numeric_limits<double>::infinity());
+  }
+  const at::Tensor o = at::bmm(s.softmax(-1), vv);  // [kv_heads, g n, D]
+  return o.view({hkv, g, n, d}).permute({2, 0, 1, 3}).reshape({n, hq, d});
+}
+
+// ---- weights ----------------------------------------------------------------------------------
+
+// A language model's parameters in the training layout: root = embed_tokens,
+// norm, lm_head; blocks[i] = block i's parameters in block_specs order.
+struct lm_weights {
+  tensors root;
+  std::vector<tensors> blocks;
+};
+
+template <class C>
+concept language_model = std::is_same_v<C, text_decoder> || std::is_same_v<C, moe_text_decoder>;
+
+// The weights from tensors by name ("lm.model.layers.0.self_attn.q_proj.weight"
+// with prefix "lm."): every spec of the dims must be there with its shape.
+// Throws c10::Error naming the weight that is missing or of another shape.
+template <language_model C>
+lm_weights weights_by_name(const typename C::dims& d, const std::map<std::string, at::Tensor>& named,
+                           const std::string& prefix = "") {
+  auto take = [&](const std::vector<param_spec>& specs) {
+    tensors out;
+    for (const auto& s : specs) {
+      const auto it = named.find(s.name);
+      TORCH_CHECK(it != named.end(), "veomni::nn::weights_by_name: no weight '", s.name, "'");
+      TORCH_CHECK(it->second.sizes() == at::IntArrayRef(s.shape), "veomni::nn::weights_by_name: weight '", s.name,
+                  "' has shape ", it->second.sizes(), " but the model's dims give ", at::IntArrayRef(s.shape));
+      out.push_back(it->second);
+    }
+    return out;
+  };
+  lm_weights w;
+  w.root = take(impl<C>::root_specs(d, prefix));
+  for (int64_t b = 0; b < C::blocks(d); ++b) w.blocks.push_back(take(impl<C>::block_specs(d, b, prefix)));
+  return w;
+}
+
+// The weights of node `node` of a model from a unit source (local_params,
+// train::named_params): what the training forward reads.
+inline lm_weights weights_of_units(unit_source& units, std::size_t node, int64_t blocks) {
+  lm_weights w;
+  w.root = units.unit({node, -1});
+  for (int64_t b = 0; b < blocks; ++b) w.blocks.push_back(units.unit({node, b}));
+  return w;
+}
+
+// ---- the decoder -------------------------------------------------------------------------------
+
+template <language_model C>
+class decoder {
+ public:
+  using dims = typename C::dims;
+
+  // max_length > 0 preallocates the cache for that many positions; 0 grows it.
+  decoder(const dims& d, lm_weights w, int64_t max_length = 0) : d_(d), w_(std::move(w)) {
+    TORCH_CHECK(static_cast<int64_t>(w_.blocks.size()) == d_.layers && w_.root.size() == 3,
+                "veomni::nn::decoder: weights of ", w_.blocks.size(), " blocks and ", w_.root.size(),
+                " root tensors for a model of ", d_.layers, " layers (3 root tensors: embed_tokens, norm, lm_head)");
+    TORCH_CHECK(d_.heads % d_.kv_heads == 0, "veomni::nn::decoder: ", d_.heads, " query heads are not a multiple of ",
+                d_.kv_heads, " kv heads");
+    for (auto& t : w_.root) t = t.detach();
+    for (auto& b : w_.blocks)
+      for (auto& t : b) t = t.detach();
+    cache_ = kv_cache(d_.layers, d_.kv_heads, d_.head_dim, max_length, w_.root[0].scalar_type());
+  }
+
+  // Runs the prompt from position 0 (the cache is cleared): the logits of its last position, [vocab] fp32.
+  at::Tensor prefill(const std::vector<int64_t>& tokens) {
+    TORCH_CHECK(!tokens.empty(), "veomni::nn::decoder::prefill: an empty prompt");
+    truncate(0);
+    return extend(tokens).select(0, 0);
+  }
+  // The same logits, decoding only what follows the longest prefix that the
+  // cache shares with `tokens` (at least the last token is run): a chat
+  // re-rendered with one more turn decodes the new turn only.
+  at::Tensor resume(const std::vector<int64_t>& tokens) {
+    TORCH_CHECK(!tokens.empty(), "veomni::nn::decoder::resume: an empty prompt");
+    const auto limit = std::min(tokens.size() - 1, history_.size());
+    const auto shared = static_cast<int64_t>(
+        std::mismatch(history_.begin(), history_.begin() + static_cast<std::ptrdiff_t>(limit), tokens.begin()).first -
+        history_.begin());
+    truncate(shared);
+    return extend(std::vector<int64_t>(tokens.begin() + shared, tokens.end())).select(0, 0);
+  }
+  // One more token at position length(): its logits, [vocab] fp32.
+  at::Tensor step(int64_t token) { return extend({token}).select(0, 0); }
+
+  // Tokens at positions [length(), length() + n) into the cache: the logits
+  // of the last ([1, vocab]), or of every one ([n, vocab]) with all_positions.
+  at::Tensor extend(const std::vector<int64_t>& tokens, bool all_positions = false) {
+    torch::NoGradGuard no_grad;
+    const int64_t n = static_cast<int64_t>(tokens.size()), start = cache_.length();
+    TORCH_CHECK(n > 0, "veomni::nn::decoder::extend: no tokens");
+    for (int64_t t : tokens)
+      TORCH_CHECK(t >= 0 && t < d_.vocab, "veomni::nn::decoder: token id ", t, " is outside the vocabulary [0, ", d_.vocab, ")");
+    const at::Tensor ids = at::tensor(tokens, at::kLong);
+    at::Tensor x = w_.root[0].index_select(0, ids);
+    const rope_table table = make_rope_table(at::arange(start, start + n, at::kLong), d_.head_dim, x.scalar_type());
+    for (int64_t l = 0; l < d_.layers; ++l) x = block(l, x, table, start);
+    cache_.advance(n);
+    history_.insert(history_.end(), tokens.begin(), tokens.end());
+    at::Tensor h = rms_norm(x, w_.root[1]);
+    if (!all_positions) h = h.narrow(0, n - 1, 1);
+    return at::matmul(h, w_.root[2].t()).to(at::kFloat);
+  }
+
+  int64_t length() const { return cache_.length(); }
+  // The tokens whose keys and values the cache holds, in position order.
+  const std::vector<int64_t>& history() const { return history_; }
+  // Keeps positions [0, n).
+  void truncate(int64_t n) {
+    cache_.truncate(n);
+    history_.resize(static_cast<size_t>(n));
+  }
+  const kv_cache& cache() const { return cache_; }
+  const dims& model_dims() const { return d_; }
+
+ private:
+  at::Tensor block(int64_t l, const at::Tensor& x, const rope_table& table, int64_t start) {
+    const tensors& w = w_.blocks[static_cast<size_t>(l)];
+    const int64_t n = x.size(0);
+    // attention sublayer (detail::attention_sublayer with the cache in place of the packed batch)
+    const at::Tensor hn = rms_norm(x, w[0]);
+    at::Tensor q = project(hn, w[1]).view({n, d_.heads, d_.head_dim});
+    at::Tensor k = project(hn, w[2]).view({n, d_.kv_heads, d_.head_dim});
+    const at::Tensor v = project(hn, w[3]).view({n, d_.kv_heads, d_.head_dim});
+    q = rope(q, table);
+    k = rope(k, table);
+    const auto [keys, values] = cache_.append(l, k, v);
+    const at::Tensor o =
+        start == 0 ? varlen_attention(q, k, v, at::tensor({int64_t{0}, n}, at::kLong), /*causal=*/true)
+                   : cached_attention(q, keys, values, start);
+    const at::Tensor a = x + project(o.reshape({n, d_.heads * d_.head_dim}), w[4]);
+    if constexpr (std::is_same_v<C, text_decoder>) {
+      return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+    } else {
+      const at::Tensor h = rms_norm(a, w[5]);
+      const routing r = route(h, w[6], d_.top_k, renormalize_topk_);
+      return a + hooks_.experts(h, r, expert_weights{w[7], w[8], w[9]});
+    }
+  }
+
+  dims d_;
+  lm_weights w_;
+  kv_cache cache_;
+  std::vector<int64_t> history_;
+  hooks hooks_;                                         // the default experts: what one rank computes
+  bool renormalize_topk_ = context{}.renormalize_topk;  // as the training forward
+};
+
+// ---- sampling ---------------------------------------------------------------------------------
+
+// temperature 0: greedy (the first of equal maxima). Otherwise softmax of
+// logits / temperature, cut to the nucleus: the fewest most probable tokens
+// whose probabilities sum to at least top_p (at least one: top_p -> 0 is
+// greedy), renormalised, drawn with a 64-bit Mersenne twister from `seed`.
+// Worked example, probabilities {0.5, 0.3, 0.15, 0.05}, top_p 0.75: the
+// nucleus is {0, 1} (0.5 + 0.3 >= 0.75), drawn as {0.625, 0.375}.
+struct sampling {
+  double temperature = 0.0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+};
+
+inline int64_t greedy(const at::Tensor& logits) {
+  const at::Tensor l = logits.to(at::kFloat).contiguous().reshape({-1});
+  const float* p = l.data_ptr<float>();
+  return static_cast<int64_t>(std::max_element(p, p + l.numel()) - p);  // the first of equal maxima
+}
+
+class sampler {
+ public:
+  explicit sampler(sampling s) : s_(s), rng_(s.seed) {
+    TORCH_CHECK(std::isfinite(s.temperature) && s.temperature >= 0, "veomni::nn::sampler: temperature ", s.temperature,
+                " must be >= 0 (0: greedy)");
+    TORCH_CHECK(s.top_p >= 0 && s.top_p <= 1, "veomni::nn::sampler: top_p ", s.top_p, " must be in [0, 1]");
+  }
+
+  int64_t next(const at::Tensor& logits) {
+    if (s_.temperature == 0) return greedy(logits);
+    const at::Tensor l = logits.to(at::kDouble).contiguous().reshape({-1});
+    const double* p = l.data_ptr<double>();
+    const int64_t v = l.numel();
+    std::vector<int64_t> order(static_cast<size_t>(v));
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+    const double top = p[order[0]];
+    std::vector<double> prob(static_cast<size_t>(v));
+    double sum = 0;
+    for (int64_t i = 0; i < v; ++i) sum += prob[static_cast<size_t>(i)] = std::exp((p[order[static_cast<size_t>(i)]] - top) / s_.temperature);
+    size_t keep = 0;
+    for (double mass = 0; keep < prob.size() && (keep == 0 || mass < s_.top_p * sum);) mass += prob[keep++];
+    const double kept = std::accumulate(prob.begin(), prob.begin() + static_cast<std::ptrdiff_t>(keep), 0.0);
+    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * kept;  // in [0, kept)
+    double c = 0;
+    for (size_t i = 0; i < keep; ++i)
+      if ((c += prob[i]) > u) return order[i];
+    return order[keep - 1];
+  }
+
+ private:
+  sampling s_;
+  std::mt19937_64 rng_;
+};
+
+// ---- the loop --------------------------------------------------------------------------------
+
+struct generate_options {
+  int64_t max_new_tokens = 64;
+  bool reuse_cache = false;       // decoder::resume instead of prefill: keep the prefix the cache shares with the prompt
+  std::vector<int64_t> stop_ids;  // end of turn / end of sequence: ends the generation, not part of it
+  sampling sample;
+  std::function<bool(int64_t)> on_token;  // each new token as it comes (streaming); false stops
+};
+
+struct generation {
+  enum class stop_reason { stop_id, max_new_tokens, callback };
+  std::vector<int64_t> tokens;  // the new tokens, without the stop id
+  stop_reason reason = stop_reason::max_new_tokens;
+  int64_t stop_id = -1;  // which one, for stop_reason::stop_id
+};
+
+// Prefill of `prompt` (or resume), then one token at a time until a stop id, max_new_tokens or on_token says stop.
+template <language_model C>
+generation generate(decoder<C>& lm, const std::vector<int64_t>& prompt, const generate_options& o) {
+  generation g;
+  if (o.max_new_tokens <= 0) return g;
+  sampler pick(o.sample);
+  at::Tensor logits = o.reuse_cache ? lm.resume(prompt) : lm.prefill(prompt);
+  for (;;) {
+    const int64_t t = pick.next(logits);
+    if (std::find(o.stop_ids.begin(), o.stop_ids.end(), t) != o.stop_ids.end()) {
+      g.reason = generation::stop_reason::stop_id;
+      g.stop_id = t;
+      return g;
+    }
+    g.tokens.push_back(t);
+    if (o.on_token && !o.on_token(t)) {
+      g.reason = generation::stop_reason::callback;
+      return g;
+    }
+    if (static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens) return g;
+    logits = lm.step(t);
+  }
+}
+
+}  // namespace veomni::nn

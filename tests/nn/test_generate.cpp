@@ -1,0 +1,213 @@
+// Incremental decoding (nn/generate.hpp) against the training forward: the
+// logits of a prefill and then one token at a time equal those of one
+// nn::forward over the same tokens (its "lm.hidden" times lm_head), fp32,
+// within 1e-5 relative, for the dense decoder (dense_lm) and the MoE decoder
+// (omni_moe, text only); and the sampling loop's promises.
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <veomni/models/zoo.hpp>
+#include <veomni/nn.hpp>
+#include <veomni/nn/generate.hpp>
+
+using namespace veomni;
+using namespace veomni::nn;
+
+namespace {
+
+// Weights of a model, normal ones scaled from the init's std 0.02 to 0.08 so
+// that attention and routing are far from uniform (a stricter comparison;
+// at 0.2 fp32 rounding alone puts the training forward 4e-6 from its fp64
+// self, and the cached decoder is as close to fp64 as the training forward).
+template <Model G>
+local_params<G> sharp_params(const typename G::dims& d, uint64_t seed) {
+  local_params<G> p(d, seed, at::kFloat);
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < p.parameters().size(); ++i)
+    if (p.specs()[i].init == init_kind::normal) p.parameters()[i].mul_(4.0);
+  return p;
+}
+
+// Logits [T, V] of every position of one sample, by the training code path.
+template <Model G>
+at::Tensor training_logits(const typename G::dims& d, local_params<G>& params, const std::vector<int64_t>& toks) {
+  const int64_t t = static_cast<int64_t>(toks.size());
+  batch b;
+  b.tokens = at::tensor(toks, at::kLong);
+  b.targets = at::roll(b.tokens, -1).clone();
+  b.targets[t - 1] = -100;
+  b.cu_seqlens = at::tensor({int64_t{0}, t}, at::kLong);
+  b.position_ids = at::arange(t, at::kLong);
+  context ctx;
+  ctx.data = &b;
+  const port_map out = forward<G>(d, params, ctx);
+  constexpr std::size_t lm = G::index_of("lm");
+  const at::Tensor head = params.unit({lm, -1})[2];
+  return at::matmul(out.at("lm.hidden"), head.t()).detach();
+}
+
+std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  at::manual_seed(seed);
+  const at::Tensor t = at::randint(vocab, {n}, at::kLong);
+  return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n};
+}
+
+// max |a - b| / max |b| of one position's logits
+double rel_diff(const at::Tensor& got, const at::Tensor& ref) {
+  return (got - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+}
+
+// Prefill of `prefix` tokens, a chunk of 5 at once, then one at a time: every
+// position's logits against the training forward. Returns the worst relative difference.
+template <Model G, language_model C>
+double incremental_vs_training(const typename G::dims& d, uint64_t seed, int64_t len, int64_t prefix, int64_t max_length) {
+  auto params = sharp_params<G>(d, seed);
+  const auto& lm = std::get<G::index_of("lm")>(d);
+  const auto toks = random_tokens(len, lm.vocab, seed);
+  const at::Tensor ref = training_logits<G>(d, params, toks);
+  decoder<C> dec(lm, weights_of_units(params, G::index_of("lm"), lm.layers), max_length);
+  double worst = 0;
+  at::Tensor l = dec.prefill({toks.begin(), toks.begin() + prefix});
+  CHECK(l.dim() == 1);
+  CHECK((l.scalar_type() == at::kFloat));
+  worst = std::max(worst, rel_diff(l, ref[prefix - 1]));
+  const at::Tensor chunk = dec.extend({toks.begin() + prefix, toks.begin() + prefix + 5}, /*all_positions=*/true);
+  REQUIRE(chunk.size(0) == 5);
+  for (int64_t i = 0; i < 5; ++i) worst = std::max(worst, rel_diff(chunk[i], ref[prefix + i]));
+  for (int64_t p = prefix + 5; p < len; ++p) {
+    CHECK(dec.length() == p);
+    worst = std::max(worst, rel_diff(dec.step(toks[static_cast<size_t>(p)]), ref[p]));
+  }
+  CHECK(dec.cache().length() == len);
+  // a whole prefill equals too, and resume() reuses the shared prefix
+  worst = std::max(worst, rel_diff(dec.prefill(toks), ref[len - 1]));
+  auto shorter = toks;
+  shorter.back() = (shorter.back() + 1) % lm.vocab;
+  const at::Tensor other = training_logits<G>(d, params, shorter);
+  worst = std::max(worst, rel_diff(dec.resume(shorter), other[len - 1]));
+  CHECK(dec.history() == shorter);
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("generate: cached decoding of the dense decoder equals the training forward (fp32, 1e-5)") {
+  const auto d = models::dense_lm_tiny();  // 4 query heads over 2 kv heads
+  const double worst = incremental_vs_training<models::dense_lm, text_decoder>(d, 3, 48, 11, 0);
+  MESSAGE("dense: max relative difference of the logits ", worst);
+  CHECK(worst <= 1e-5);
+}
+
+TEST_CASE("generate: cached decoding of the MoE decoder equals the training forward (fp32, 1e-5)") {
+  const auto d = models::omni_moe_tiny();  // 4 experts, top 2, renormalised; text only
+  const double worst = incremental_vs_training<models::omni_moe, moe_text_decoder>(d, 5, 48, 13, 64);
+  MESSAGE("moe: max relative difference of the logits ", worst);
+  CHECK(worst <= 1e-5);
+}
+
+TEST_CASE("generate: the kv cache grows, or refuses past its preallocated length") {
+  kv_cache grow(2, 2, 4);
+  for (int i = 0; i < 5; ++i) {
+    for (int64_t l = 0; l < 2; ++l) {
+      const at::Tensor k = at::full({3, 2, 4}, static_cast<float>(i));
+      const auto [keys, values] = grow.append(l, k, k + 1);
+      CHECK(keys.size(0) == 3 * (i + 1));
+      CHECK(keys[3 * i].min().item<float>() == static_cast<float>(i));
+      CHECK(keys[0].max().item<float>() == 0.0f);  // earlier positions survive the growth
+    }
+    grow.advance(3);
+  }
+  CHECK(grow.capacity() >= 15);
+  kv_cache fixed(1, 2, 4, 4);
+  (void)fixed.append(0, at::zeros({4, 2, 4}), at::zeros({4, 2, 4}));
+  fixed.advance(4);
+  CHECK_THROWS_WITH(fixed.append(0, at::zeros({1, 2, 4}), at::zeros({1, 2, 4})),
+                    doctest::Contains("5 positions exceed its capacity of 4"));
+  CHECK_THROWS_WITH(fixed.append(0, at::zeros({1, 3, 4}), at::zeros({1, 3, 4})), doctest::Contains("do not fit a cache of 2 kv heads"));
+}
+
+TEST_CASE("generate: greedy is deterministic, top-p near 0 is greedy, stop ids stop") {
+  const auto d = models::dense_lm_tiny();
+  auto params = sharp_params<models::dense_lm>(d, 7);
+  const auto& lm = std::get<0>(d);
+  decoder<text_decoder> dec(lm, weights_of_units(params, 0, lm.layers));
+  const std::vector<int64_t> prompt{256, 'a', 'b', 'c'};
+  generate_options o;
+  o.max_new_tokens = 20;
+  std::vector<int64_t> streamed;
+  o.on_token = [&](int64_t t) {
+    streamed.push_back(t);
+    return true;
+  };
+  const generation g1 = generate(dec, prompt, o);
+  CHECK(g1.tokens.size() == 20);
+  CHECK(g1.reason == generation::stop_reason::max_new_tokens);
+  CHECK(streamed == g1.tokens);
+  o.on_token = nullptr;
+  CHECK(generate(dec, prompt, o).tokens == g1.tokens);  // greedy: the same tokens again
+  // greedy by hand: argmax of each step's logits
+  std::vector<int64_t> by_hand;
+  at::Tensor l = dec.prefill(prompt);
+  for (int i = 0; i < 20; ++i) {
+    by_hand.push_back(l.argmax().item<int64_t>());
+    l = dec.step(by_hand.back());
+  }
+  CHECK(by_hand == g1.tokens);
+
+  generate_options nucleus = o;
+  nucleus.sample = {.temperature = 1.5, .top_p = 1e-9, .seed = 123};
+  CHECK(generate(dec, prompt, nucleus).tokens == g1.tokens);
+
+  // sampling at temperature 1 over the whole vocabulary: the seed decides, and decides alike
+  generate_options hot = o;
+  hot.sample = {.temperature = 1.0, .top_p = 1.0, .seed = 1};
+  const auto a = generate(dec, prompt, hot).tokens;
+  CHECK(generate(dec, prompt, hot).tokens == a);
+  hot.sample.seed = 2;
+  CHECK(generate(dec, prompt, hot).tokens != a);
+
+  // a stop id ends the generation before it; the callback can end it too
+  generate_options stop = o;
+  stop.stop_ids = {999, g1.tokens[5]};
+  const generation g2 = generate(dec, prompt, stop);
+  CHECK(g2.reason == generation::stop_reason::stop_id);
+  CHECK(g2.stop_id == g1.tokens[5]);
+  const auto first = std::find(g1.tokens.begin(), g1.tokens.end(), g1.tokens[5]);
+  CHECK(g2.tokens == std::vector<int64_t>(g1.tokens.begin(), first));
+  generate_options three = o;
+  three.on_token = [n = 0](int64_t) mutable { return ++n < 3; };
+  const generation g3 = generate(dec, prompt, three);
+  CHECK(g3.reason == generation::stop_reason::callback);
+  CHECK(g3.tokens == std::vector<int64_t>(g1.tokens.begin(), g1.tokens.begin() + 3));
+}
+
+TEST_CASE("generate: the nucleus keeps the fewest most probable tokens reaching top_p") {
+  // probabilities {0.5, 0.3, 0.15, 0.05} (logits = their logs): top_p 0.75 keeps {0, 1}
+  const at::Tensor logits = at::tensor({0.5, 0.3, 0.15, 0.05}, at::kDouble).log().to(at::kFloat);
+  sampler s({.temperature = 1.0, .top_p = 0.75, .seed = 9});
+  int64_t counts[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 4000; ++i) ++counts[s.next(logits)];
+  CHECK(counts[2] == 0);
+  CHECK(counts[3] == 0);
+  CHECK(std::abs(counts[0] / 4000.0 - 0.625) < 0.03);
+  sampling cold;
+  cold.temperature = -1.0;
+  CHECK_THROWS_WITH(sampler{cold}, doctest::Contains("temperature -1 must be >= 0"));
+}
+
+TEST_CASE("generate: weights by name name what is missing or of another shape") {
+  const auto d = models::dense_lm_tiny();
+  const auto& lm = std::get<0>(d);
+  std::map<std::string, at::Tensor> named;
+  for (const auto& s : impl<text_decoder>::root_specs(lm, "lm.")) named[s.name] = materialize(s, 1);
+  for (int64_t b = 0; b < lm.layers; ++b)
+    for (const auto& s : impl<text_decoder>::block_specs(lm, b, "lm.")) named[s.name] = materialize(s, 1);
+  CHECK(weights_by_name<text_decoder>(lm, named, "lm.").blocks.size() == 2);
+  auto wrong = named;
+  wrong["lm.model.norm.weight"] = at::ones({32});
+  CHECK_THROWS_WITH(weights_by_name<text_decoder>(lm, wrong, "lm."),
+                    doctest::Contains("weight 'lm.model.norm.weight' has shape [32] but the model's dims give [64]"));
+  wrong = named;
+  wrong.erase("lm.model.layers.1.mlp.up_proj.weight");
+  CHECK_THROWS_WITH(weights_by_name<text_decoder>(lm, wrong, "lm."), doctest::Contains("no weight 'lm.model.layers.1.mlp.up_proj.weight'"));
+}
