@@ -123,7 +123,7 @@ class chat_template {
       } else if (it->is_array() && !it->empty()) {
         const nlohmann::json* pick = &(*it)[0];
         for (const auto& t : *it)
-          if (t.is_object() && t.value("name", "") == "default") pick = &t;
+          if (t.is_object() && t.contains("name") && t["name"] == "default") pick = &t;
         if (!pick->is_object() || !pick->contains("template") || !(*pick)["template"].is_string())
           throw chat_error(file + ": chat_template: a list entry must be {\"name\": ..., \"template\": string}");
         source = (*pick)["template"].get<std::string>();
@@ -132,6 +132,7 @@ class chat_template {
       }
     } else if (std::filesystem::is_regular_file(jinja_file, ec)) {
       std::ifstream in(jinja_file, std::ios::binary);
+      if (!in) throw chat_error(jinja_file.string() + ": cannot open");
       std::stringstream ss;
       ss << in.rdbuf();
       source = ss.str();
@@ -158,7 +159,9 @@ class chat_template {
   const chat_format& format() const { return format_; }
 
   // The text of a conversation, as Hugging Face's apply_chat_template renders it
-  // (special tokens given to the template as bos_token, eos_token, ...).
+  // with its JavaScript engine, @huggingface/jinja (the tests' judge; it differs
+  // from Python's Jinja2 on purpose in places, text/jinja.hpp lists them);
+  // special tokens are given to the template as bos_token, eos_token, ...
   // `extra`: more variables (enable_thinking, tools, ...).
   // Ordered JSON: `tools | tojson` prints keys in the order they were given, as Hugging Face does.
   std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt,

@@ -275,7 +275,8 @@ inline parallel::sample synthetic_sample(int64_t index, uint64_t seed, int64_t l
                                          const vocabulary& v = byte_vocabulary()) {
   at::Generator gen = at::detail::createCPUGenerator(seed * 1000003ULL + static_cast<uint64_t>(index));
   parallel::sample s;
-  const int64_t top = std::min<int64_t>(vocab, v.bos >= 0 ? std::min(v.bos, v.image) : v.image);  // never a special id
+  // below bos and the placeholders (the byte tokenizer: bytes only; a tokenizer.json's special ids may occur)
+  const int64_t top = std::min<int64_t>(vocab, v.bos >= 0 ? std::min(v.bos, v.image) : v.image);
   int64_t t = at::randint(0, top, {1}, gen).item<int64_t>();
   if (m.images && index % 4 == 0) {
     const int64_t side = 4 * m.vision_patch;

@@ -166,27 +166,61 @@ inline std::vector<std::string> manifest_paths(const nlohmann::json& j, const st
 }  // namespace detail
 
 // A manifest's "messages": a list of {role, content} objects (reasoning_content
-// on an assistant turn), with at least one assistant turn; "" when fine, else what is wrong.
-inline std::string check_messages(const nlohmann::json& m) {
-  if (!m.is_array() || m.empty()) return "'messages' must be a non-empty list of {\"role\", \"content\"}";
+// on an assistant turn), with at least one assistant turn. Tool calls and tool
+// lists (tool_calls, tools) are not manifest fields: such lines are invalid.
+struct messages_problem {
+  std::string what;                        // "" : fine
+  std::string reason = bad_sample::invalid;
+};
+inline messages_problem check_messages(const nlohmann::json& m) {
+  if (!m.is_array() || m.empty()) return {"'messages' must be a non-empty list of {\"role\", \"content\"}"};
   bool assistant = false;
   for (std::size_t i = 0; i < m.size(); ++i) {
     const auto& x = m[i];
     const std::string at = "messages[" + std::to_string(i) + "]";
-    if (!x.is_object()) return at + " is not an object";
+    if (!x.is_object()) return {at + " is not an object"};
     for (const auto& [k, v] : x.items())
-      if (k != "role" && k != "content" && k != "reasoning_content") return at + ": unknown field '" + k + "'";
-    if (!x.contains("role") || !x["role"].is_string()) return at + ": 'role' must be a string";
+      if (k != "role" && k != "content" && k != "reasoning_content") return {at + ": unknown field '" + k + "'"};
+    if (!x.contains("role") || !x["role"].is_string()) return {at + ": 'role' must be a string"};
     const std::string role = x["role"].get<std::string>();
     if (role != "system" && role != "user" && role != "assistant" && role != "tool")
-      return at + ": unknown role '" + role + "' (system, user, assistant or tool)";
-    if (!x.contains("content") || !x["content"].is_string()) return at + ": 'content' must be a string";
+      return {at + ": unknown role '" + role + "' (system, user, assistant or tool)"};
+    if (!x.contains("content") || !x["content"].is_string()) return {at + ": 'content' must be a string"};
     if (x.contains("reasoning_content") && (role != "assistant" || !(x["reasoning_content"].is_string() || x["reasoning_content"].is_null())))
-      return at + ": 'reasoning_content' must be a string (or null), on an assistant turn";
+      return {at + ": 'reasoning_content' must be a string (or null), on an assistant turn"};
     assistant = assistant || role == "assistant";
   }
-  return assistant ? std::string() : "no assistant turn: nothing to learn";
+  if (!assistant) return {"no assistant turn: nothing to learn", bad_sample::empty};
+  return {};
 }
+
+namespace detail {
+// A conversation's entry: the chat template's ids, a loss flag each, the media
+// placed by their markers (v.chat renders and tokenizes: vocabulary.hpp).
+inline void chat_entry(manifest_entry& e, const nlohmann::json& messages, const vocabulary& v) {
+  if (const messages_problem p = check_messages(messages); !p.what.empty()) throw data_error(p.what, p.reason);
+  if (!v.chat)
+    throw data_error("'messages' needs a tokenizer with a chat template (data.tokenizer: a folder with tokenizer.json and "
+                     "tokenizer_config.json); the tokenizer here is " + v.name);
+  chat_tokens ct = v.chat(messages);
+  const auto count = [&](int64_t id) { return static_cast<size_t>(std::count(ct.ids.begin(), ct.ids.end(), id)); };
+  if (count(v.image) != e.images.size())
+    throw data_error("the conversation has " + std::to_string(count(v.image)) + " <image> markers for " +
+                     std::to_string(e.images.size()) + " images (a conversation places each with a marker)");
+  if (count(v.audio) != e.audio.size())
+    throw data_error("the conversation has " + std::to_string(count(v.audio)) + " <audio> markers for " +
+                     std::to_string(e.audio.size()) + " audio clips (a conversation places each with a marker)");
+  bool learn = false;
+  for (size_t i = 0; i < ct.ids.size(); ++i) {
+    if (ct.loss[i] && (ct.ids[i] == v.image || ct.ids[i] == v.audio))
+      throw data_error("an <image> or <audio> marker in an assistant turn: the model reads media, it does not write them this way");
+    learn = learn || ct.loss[i];
+  }
+  if (!learn) throw data_error("the assistant turns render to no tokens: nothing to learn", bad_sample::empty);
+  e.prompt = std::move(ct.ids);
+  e.chat_loss = std::move(ct.loss);
+}
+}  // namespace detail
 
 // One parsed manifest line -> its entry. `dir`: the manifest's folder; `v`:
 // the tokenizer (bytes by default).
@@ -215,28 +249,7 @@ inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::f
   if (const auto it = j.find("messages"); it != j.end()) {  // a conversation, rendered by the chat template
     if (!text.empty() || !prompt.empty() || !answer.empty() || !e.generate_image.empty())
       throw data_error("'messages' goes without 'text', 'prompt', 'answer' and 'generate_image'");
-    if (const std::string why = check_messages(*it); !why.empty())
-      throw data_error(why, why.rfind("no assistant", 0) == 0 ? bad_sample::empty : bad_sample::invalid);
-    if (!v.chat)
-      throw data_error("'messages' needs a tokenizer with a chat template (data.tokenizer: a folder with tokenizer.json and "
-                       "tokenizer_config.json); the tokenizer here is " + v.name);
-    chat_tokens ct = v.chat(*it);
-    const auto count = [&](int64_t id) { return static_cast<size_t>(std::count(ct.ids.begin(), ct.ids.end(), id)); };
-    if (count(v.image) != e.images.size())
-      throw data_error("the conversation has " + std::to_string(count(v.image)) + " <image> markers for " +
-                       std::to_string(e.images.size()) + " images (a conversation places each with a marker)");
-    if (count(v.audio) != e.audio.size())
-      throw data_error("the conversation has " + std::to_string(count(v.audio)) + " <audio> markers for " +
-                       std::to_string(e.audio.size()) + " audio clips (a conversation places each with a marker)");
-    bool learn = false;
-    for (size_t i = 0; i < ct.ids.size(); ++i) {
-      if (ct.loss[i] && (ct.ids[i] == v.image || ct.ids[i] == v.audio))
-        throw data_error("an <image> or <audio> marker in an assistant turn: the model reads media, it does not write them this way");
-      learn = learn || ct.loss[i];
-    }
-    if (!learn) throw data_error("the assistant turns render to no tokens: nothing to learn", bad_sample::empty);
-    e.prompt = std::move(ct.ids);
-    e.chat_loss = std::move(ct.loss);
+    detail::chat_entry(e, *it, v);
     return e;
   }
   if (!text.empty() && (!prompt.empty() || !answer.empty())) throw data_error("'text' goes without 'prompt' and 'answer'");

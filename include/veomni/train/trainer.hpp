@@ -465,18 +465,19 @@ prepared<G> prepare(config& c, long world) {
   if (!c.data.tokenizer.empty()) {
     try {
       p.vocab = load_vocabulary(c.data.tokenizer);
-    } catch (const std::runtime_error& e) {  // text::chat_error, text::tokenizer_error, jinja::error
+    } catch (const std::exception& e) {  // text::chat_error, text::tokenizer_error, a JSON type error
       throw config_error(std::string("data.tokenizer: ") + e.what());
     }
   }
+  // synthetic data with the byte tokenizer uses ids below the vocabulary only; with a tokenizer.json its placeholders
+  if (vocab < p.vocab.size && (c.data.type != "synthetic" || !c.data.tokenizer.empty()))
+    throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the " +
+                       std::to_string(p.vocab.size) + " ids of the tokenizer (" + p.vocab.name + ") and its placeholders");
   if (c.data.type == "synthetic") {
     p.synthetic = true;
     if (c.data.synthetic_seq_len < 8) throw config_error("data.synthetic_seq_len: must be >= 8");
     return p;
   }
-  if (vocab < p.vocab.size)
-    throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the " +
-                       std::to_string(p.vocab.size) + " ids of the tokenizer (" + p.vocab.name + ") and its placeholders");
   if (c.data.manifest.empty()) throw config_error("data.manifest: empty (give a JSONL manifest, or data.type: synthetic)");
   const bool skip_bad = c.data.bad_samples == "skip";
   const auto t0 = std::chrono::steady_clock::now();
