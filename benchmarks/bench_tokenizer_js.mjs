@@ -1,8 +1,9 @@
 // The tokenizer benchmark's corpus and its JavaScript side (scripts/bench_tokenizer.sh):
 //   node bench_tokenizer_js.mjs NPM_DIR CORPUS [--write-only]
-// Writes CORPUS when it is not there: ~10 MB of documents, deterministic
-// (seeded PRNG), mixed as a pre-training shard is: English prose, code,
-// numbers, Chinese and Japanese, emoji, a little Cyrillic and Greek; the
+// Writes CORPUS when it is not there: ~10 MB of documents, deterministic (drawn
+// from tests/text/corpus.mjs's seeded random source, which the tokenizer tests'
+// reference corpus also draws from), mixed as a pre-training shard is: English
+// prose, code, numbers, Chinese and Japanese, emoji, a little Cyrillic and Greek; the
 // documents are separated by the byte 0x1E (never inside one). bench_tokenizer
 // (C++) reads the same file. Then encodes every document with Hugging Face's
 // @huggingface/tokenizers on Qwen3's tokenizer.json (one warm-up pass, then
@@ -11,28 +12,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+import { randomSource } from '../tests/text/corpus.mjs';
+
 const [npmDir, corpusFile, flag] = process.argv.slice(2);
 if (!npmDir || !corpusFile) {
   console.error('usage: node bench_tokenizer_js.mjs NPM_DIR CORPUS [--write-only]');
   process.exit(1);
 }
 
-function prng(seed) {  // mulberry32
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function writeCorpus(file, bytes) {
-  const rnd = prng(2024);
-  const int = (n) => Math.floor(rnd() * n);
-  const pick = (xs) => xs[int(xs.length)];
-  const cp = (lo, hi) => String.fromCodePoint(lo + int(hi - lo + 1));
+  const { rnd, int, pick, cp } = randomSource(2024);
   const words = ('the of and to in is was for that with as on by at from it his an were are which this be or had ' +
     'not but have one first new their also after they who its time two has been other year can more into would ' +
     'model training data parallel tokenizer expert attention gradient sequence layer memory throughput university ' +

@@ -10,6 +10,13 @@
 #include <veomni/nn.hpp>
 #include <veomni/nn/generate.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <vector>
+
 using namespace veomni;
 using namespace veomni::nn;
 
@@ -193,6 +200,76 @@ TEST_CASE("generate: the nucleus keeps the fewest most probable tokens reaching 
   sampling cold;
   cold.temperature = -1.0;
   CHECK_THROWS_WITH(sampler{cold}, doctest::Contains("temperature -1 must be >= 0"));
+}
+
+TEST_CASE("generate: top_p 1 draws from the whole softmax, in proportion") {
+  const at::Tensor logits = at::tensor({0.5, 0.3, 0.15, 0.05}, at::kDouble).log().to(at::kFloat);
+  sampler s({.temperature = 1.0, .top_p = 1.0, .seed = 5});
+  int64_t counts[4] = {0, 0, 0, 0};
+  std::vector<int64_t> drawn;
+  for (int i = 0; i < 8000; ++i) drawn.push_back(s.next(logits)), ++counts[drawn.back()];
+  const double want[4] = {0.5, 0.3, 0.15, 0.05};
+  for (int k = 0; k < 4; ++k) CHECK(std::abs(counts[k] / 8000.0 - want[k]) < 0.02);
+  sampler again({.temperature = 1.0, .top_p = 1.0, .seed = 5});  // the seed decides
+  for (int i = 0; i < 8000; ++i) REQUIRE(again.next(logits) == drawn[static_cast<size_t>(i)]);
+  // -inf logits are never drawn
+  const at::Tensor masked = at::tensor({-std::numeric_limits<float>::infinity(), 0.0f, -std::numeric_limits<float>::infinity()});
+  for (int i = 0; i < 100; ++i) CHECK(s.next(masked) == 1);
+}
+
+TEST_CASE("generate: a nucleus past the first partial sort is the one a full stable sort gives") {
+  // 5000 ids of close logits (and some equal ones): the nucleus of top_p 0.9 holds thousands of ids,
+  // so the partial sort grows several times; every draw is in the nucleus of the full stable sort
+  at::manual_seed(3);
+  at::Tensor logits = (at::randn({5000}) * 0.5).to(at::kFloat);
+  logits.narrow(0, 100, 50).fill_(0.25f);  // ties: the lower id first
+  const float* p = logits.data_ptr<float>();
+  for (double top_p : {0.05, 0.5, 0.9}) {
+    std::vector<int64_t> order(5000);
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+    double sum = 0;
+    std::vector<double> prob(5000);
+    for (size_t i = 0; i < 5000; ++i) sum += prob[i] = std::exp(static_cast<double>(p[order[i]]) - p[order[0]]);
+    size_t keep = 0;
+    for (double mass = 0; keep == 0 || mass < top_p * sum;) mass += prob[keep++];
+    const std::set<int64_t> nucleus(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep));
+    sampler s({.temperature = 1.0, .top_p = top_p, .seed = 11});
+    std::set<int64_t> seen;
+    for (int i = 0; i < 3000; ++i) {
+      const int64_t t = s.next(logits);
+      REQUIRE(nucleus.count(t) == 1);
+      seen.insert(t);
+    }
+    if (top_p == 0.9) {
+      CHECK(keep > 1000);
+      CHECK(seen.size() > 500);  // drawn from all over it, not only the first sorted chunk
+    }
+  }
+}
+
+TEST_CASE("generate: a NaN, +inf or all -inf logit row is an error, greedy or sampled") {
+  const float inf = std::numeric_limits<float>::infinity();
+  at::Tensor nan_row = at::zeros({8});
+  nan_row[5] = std::numeric_limits<float>::quiet_NaN();
+  sampler hot({.temperature = 1.0, .top_p = 1.0, .seed = 1});
+  sampler nucleus({.temperature = 0.7, .top_p = 0.9, .seed = 1});
+  sampler cold({.temperature = 0.0});
+  for (sampler* s : {&hot, &nucleus, &cold}) {
+    CHECK_THROWS_AS(s->next(nan_row), std::runtime_error);
+    CHECK_THROWS_WITH(s->next(nan_row), doctest::Contains("the logits hold NaN (id 5 of 8)"));
+    CHECK_THROWS_WITH(s->next(at::full({4}, -inf)), doctest::Contains("are all -inf"));
+    at::Tensor big = at::zeros({4});
+    big[2] = inf;
+    CHECK_THROWS_WITH(s->next(big), doctest::Contains("the logits hold +inf (id 2 of 4)"));
+  }
+  CHECK_THROWS_WITH(greedy(nan_row), doctest::Contains("veomni::nn::greedy: the logits hold NaN"));
+  // a row with some -inf is fine
+  at::Tensor some = at::full({4}, -inf);
+  some[3] = 1.0f;
+  CHECK(greedy(some) == 3);
+  CHECK(hot.next(some) == 3);
+  CHECK(nucleus.next(some) == 3);
 }
 
 TEST_CASE("generate: weights by name name what is missing or of another shape") {

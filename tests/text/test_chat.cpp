@@ -166,6 +166,27 @@ TEST_CASE("jinja: runtime errors name the template, line and the offending thing
   CHECK(error_of("{{ (1, 2) }}") == "chat_template:1: cannot convert a tuple to JSON (the reference engine cannot either)");
 }
 
+TEST_CASE("jinja: range() refuses huge bounds and results, naming the template and line") {
+  ordered_json big = {{"big", 1e17}, {"n", 1e10}};
+  // 1e17 + 1 == 1e17 in doubles: the reference's loop never ends
+  CHECK(error_of("\n{{ range(big, big + 100) }}", big) ==
+        "chat_template:2: range(100000000000000000, 100000000000000100): 100000000000000000 is not a number "
+        "between -2^53 and 2^53");
+  // 10^10 numbers: the reference runs out of memory
+  CHECK(error_of("{% for i in range(n) %}{% endfor %}", big) ==
+        "chat_template:1: range(10000000000) would make 10000000000 numbers (at most 10000000)");
+  CHECK(error_of("{{ range(0, 1, 0.0000000001) }}") ==
+        "chat_template:1: range(0, 1, 1e-10) would make 10000000000 numbers (at most 10000000)");
+  CHECK(error_of("{{ range(4503599627370496, 4503599627370497, 0.1) }}") ==
+        "chat_template:1: range(4503599627370496, 4503599627370497, 0.1): the step 0.1 is too small to change "
+        "4503599627370496");
+  // at the limit and below, and fractional bounds, as the reference
+  CHECK(render("{{ range(10000000) | length }}", {}) == "10000000");
+  CHECK(render("{{ range(2.5) }} {{ range(0, 1, 0.25) }} {{ range(3, 0, -1.5) }}", {}) ==
+        "[0, 1, 2] [0, 0.25, 0.5, 0.75] [3, 1.5]");
+  CHECK(render("{{ range(-9007199254740992, -9007199254740990) | length }}", {}) == "2");
+}
+
 TEST_CASE("jinja: raise_exception's message reaches the caller") {
   const std::string src =
       "{% for m in messages %}\n"

@@ -245,6 +245,25 @@ TEST_CASE("normalizer NFC: e + U+0301 encodes as the precomposed character, offs
   CHECK(t.decode(t.encode("a\xCC\x81\xCC\xA7")) == nfc("a\xCC\x81\xCC\xA7"));
 }
 
+TEST_CASE("ids that would make the id table mostly empty are refused, naming the path and the id") {
+  // tiny(): 256 vocab entries (one per byte), no added tokens; with 'big' 257 entries, so ids
+  // must be below 2 * 257 + 1024 = 1538.
+  auto j = tiny();
+  j["model"]["vocab"]["big"] = 1000000000;  // a resize to 10^9 entries: tens of gigabytes
+  CHECK_ERROR(j, "tokenizer.json: model.vocab['big'] 1000000000 is too large: ids must be below 1538");
+  j["model"]["vocab"]["big"] = 1537;
+  CHECK(error_of(j) == "(no error)");
+  j["model"]["vocab"]["big"] = 1538;
+  CHECK_ERROR(j, "model.vocab['big'] 1538 is too large");
+
+  j = tiny(), j["added_tokens"] = {added("<a>", 300), added("<b>", 2000000000)};
+  CHECK_ERROR(j, "tokenizer.json: added_tokens[1] ('<b>').id 2000000000 is too large: ids must be below 1540");
+  j["added_tokens"][1]["id"] = 1539;
+  CHECK(error_of(j) == "(no error)");
+  j["added_tokens"][1]["id"] = -1;
+  CHECK_ERROR(j, "added_tokens[1] ('<b>').id -1 is not a non-negative integer");
+}
+
 TEST_CASE("errors name the file, the JSON path and the value") {
   auto base = tiny();
   auto j = base;

@@ -13,6 +13,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
+import { randomSource } from './corpus.mjs';
+
 const [npmDir, outDir] = process.argv.slice(2);
 if (!npmDir || !outDir) {
   console.error('usage: node tokenizer_reference.mjs NPM_DIR OUT_DIR');
@@ -32,27 +34,11 @@ for (const f of [lib, ...Object.values(models).map((d) => path.join(d, 'tokenize
 }
 const { Tokenizer } = await import(pathToFileURL(lib).href);
 
-// mulberry32: a small seeded PRNG, so the corpus is the same on every run.
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const enc = new TextEncoder();
 const dec = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
 
 function corpus(seed, specials) {
-  const rnd = prng(seed);
-  const int = (n) => Math.floor(rnd() * n);
-  const pick = (xs) => xs[int(xs.length)];
-  const cp = (lo, hi) => String.fromCodePoint(lo + int(hi - lo + 1));
-  const run = (n, f) => Array.from({ length: n }, f).join('');
+  const { rnd, int, pick, cp, run } = randomSource(seed);
   const words = ('the quick brown fox jumps over lazy dog tokenizer model training data loader ' +
     'parallel shard expert attention gradient It I You We They hello world Internationalization ' +
     'isn aren couldn HTTP JSON URL GPU e.g. i.e. Mr. Dr. St. naïve café résumé Zürich').split(' ');

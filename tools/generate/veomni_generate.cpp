@@ -18,6 +18,8 @@
 // (train/vocabulary.hpp: bos when the tokenizer has one, eos), --messages
 // rendered by tokenizer_config.json's chat template with
 // add_generation_prompt = true, and eos or the template's end of turn stop.
+// A tokenizer without a usable chat template serves --prompt; --messages and
+// --chat are refused, naming why (train::text_vocabulary::chat_problem).
 //
 // Output: the new text on stdout, whole UTF-8 characters only (a character
 // split over tokens waits for its last byte); what was loaded, and the
@@ -36,6 +38,7 @@
 #include <map>
 #include <regex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <veomni/nn/generate.hpp>
@@ -207,8 +210,9 @@ struct codec {
   std::vector<int64_t> stop_ids;
   std::function<std::vector<int64_t>(const std::string&)> prompt;           // --prompt
   std::function<std::vector<int64_t>(const nlohmann::ordered_json&)> conversation;  // --messages, --chat: add_generation_prompt
-  std::function<std::string(const std::vector<int64_t>&)> bytes;            // new ids -> their bytes
+  std::function<std::string(int64_t)> token_bytes;                           // a new id -> its bytes
   bool remembers = false;  // --chat keeps the conversation (a chat template); else each line stands alone
+  std::string no_chat;     // non-empty: why --messages and --chat cannot run (a tokenizer without a usable chat template)
   int64_t ids = 0;         // the ids the model's vocabulary must hold
 };
 
@@ -232,7 +236,7 @@ codec byte_codec() {
     return ids;
   };
   c.conversation = [p = c.prompt](const nlohmann::ordered_json& m) { return p(single_user_turn(m)); };
-  c.bytes = [](const std::vector<int64_t>& ids) { return tok::decode(ids); };
+  c.token_bytes = [](int64_t t) { return tok::decode({t}); };
   c.ids = tok::vocab_size;
   return c;
 }
@@ -251,22 +255,16 @@ std::string tokenizer_path(const run_files& r) {
 
 codec text_codec(const run_files& r) {
   const std::string path = tokenizer_path(r);
-  codec c;
-  train::vocabulary v;
-  std::shared_ptr<const text::tokenizer> tok;
-  std::shared_ptr<const text::chat_template> chat;
-  try {
-    v = train::load_vocabulary(path);
-    const text::tokenizer_files files = text::find_tokenizer(path);
-    tok = std::make_shared<const text::tokenizer>(text::tokenizer::from_file(files.tokenizer));
-    if (!files.config.empty()) {
-      const nlohmann::json cfg = text::detail::read_json_file(files.config);
-      if (cfg.is_object() && (cfg.contains("chat_template") || fs::exists(files.config.parent_path() / "chat_template.jinja")))
-        chat = std::make_shared<const text::chat_template>(text::chat_template::from_file(files.config));
-    }
-  } catch (const std::runtime_error& e) {  // text::chat_error, tokenizer errors, jinja::error
+  train::text_vocabulary tv;
+  try {  // one load: the vocabulary, the tokenizer, the chat template (or why there is none)
+    tv = train::load_text(path);
+  } catch (const std::exception& e) {  // text::chat_error, tokenizer errors, jinja::error, JSON and file errors
     throw input_error(std::string("data.tokenizer: ") + e.what());
   }
+  const train::vocabulary& v = tv.vocab;
+  const std::shared_ptr<const text::tokenizer> tok = tv.tokenizer;
+  const std::shared_ptr<const text::chat_template> chat = tv.chat;
+  codec c;
   c.name = v.name;
   c.ids = v.size;
   c.stop_ids = {v.eos};
@@ -292,25 +290,21 @@ codec text_codec(const run_files& r) {
       return tok->encode(rendered);
     };
   } else {
-    c.conversation = [name = v.name](const nlohmann::ordered_json&) -> std::vector<int64_t> {
-      throw input_error(name + " has no chat template (tokenizer_config.json chat_template): use --prompt");
+    c.no_chat = tv.chat_problem.empty() ? v.name + " has no usable chat template" : tv.chat_problem;
+    c.conversation = [why = c.no_chat](const nlohmann::ordered_json&) -> std::vector<int64_t> {
+      throw input_error("--messages and --chat need a chat template: " + why + " (use --prompt)");
     };
   }
   const int64_t own = tok->vocab_size();  // the placeholders past it decode to nothing
-  c.bytes = [tok, own](const std::vector<int64_t>& ids) {
-    std::vector<int64_t> text_ids;
-    for (int64_t t : ids)
-      if (t >= 0 && t < own) text_ids.push_back(t);
-    return std::string(tok->decode_bytes(text_ids));
-  };
+  c.token_bytes = [tok, own](int64_t t) { return t >= 0 && t < own ? tok->decode_bytes({t}) : std::string(); };
   return c;
 }
 
 // ---- streaming ----------------------------------------------------------------------------------
 
 // The longest prefix of s that ends on a whole UTF-8 character (bytes that
-// cannot start or continue one are let through).
-std::size_t whole_characters(const std::string& s) {
+// cannot start or continue one are let through). Reads only the last 4 bytes.
+std::size_t whole_characters(std::string_view s) {
   const std::size_t n = s.size();
   for (std::size_t back = 1; back <= 4 && back <= n; ++back) {
     const auto c = static_cast<unsigned char>(s[n - back]);
@@ -321,27 +315,35 @@ std::size_t whole_characters(const std::string& s) {
   return n;
 }
 
+// The new text, one token's bytes at a time: each add() appends them and,
+// live, prints what has become whole characters (all_[printed_, ready): the
+// pending bytes of a character split over tokens wait for the rest). O(bytes
+// of the token) a step, not a decode of everything so far.
 class text_out {
  public:
   explicit text_out(bool live) : live_(live) {}
-  // all: the bytes of every new token so far
-  void update(const std::string& all) {
+  void add(const std::string& bytes) {
+    all_ += bytes;
     if (!live_) return;
-    const std::size_t ready = whole_characters(all);
+    const std::size_t ready = whole_characters(all_);
     if (ready > printed_) {
-      std::fwrite(all.data() + printed_, 1, ready - printed_, stdout);
+      std::fwrite(all_.data() + printed_, 1, ready - printed_, stdout);
       std::fflush(stdout);
       printed_ = ready;
     }
   }
-  void finish(const std::string& all) {
-    if (all.size() > printed_) std::fwrite(all.data() + printed_, 1, all.size() - printed_, stdout);
+  // Prints what is left (a character cut off by the end, as it is) and a newline; the whole text.
+  const std::string& finish() {
+    if (all_.size() > printed_) std::fwrite(all_.data() + printed_, 1, all_.size() - printed_, stdout);
+    printed_ = all_.size();
     std::fputc('\n', stdout);
     std::fflush(stdout);
+    return all_;
   }
 
  private:
   bool live_;
+  std::string all_;  // the bytes of every new token so far
   std::size_t printed_ = 0;
 };
 
@@ -394,6 +396,8 @@ int generate_text(const run_files& r, const options& o) {
     throw input_error("config mismatch: model.lm.vocab = " + std::to_string(lm.vocab) + " cannot hold the " + std::to_string(cd.ids) +
                       " ids of the tokenizer (" + cd.name + ")");
   note(r.c.model.name + " from " + from + "; tokenizer " + cd.name);
+  if (!o.has_prompt && !cd.no_chat.empty())
+    throw input_error(std::string(o.chat ? "--chat" : "--messages") + " needs a chat template: " + cd.no_chat + " (use --prompt)");
 
   nn::generate_options go;
   go.max_new_tokens = o.max_new_tokens;
@@ -404,18 +408,15 @@ int generate_text(const run_files& r, const options& o) {
       if (t < 0 || t >= lm.vocab)
         throw input_error("config mismatch: the tokenizer gives id " + std::to_string(t) + ", past model.lm.vocab = " + std::to_string(lm.vocab));
     text_out out(!o.no_stream);
-    std::vector<int64_t> fresh;
     go.reuse_cache = reuse;
-    go.on_token = [&](int64_t t) {
-      fresh.push_back(t);
-      out.update(cd.bytes(fresh));
+    go.on_token = [&](int64_t t) {  // every new token comes here: out holds the whole text
+      out.add(cd.token_bytes(t));
       return true;
     };
     const auto t0 = std::chrono::steady_clock::now();
     const nn::generation g = nn::generate(dec, prompt, go);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const std::string text = cd.bytes(g.tokens);
-    out.finish(text);
+    const std::string text = out.finish();
     char b[200];
     std::snprintf(b, sizeof b, "%zu prompt tokens, %zu new (%s) in %.3f s, %.1f tokens/s", prompt.size(), g.tokens.size(),
                   g.reason == nn::generation::stop_reason::stop_id ? "stop id" : "max new tokens", secs,

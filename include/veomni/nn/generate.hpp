@@ -34,6 +34,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -285,19 +286,52 @@ class decoder {
 // temperature 0: greedy (the first of equal maxima). Otherwise softmax of
 // logits / temperature, cut to the nucleus: the fewest most probable tokens
 // whose probabilities sum to at least top_p (at least one: top_p -> 0 is
-// greedy), renormalised, drawn with a 64-bit Mersenne twister from `seed`.
+// greedy), renormalised, drawn with a 64-bit Mersenne twister from `seed`
+// (one draw a token).
 // Worked example, probabilities {0.5, 0.3, 0.15, 0.05}, top_p 0.75: the
 // nucleus is {0, 1} (0.5 + 0.3 >= 0.75), drawn as {0.625, 0.375}.
+// Cost a token, vocabulary V: top_p = 1 draws from the whole softmax in id
+// order, O(V), no sort; top_p < 1 sorts only as far as the nucleus reaches
+// (partial sorts of 64, 128, 256, ... more ids: O(V log K) for a nucleus of
+// K ids), in the order of a stable sort by logit (equal logits: lower id
+// first).
+// A row with a NaN or +inf logit, or no logit above -inf, is an error
+// (std::runtime_error naming it): the model's output is broken, and no token
+// drawn from it would mean anything.
 struct sampling {
   double temperature = 0.0;
   double top_p = 1.0;
   uint64_t seed = 0;
 };
 
+namespace detail {
+
+// The first index of the largest logit of a row of v; throws std::runtime_error
+// for a NaN or +inf logit, or a row with nothing above -inf (or empty).
+inline int64_t checked_argmax(const float* p, int64_t v, const char* who) {
+  int64_t best = -1;
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < v; ++i) {
+    const float x = p[i];
+    if (std::isnan(x) || x == std::numeric_limits<float>::infinity())
+      throw std::runtime_error(std::string(who) + ": the logits hold " + (std::isnan(x) ? "NaN" : "+inf") + " (id " +
+                               std::to_string(i) + " of " + std::to_string(v) +
+                               "): the model's output is broken (diverged weights, or an overflow in its dtype)");
+    if (x > top) top = x, best = i;  // strictly greater: the first of equal maxima
+  }
+  if (best < 0)
+    throw std::runtime_error(std::string(who) + ": the logits of " + std::to_string(v) +
+                             " ids are all -inf (or none): no token can be drawn");
+  return best;
+}
+
+inline at::Tensor logit_row(const at::Tensor& logits) { return logits.to(at::kFloat).contiguous().reshape({-1}); }
+
+}  // namespace detail
+
 inline int64_t greedy(const at::Tensor& logits) {
-  const at::Tensor l = logits.to(at::kFloat).contiguous().reshape({-1});
-  const float* p = l.data_ptr<float>();
-  return static_cast<int64_t>(std::max_element(p, p + l.numel()) - p);  // the first of equal maxima
+  const at::Tensor l = detail::logit_row(logits);
+  return detail::checked_argmax(l.data_ptr<float>(), l.numel(), "veomni::nn::greedy");
 }
 
 class sampler {
@@ -310,29 +344,55 @@ class sampler {
 
   int64_t next(const at::Tensor& logits) {
     if (s_.temperature == 0) return greedy(logits);
-    const at::Tensor l = logits.to(at::kDouble).contiguous().reshape({-1});
-    const double* p = l.data_ptr<double>();
+    const at::Tensor l = detail::logit_row(logits);
+    const float* p = l.data_ptr<float>();
     const int64_t v = l.numel();
-    std::vector<int64_t> order(static_cast<size_t>(v));
-    std::iota(order.begin(), order.end(), int64_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
-    const double top = p[order[0]];
-    std::vector<double> prob(static_cast<size_t>(v));
+    const double top = p[detail::checked_argmax(p, v, "veomni::nn::sampler")];
+    // unnormalised probabilities, in id order
+    prob_.resize(static_cast<size_t>(v));
     double sum = 0;
-    for (int64_t i = 0; i < v; ++i) sum += prob[static_cast<size_t>(i)] = std::exp((p[order[static_cast<size_t>(i)]] - top) / s_.temperature);
-    size_t keep = 0;
-    for (double mass = 0; keep < prob.size() && (keep == 0 || mass < s_.top_p * sum);) mass += prob[keep++];
-    const double kept = std::accumulate(prob.begin(), prob.begin() + static_cast<std::ptrdiff_t>(keep), 0.0);
-    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * kept;  // in [0, kept)
+    for (int64_t i = 0; i < v; ++i) sum += prob_[static_cast<size_t>(i)] = std::exp((static_cast<double>(p[i]) - top) / s_.temperature);
+    if (s_.top_p >= 1) {  // the whole softmax: no order needed
+      const double u = uniform() * sum;  // in [0, sum)
+      double c = 0;
+      int64_t last = 0;
+      for (int64_t i = 0; i < v; ++i) {
+        const double q = prob_[static_cast<size_t>(i)];
+        if (q > 0) last = i;
+        if ((c += q) > u) return i;
+      }
+      return last;  // rounding: the last id with any probability
+    }
+    // the nucleus: most probable first, sorted only as far as it reaches
+    const auto before = [p](int64_t a, int64_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
+    order_.resize(static_cast<size_t>(v));
+    std::iota(order_.begin(), order_.end(), int64_t{0});
+    const double target = s_.top_p * sum;
+    size_t keep = 0, sorted = 0, chunk = 64;
+    double mass = 0;
+    while (keep < order_.size() && (keep == 0 || mass < target)) {
+      if (keep == sorted) {  // the next most probable ids, in order, after the `sorted` already placed
+        const size_t end = std::min(order_.size(), sorted + chunk);
+        std::partial_sort(order_.begin() + static_cast<std::ptrdiff_t>(sorted), order_.begin() + static_cast<std::ptrdiff_t>(end),
+                          order_.end(), before);
+        sorted = end, chunk *= 2;
+      }
+      mass += prob_[static_cast<size_t>(order_[keep++])];
+    }
+    const double u = uniform() * mass;  // in [0, mass)
     double c = 0;
     for (size_t i = 0; i < keep; ++i)
-      if ((c += prob[i]) > u) return order[i];
-    return order[keep - 1];
+      if ((c += prob_[static_cast<size_t>(order_[i])]) > u) return order_[i];
+    return order_[keep - 1];
   }
 
  private:
+  double uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }  // in [0, 1)
+
   sampling s_;
   std::mt19937_64 rng_;
+  std::vector<double> prob_;    // per id, exp((logit - max) / temperature)
+  std::vector<int64_t> order_;  // ids, the first `sorted` of them most probable first
 };
 
 // ---- the loop --------------------------------------------------------------------------------

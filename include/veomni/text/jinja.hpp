@@ -43,6 +43,8 @@
 // UTF-16 units, so they differ on characters beyond U+FFFF); upper/lower know
 // ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic only; sort_keys orders
 // by code point with case folded first (the reference uses localeCompare).
+// range() refuses bounds beyond +-2^53 and results over 10,000,000 numbers
+// (the reference runs out of memory or never returns there).
 //
 // Errors (jinja::error): syntax errors read "NAME:LINE:COL: what"; runtime
 // errors "NAME:LINE: what", e.g. "chat_template:7: raise_exception: Conversation
@@ -64,6 +66,8 @@
 #include <utility>
 #include <vector>
 
+#include "utf8.hpp"
+
 namespace veomni::text::jinja {
 
 struct error : std::runtime_error {
@@ -73,51 +77,21 @@ struct error : std::runtime_error {
 namespace detail {
 
 // ---------------------------------------------------------------- UTF-8 ----
+// (the shared helpers are veomni/text/utf8.hpp; on valid UTF-8, all a template
+// and a JSON context can hold, each character is one step)
 
-inline std::size_t u8_len(unsigned char c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
-
+// The character at s[i] (i < s.size()); *len = its length in bytes.
 inline char32_t u8_decode(std::string_view s, std::size_t i, std::size_t* len = nullptr) {
-  auto c = static_cast<unsigned char>(s[i]);
-  std::size_t n = std::min(u8_len(c), s.size() - i);
-  if (len) *len = n;
-  if (n == 1) return c;
-  char32_t cp = c & (0x3F >> (n - 1));
-  for (std::size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-  return cp;
-}
-
-inline void u8_append(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
-// JavaScript's whitespace (String.prototype.trim, /\s/): the ASCII controls
-// \t..\r, space, and U+00A0 U+1680 U+2000-200A U+2028 U+2029 U+202F U+205F
-// U+3000 U+FEFF.
-inline bool js_space(char32_t c) {
-  if (c <= 32) return c == 32 || (c >= 9 && c <= 13);
-  return c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202F || c == 0x205F || c == 0x3000 || c == 0xFEFF;
+  const auto c = utf8::next(s, i);
+  if (len) *len = c.len;
+  return c.cp;
 }
 
 // Bytes of the whitespace character that starts at s[i] (0 if none).
 inline std::size_t space_at(std::string_view s, std::size_t i) {
   if (i >= s.size()) return 0;
   std::size_t n = 0;
-  return js_space(u8_decode(s, i, &n)) ? n : 0;
+  return utf8::is_js_space(u8_decode(s, i, &n)) ? n : 0;
 }
 
 // Bytes of the whitespace character that ends at s[end) (0 if none).
@@ -127,7 +101,7 @@ inline std::size_t space_before(std::string_view s, std::size_t end) {
   while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80 && end - b < 4) --b;
   std::size_t n = 0;
   char32_t c = u8_decode(s, b, &n);
-  return (b + n == end && js_space(c)) ? n : 0;
+  return (b + n == end && utf8::is_js_space(c)) ? n : 0;
 }
 
 inline std::string trim_start(std::string_view s) {
@@ -145,7 +119,7 @@ inline std::string trim(std::string_view s) { return trim_end(trim_start(s)); }
 inline std::vector<std::string> code_points(std::string_view s) {
   std::vector<std::string> out;
   for (std::size_t i = 0; i < s.size();) {
-    std::size_t n = std::min(u8_len(static_cast<unsigned char>(s[i])), s.size() - i);
+    std::size_t n = utf8::next(s, i).len;
     out.emplace_back(s.substr(i, n));
     i += n;
   }
@@ -198,7 +172,7 @@ inline std::string to_upper(std::string_view s) {
     std::size_t n = 0;
     char32_t c = u8_decode(s, i, &n);
     if (c == 0xDF) out += "SS";
-    else u8_append(out, to_upper_cp(c));
+    else utf8::append(out, to_upper_cp(c));
     i += n;
   }
   return out;
@@ -207,7 +181,7 @@ inline std::string to_lower(std::string_view s) {
   std::string out;
   for (std::size_t i = 0; i < s.size();) {
     std::size_t n = 0;
-    u8_append(out, to_lower_cp(u8_decode(s, i, &n)));
+    utf8::append(out, to_lower_cp(u8_decode(s, i, &n)));
     i += n;
   }
   return out;
@@ -376,6 +350,9 @@ struct runtime_failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 [[noreturn]] inline void fail(const std::string& what) { throw runtime_failure(what); }
+
+// The most numbers one range() returns: a longer range is an error, not gigabytes of memory.
+inline constexpr std::size_t range_limit = 10'000'000;
 
 inline std::string type_name(const value& v) {
   switch (v.k) {
@@ -927,7 +904,7 @@ inline std::vector<token> tokenize(std::string_view source) {
             }
           }
           if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;
-          u8_append(str, cp);
+          utf8::append(str, cp);
         } else {
           switch (e) {
             case 'n': str += '\n'; break;
@@ -1617,8 +1594,30 @@ class interpreter {
       if (c.pos.size() >= 2) { start = c.pos[0].n; stop = c.pos[1].n; }
       if (c.pos.size() == 3) step = c.pos[2].n;
       if (step == 0) fail("range() step must not be zero");
+      // The reference loops `for (i = start; i < stop; i += step)` unchecked: range(1e10)
+      // exhausts memory and range(1e17, 1e17 + 100) never ends (1e17 + 1 == 1e17 in doubles).
+      // Bounds beyond 2^53 (where doubles skip integers) and results over range_limit
+      // elements are errors instead; fractional bounds and steps stay as the reference has them.
+      auto args = [&] {
+        std::string a;
+        for (auto& v : c.pos) a += (a.empty() ? "" : ", ") + js_number(v.n);
+        return "range(" + a + ")";
+      };
+      constexpr double exact = 9007199254740992.0;  // 2^53
+      for (auto& v : c.pos)
+        if (!(std::fabs(v.n) <= exact))
+          fail(args() + ": " + js_number(v.n) + " is not a number between -2^53 and 2^53");
+      const double count = std::ceil((stop - start) / step);
+      if (count > static_cast<double>(range_limit))
+        fail(args() + " would make " + js_number(count) + " numbers (at most " + std::to_string(range_limit) + ")");
       array_t out;
-      for (double i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(number(i));
+      if (count > 0) out.reserve(static_cast<std::size_t>(count));
+      for (double i = start; step > 0 ? i < stop : i > stop; i += step) {
+        if (out.size() >= range_limit)
+          fail(args() + " would make more than " + std::to_string(range_limit) + " numbers");
+        if (i + step == i) fail(args() + ": the step " + js_number(step) + " is too small to change " + js_number(i));
+        out.push_back(number(i));
+      }
       return value::array(std::move(out));
     }));
     std::string fixed;
@@ -2187,7 +2186,7 @@ class interpreter {
           for (std::size_t i = 0; i < x.size();) {
             if (std::size_t n = space_at(x, i)) { i += n; continue; }
             std::size_t b = i;
-            while (i < x.size() && !space_at(x, i)) i += u8_len(static_cast<unsigned char>(x[i]));
+            while (i < x.size() && !space_at(x, i)) i += utf8::next(x, i).len;
             words.emplace_back(b, i);
           }
           if (!right) {
@@ -2264,7 +2263,7 @@ class interpreter {
     if (s.empty()) return s;
     std::size_t n = 0;
     char32_t c = u8_decode(s, 0, &n);
-    return (c == 0xDF ? std::string("SS") : [&] { std::string u; u8_append(u, to_upper_cp(c)); return u; }()) + s.substr(n);
+    return (c == 0xDF ? std::string("SS") : [&] { std::string u; utf8::append(u, to_upper_cp(c)); return u; }()) + s.substr(n);
   }
 
   value dict_method(const value& obj, const std::string& name) {

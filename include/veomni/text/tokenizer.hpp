@@ -77,6 +77,8 @@
 #include <utility>
 #include <vector>
 
+#include "utf8.hpp"
+
 namespace veomni::text {
 
 // A tokenizer.json that cannot be read or is not supported; the message names
@@ -95,45 +97,6 @@ namespace detail {
 
 // ---------------------------------------------------------------- UTF-8
 
-struct utf8_char {
-  char32_t cp;        // U+FFFD when !valid
-  std::uint32_t len;  // bytes consumed: the character, or the maximal invalid subsequence
-  bool valid;
-};
-
-// One step of the WHATWG UTF-8 decoder at s[i] (i < n): a valid character, or
-// the maximal subpart of an ill-formed sequence ("\xE2\x82" -> 2 bytes, one
-// U+FFFD; "\xC0\xAF" -> 1 byte, then 1 byte).
-inline utf8_char utf8_next(const unsigned char* s, std::size_t n, std::size_t i) noexcept {
-  const unsigned b = s[i];
-  if (b < 0x80) return {b, 1, true};
-  std::uint32_t need;
-  char32_t cp;
-  unsigned lo = 0x80, hi = 0xBF;
-  if (b >= 0xC2 && b <= 0xDF) {
-    need = 1, cp = b & 0x1F;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    need = 2, cp = b & 0x0F;
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    need = 3, cp = b & 0x07;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-  } else {
-    return {0xFFFD, 1, false};
-  }
-  std::uint32_t k = 1;
-  for (; k <= need; ++k) {
-    if (i + k >= n) return {0xFFFD, k, false};
-    const unsigned c = s[i + k];
-    if (c < lo || c > hi) return {0xFFFD, k, false};
-    lo = 0x80, hi = 0xBF;
-    cp = (cp << 6) | (c & 0x3F);
-  }
-  return {cp, need + 1, true};
-}
-
 inline bool utf8_valid(std::string_view text) noexcept {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const std::size_t n = text.size();
@@ -147,29 +110,11 @@ inline bool utf8_valid(std::string_view text) noexcept {
         continue;
       }
     }
-    const auto c = utf8_next(s, n, i);
+    const auto c = utf8::next(s, n, i);
     if (!c.valid) return false;
     i += c.len;
   }
   return true;
-}
-
-inline void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // Appends `bytes` to out with each maximal invalid subsequence replaced by
@@ -178,7 +123,7 @@ inline void utf8_replace_invalid(std::string_view bytes, std::string& out,
                                  std::vector<std::pair<std::size_t, std::size_t>>* map = nullptr) {
   const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
   for (std::size_t i = 0; i < bytes.size();) {
-    const auto c = utf8_next(s, bytes.size(), i);
+    const auto c = utf8::next(s, bytes.size(), i);
     if (c.valid) {
       out.append(bytes.data() + i, c.len);
       if (map)
@@ -190,12 +135,6 @@ inline void utf8_replace_invalid(std::string_view bytes, std::string& out,
     }
     i += c.len;
   }
-}
-
-// JS String.prototype.trim's whitespace (what lstrip/rstrip remove).
-inline bool is_js_space(char32_t c) noexcept {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000 || c == 0xFEFF;
 }
 
 // ---------------------------------------------------------------- byte level
@@ -232,7 +171,7 @@ inline std::optional<std::string> byte_level_to_bytes(std::string_view token) {
   std::string out;
   const auto* s = reinterpret_cast<const unsigned char*>(token.data());
   for (std::size_t i = 0; i < token.size();) {
-    const auto c = utf8_next(s, token.size(), i);
+    const auto c = utf8::next(s, token.size(), i);
     const int b = c.valid ? unicode_to_byte(c.cp) : -1;
     if (b < 0) return std::nullopt;
     out += static_cast<char>(b);
@@ -243,7 +182,7 @@ inline std::optional<std::string> byte_level_to_bytes(std::string_view token) {
 
 inline std::string bytes_to_byte_level(std::string_view bytes) {
   std::string out;
-  for (unsigned char b : bytes) append_utf8(out, byte_to_unicode()[b]);
+  for (unsigned char b : bytes) utf8::append(out, byte_to_unicode()[b]);
   return out;
 }
 
@@ -267,7 +206,7 @@ inline const std::vector<std::uint64_t>& nfc_unstable_bits() {
         const auto k = utf8proc_decompose_char(cp, d, 8, UTF8PROC_DECOMPOSE, &boundclass);
         for (utf8proc_ssize_t j = 1; j < k && j < 8; ++j) mark(d[j]);
         std::string one;
-        append_utf8(one, static_cast<char32_t>(cp));
+        utf8::append(one, static_cast<char32_t>(cp));
         utf8proc_uint8_t* nfc = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(one.c_str()));
         if (nfc && one != reinterpret_cast<const char*>(nfc)) mark(cp);
         std::free(nfc);
@@ -294,7 +233,7 @@ inline void nfc_regions(std::string_view text, std::vector<std::pair<std::size_t
       prev = i++;
       continue;
     }
-    const auto c = utf8_next(s, n, i);
+    const auto c = utf8::next(s, n, i);
     const bool unstable = (bits[c.cp >> 6] >> (c.cp & 63)) & 1;
     if (unstable && !open) regions.emplace_back(prev == n ? i : prev, n), open = true;
     if (!unstable && open) regions.back().second = i, open = false;
@@ -683,6 +622,7 @@ class tokenizer {
     std::vector<detail::regex> splits;
     bool prefix_space = false;
     std::optional<detail::regex> byte_level_regex;
+    std::int64_t id_limit = 0;  // ids must be below it (set by load: 2 * tokens + 1024)
 
     [[noreturn]] void fail(const std::string& path, const std::string& what) const {
       throw tokenizer_error(name + ": " + path + " " + what);
@@ -717,6 +657,10 @@ class tokenizer {
       if (!t || !t->is_string()) fail(path + ".type", "is missing or not a string");
       return t->get<std::string>();
     }
+    std::string too_sparse(const nlohmann::json& id) const {
+      return show(id) + " is too large: ids must be below " + std::to_string(id_limit) +
+             " (twice the vocab and added tokens, plus 1024), or the id table would be mostly empty";
+    }
     void unsupported(const std::string& path, const std::string& value, const char* supported) const {
       fail(path, "'" + value + "' is not supported (supported: " + supported + ")");
     }
@@ -727,6 +671,12 @@ class tokenizer {
         if (const auto* v = field(j, k)) fail(k, v->dump() + " is not supported (must be null)");
       const auto* model = field(j, "model");
       if (!model) fail("model", "is missing");
+      // The id table is dense (vector indexed by id), so ids must be about as many as the
+      // tokens: {"x": 1000000000} would otherwise ask for tens of gigabytes.
+      std::size_t tokens = 0;
+      if (const auto* v = model->is_object() ? field(*model, "vocab") : nullptr; v && v->is_object()) tokens += v->size();
+      if (const auto* a = field(j, "added_tokens"); a && a->is_array()) tokens += a->size();
+      id_limit = static_cast<std::int64_t>(std::min<std::size_t>(2 * tokens + 1024, INT32_MAX / 2));
       load_model(*model);
       if (const auto* n = field(j, "normalizer")) load_normalizer(*n, "normalizer");
       const auto* pre = field(j, "pre_tokenizer");
@@ -759,8 +709,9 @@ class tokenizer {
 
       std::int64_t max_id = -1;
       for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-        if (!it->is_number_integer() || it->get<std::int64_t>() < 0 || it->get<std::int64_t>() >= INT32_MAX / 2)
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 0)
           fail("model.vocab['" + it.key() + "']", show(*it) + " is not an id (a non-negative integer)");
+        if (it->get<std::int64_t>() >= id_limit) fail("model.vocab['" + it.key() + "']", too_sparse(*it));
         max_id = std::max(max_id, it->get<std::int64_t>());
       }
       ids.resize(static_cast<std::size_t>(max_id + 1));
@@ -806,7 +757,7 @@ class tokenizer {
       }
       for (int byte = 0; byte < 256; ++byte) {
         std::string s;
-        detail::append_utf8(s, detail::byte_to_unicode()[byte]);
+        utf8::append(s, detail::byte_to_unicode()[byte]);
         auto it = piece_of.find(s);
         byte_piece[byte] = it == piece_of.end() ? -1 : it->second;
       }
@@ -898,8 +849,9 @@ class tokenizer {
         const auto* idj = field(x, "id");
         if (!c || !c->is_string() || c->get<std::string>().empty()) fail(path + ".content", "is missing or empty");
         path += " ('" + c->get<std::string>() + "')";
-        if (!idj || !idj->is_number_integer() || idj->get<std::int64_t>() < 0 || idj->get<std::int64_t>() >= INT32_MAX / 2)
-          fail(path + ".id", "is missing or not a non-negative integer");
+        if (!idj || !idj->is_number_integer() || idj->get<std::int64_t>() < 0)
+          fail(path + ".id", idj ? show(*idj) + " is not a non-negative integer" : "is missing or not a non-negative integer");
+        if (idj->get<std::int64_t>() >= id_limit) fail(path + ".id", too_sparse(*idj));
         added_token t{c->get<std::string>(), idj->get<std::int32_t>(), flag(x, path, "lstrip", false),
                       flag(x, path, "rstrip", false)};
         const bool special = flag(x, path, "special", false);
@@ -984,7 +936,7 @@ class tokenizer {
           while (end > start) {
             std::size_t k = end - 1;
             while (k > start && (u[k] & 0xC0) == 0x80) --k;
-            if (!detail::is_js_space(detail::utf8_next(u, n, k).cp)) break;
+            if (!utf8::is_js_space(utf8::next(u, n, k).cp)) break;
             end = k;
           }
         if (end > start) on_text(start, end);
@@ -992,8 +944,8 @@ class tokenizer {
         i += len;
         if (t.rstrip)
           while (i < n) {
-            const auto c = detail::utf8_next(u, n, i);
-            if (!detail::is_js_space(c.cp)) break;
+            const auto c = utf8::next(u, n, i);
+            if (!utf8::is_js_space(c.cp)) break;
             i += c.len;
           }
         start = i;
@@ -1046,7 +998,7 @@ class tokenizer {
         } else {  // an empty match: step one character, as JS matchAll does
           prev = mb;
           if (mb >= p.len) break;
-          at = mb + detail::utf8_next(reinterpret_cast<const unsigned char*>(p.data), p.len, mb).len;
+          at = mb + utf8::next(reinterpret_cast<const unsigned char*>(p.data), p.len, mb).len;
         }
       }
       if (prev < p.len) sub(prev, p.len);
@@ -1071,7 +1023,7 @@ class tokenizer {
           at = me;
         } else {
           if (mb >= p.len) break;
-          at = mb + detail::utf8_next(reinterpret_cast<const unsigned char*>(p.data), p.len, mb).len;
+          at = mb + utf8::next(reinterpret_cast<const unsigned char*>(p.data), p.len, mb).len;
         }
       }
     }
