@@ -102,7 +102,7 @@ TEST_CASE("chat masks: the trainer's manifest path gives the same ids, with targ
       const auto want_mask = l.at("mask").get<std::vector<int64_t>>();
       INFO(f.name, ": ", l.at("text").get<std::string>());
       REQUIRE(e.prompt == want_ids);
-      REQUIRE(std::vector<int64_t>(e.chat_loss.begin(), e.chat_loss.end()) == want_mask);
+      for (size_t i = 0; i < want_ids.size(); ++i) REQUIRE(e.labels[i] == (want_mask[i] ? want_ids[i] : -100));
       const sample_layout s = lay_out(e, {}, {}, 0, v);
       REQUIRE(s.tokens == want_ids);  // no bos or eos added: the template writes them
       for (size_t p = 0; p + 1 < s.tokens.size(); ++p) REQUIRE(s.targets[p] == (want_mask[p + 1] ? want_ids[p + 1] : -100));
@@ -233,4 +233,57 @@ TEST_CASE("chat data: a tokenizer whose chat template cannot be used still serve
     CHECK_THROWS_WITH_AS(parse_manifest_entry(json{{"messages", conv}}, "", media_spec{}, v),
                          doctest::Contains(why.c_str()), data_error);
   }
+}
+
+// ---- pre-tokenized samples (issue 19, part 5): input_ids with Hugging Face's labels -------------------
+
+TEST_CASE("pre-tokenized data: input_ids train as given, labels mask as Hugging Face's do") {
+  using namespace veomni::train;
+  const vocabulary& bytes = byte_vocabulary();
+  // no labels: every id after the first is learnt; no bos or eos added
+  const manifest_entry all = parse_manifest_line(R"({"input_ids": [256, 104, 105, 257]})", "", media_spec{}, bytes);
+  const sample_layout a = lay_out(all, {}, {}, 0, bytes);
+  CHECK(a.tokens == std::vector<int64_t>{256, 104, 105, 257});
+  CHECK(a.targets == std::vector<int64_t>{104, 105, 257, -100});
+  // the same as a "text" sample of the byte tokenizer (bos, the bytes, eos; the loss on all after bos)
+  const sample_layout t = lay_out(parse_manifest_line(R"({"text": "hi"})", "", media_spec{}, bytes), {}, {}, 0, bytes);
+  CHECK(t.tokens == a.tokens);
+  CHECK(t.targets == a.targets);
+  // labels: position p learns labels[p + 1]; -100 is no loss; a label may differ from the next id
+  const manifest_entry l = parse_manifest_line(R"({"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 9]})", "", media_spec{}, bytes);
+  CHECK(lay_out(l, {}, {}, 0, bytes).targets == std::vector<int64_t>{-100, 3, 9, -100});
+  // media slots: one id per image, expanded to its tokens, never a target
+  media_spec m;
+  m.images = true;
+  const manifest_entry im = parse_manifest_entry(json{{"input_ids", {1, bytes.image, 2, 3}}, {"images", {"a.png"}}}, "d", m, bytes);
+  const sample_layout s = lay_out(im, {3}, {}, 0, bytes);
+  CHECK(s.tokens == std::vector<int64_t>{1, bytes.image, bytes.image, bytes.image, 2, 3});
+  CHECK(s.targets == std::vector<int64_t>{-100, -100, -100, 2, 3, -100});
+}
+
+TEST_CASE("pre-tokenized data: bad ids, labels and mixes are named") {
+  using namespace veomni::train;
+  const vocabulary& bytes = byte_vocabulary();
+  auto error_of = [&](const std::string& line) {
+    try {
+      (void)parse_manifest_line(line, "", media_spec{}, bytes);
+    } catch (const data_error& e) {
+      return std::string(e.what()) + " [" + e.reason + "]";
+    }
+    return std::string("no error");
+  };
+  CHECK(error_of(R"({"input_ids": []})") == "'input_ids' must be a non-empty list of integers [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, "x"]})") == "input_ids[1] = \"x\" is not an integer [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, 300]})") ==
+        "input_ids[1] = 300 is not a token of bytes (0 to 257; 258 and 259 place an image and a clip) [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, 2], "labels": [2]})") == "'labels' holds 1 entries for 2 input_ids (one label per id) [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, 2], "labels": [-100, 999]})") == "labels[1] = 999 is neither -100 nor a token of bytes [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, 2], "labels": [1, -100]})") == "every label after the first is -100: nothing to learn [empty]");
+  CHECK(error_of(R"({"input_ids": [1, 258]})") == "input_ids hold 1 image slots (258) for 0 images [invalid]");
+  CHECK(error_of(R"({"input_ids": [1, 2], "text": "x"})") == "'input_ids' goes without 'text', 'prompt', 'answer' and 'generate_image' [invalid]");
+  CHECK(error_of(R"({"text": "x", "labels": [1]})") == "'labels' goes with 'input_ids' [invalid]");
+  // a real tokenizer's ids: Qwen3's run to 151668; its placeholders follow
+  const vocabulary q = load_vocabulary(VEOMNI_TEST_QWEN3);
+  const manifest_entry e = parse_manifest_line(R"({"input_ids": [151644, 872, 198, 151645]})", "", media_spec{}, q);
+  CHECK(lay_out(e, {}, {}, 0, q).tokens == std::vector<int64_t>{151644, 872, 198, 151645});
 }

@@ -11,6 +11,7 @@
 //   {"text": "loss on every token of this"}
 //   {"messages": [{"role": "user", "content": "<image>colour?"}, {"role": "assistant", "content": "red"}],
 //    "images": ["images/0001.png"]}
+//   {"input_ids": [9707, 11, 1879], "labels": [-100, -100, 1879]}   (tokenized offline; labels optional)
 // "<image>" / "<audio>" in a prompt mark where each image / clip goes (in
 // order; media without markers go first). The loss is on the answer (and the
 // end-of-sequence token), or on every token of "text", or on the assistant
@@ -131,7 +132,8 @@ struct manifest_entry {
   std::vector<int64_t> prompt;             // the prompt's (text's, conversation's) ids; one vocabulary::image / audio per slot
   std::vector<int64_t> answer;             // the answer's ids
   bool text = false;                       // a "text" sample: the loss is on every token
-  std::vector<uint8_t> chat_loss;          // a "messages" sample: per prompt id, 1 where the loss is (no bos/eos added)
+  std::vector<int64_t> labels;             // "messages" and "input_ids" samples: per prompt id, the label at it (-100: no
+                                           // loss), as Hugging Face's labels (position p learns labels[p + 1]); no bos/eos added
   std::string kind = "all";                // for per-kind evaluation
 };
 
@@ -217,8 +219,59 @@ inline void chat_entry(manifest_entry& e, const nlohmann::json& messages, const 
     learn = learn || ct.loss[i];
   }
   if (!learn) throw data_error("the assistant turns render to no tokens: nothing to learn", bad_sample::empty);
+  e.labels.resize(ct.ids.size());
+  for (size_t i = 0; i < ct.ids.size(); ++i) e.labels[i] = ct.loss[i] ? ct.ids[i] : -100;
   e.prompt = std::move(ct.ids);
-  e.chat_loss = std::move(ct.loss);
+}
+// Pre-tokenized ids (any tokenizer's, as long as the model's vocabulary holds
+// them) with Hugging Face's labels: labels[p] is what position p - 1 learns to
+// predict, -100 for nothing; no labels: every id after the first. v.image /
+// v.audio in input_ids are the media slots (one per image / clip, label -100).
+//   {"input_ids": [9707, 11, 1879], "labels": [-100, -100, 1879]}  -> the loss on predicting 1879 only
+inline void pretokenized_entry(manifest_entry& e, const nlohmann::json& ids, const nlohmann::json* labels, const vocabulary& v) {
+  auto ints = [](const nlohmann::json& a, const char* field) {
+    if (!a.is_array() || a.empty()) throw data_error(std::string("'") + field + "' must be a non-empty list of integers");
+    std::vector<int64_t> out;
+    out.reserve(a.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a[i].is_number_integer())
+        throw data_error(std::string(field) + "[" + std::to_string(i) + "] = " + a[i].dump() + " is not an integer");
+      out.push_back(a[i].get<int64_t>());
+    }
+    return out;
+  };
+  e.prompt = ints(ids, "input_ids");
+  e.labels = labels ? ints(*labels, "labels") : e.prompt;
+  if (!labels)
+    for (int64_t& l : e.labels)
+      if (l == v.image || l == v.audio) l = -100;
+  if (e.labels.size() != e.prompt.size())
+    throw data_error("'labels' holds " + std::to_string(e.labels.size()) + " entries for " + std::to_string(e.prompt.size()) +
+                     " input_ids (one label per id)");
+  // the tokenizer's own ids lie below the placeholders (the byte tokenizer's: below <image> = 258)
+  const auto slot = [&](int64_t t) { return t == v.image || t == v.audio; };
+  size_t images = 0, audio = 0;
+  bool learn = false;
+  for (size_t i = 0; i < e.prompt.size(); ++i) {
+    const int64_t t = e.prompt[i], l = e.labels[i];
+    if (!slot(t) && (t < 0 || t >= v.image))
+      throw data_error("input_ids[" + std::to_string(i) + "] = " + std::to_string(t) + " is not a token of " + v.name + " (0 to " +
+                       std::to_string(v.image - 1) + "; " + std::to_string(v.image) + " and " + std::to_string(v.audio) +
+                       " place an image and a clip)");
+    images += t == v.image, audio += t == v.audio;
+    if (l == -100) continue;
+    if (slot(t)) throw data_error("labels[" + std::to_string(i) + "]: a media slot takes no label (-100)");
+    if (l < 0 || l >= v.image)
+      throw data_error("labels[" + std::to_string(i) + "] = " + std::to_string(l) + " is neither -100 nor a token of " + v.name);
+    learn = learn || i > 0;  // the first position's label has nothing before it to predict it
+  }
+  if (images != e.images.size())
+    throw data_error("input_ids hold " + std::to_string(images) + " image slots (" + std::to_string(v.image) + ") for " +
+                     std::to_string(e.images.size()) + " images");
+  if (audio != e.audio.size())
+    throw data_error("input_ids hold " + std::to_string(audio) + " audio slots (" + std::to_string(v.audio) + ") for " +
+                     std::to_string(e.audio.size()) + " audio clips");
+  if (!learn) throw data_error("every label after the first is -100: nothing to learn", bad_sample::empty);
 }
 }  // namespace detail
 
@@ -227,7 +280,8 @@ inline void chat_entry(manifest_entry& e, const nlohmann::json& messages, const 
 inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::filesystem::path& dir, const media_spec& m,
                                            const vocabulary& v = byte_vocabulary()) {
   if (!j.is_object()) throw data_error("expected a JSON object");
-  static const std::vector<std::string> known{"prompt", "answer", "text", "messages", "images", "audio", "generate_image", "id", "kind"};
+  static const std::vector<std::string> known{"prompt",         "answer", "text", "messages", "input_ids", "labels",
+                                              "images",         "audio",  "id",   "kind",     "generate_image"};
   for (const auto& [k, x] : j.items())
     if (std::find(known.begin(), known.end(), k) == known.end()) throw data_error("unknown field '" + k + "'");
   manifest_entry e;
@@ -252,6 +306,13 @@ inline manifest_entry parse_manifest_entry(const nlohmann::json& j, const std::f
     detail::chat_entry(e, *it, v);
     return e;
   }
+  if (const auto it = j.find("input_ids"); it != j.end()) {  // tokenized offline: the ids as they are
+    if (!text.empty() || !prompt.empty() || !answer.empty() || !e.generate_image.empty())
+      throw data_error("'input_ids' goes without 'text', 'prompt', 'answer' and 'generate_image'");
+    detail::pretokenized_entry(e, *it, j.find("labels") == j.end() ? nullptr : &j["labels"], v);
+    return e;
+  }
+  if (j.contains("labels")) throw data_error("'labels' goes with 'input_ids'");
   if (!text.empty() && (!prompt.empty() || !answer.empty())) throw data_error("'text' goes without 'prompt' and 'answer'");
   e.text = !text.empty();
   const bool media = !e.images.empty() || !e.audio.empty();
@@ -323,12 +384,12 @@ inline sample_layout lay_out(const manifest_entry& e, const std::vector<int64_t>
     if (n < 0) throw std::invalid_argument("lay_out: negative token count");
   for (int64_t n : audio_n)
     if (n < 0) throw std::invalid_argument("lay_out: negative token count");
-  const bool chat = !e.chat_loss.empty();
-  if (chat && e.chat_loss.size() != e.prompt.size()) throw std::invalid_argument("lay_out: one loss flag per conversation id");
+  const bool labelled = !e.labels.empty();  // a conversation or pre-tokenized ids: targets from the labels
+  if (labelled && e.labels.size() != e.prompt.size()) throw std::invalid_argument("lay_out: one label per id");
   sample_layout s;
   std::vector<int64_t>& tokens = s.tokens;
-  std::vector<uint8_t> loss;  // conversations: per token, whether it is a target
-  if (v.bos >= 0 && !chat) tokens.push_back(v.bos);  // a conversation's template writes its own
+  std::vector<int64_t> labels;  // labelled samples: per token, its label
+  if (v.bos >= 0 && !labelled) tokens.push_back(v.bos);  // a template writes its own; pre-tokenized ids are as given
   size_t next_image = 0, next_audio = 0;
   for (size_t i = 0; i < e.prompt.size(); ++i) {
     const int64_t t = e.prompt[i];
@@ -336,7 +397,7 @@ inline sample_layout lay_out(const manifest_entry& e, const std::vector<int64_t>
     if (t == v.image) tokens.insert(tokens.end(), static_cast<size_t>(image_n[next_image++]), v.image);
     else if (t == v.audio) tokens.insert(tokens.end(), static_cast<size_t>(audio_n[next_audio++]), v.audio);
     else tokens.push_back(t);
-    if (chat) loss.insert(loss.end(), tokens.size() - before, e.chat_loss[i]);
+    if (labelled) labels.insert(labels.end(), tokens.size() - before, t == v.image || t == v.audio ? -100 : e.labels[i]);
   }
   const bool lm_loss = e.text || !e.answer.empty();
   const size_t loss_from = e.text ? (v.bos >= 0 ? 1 : 0) : tokens.size();  // the first token with a loss on it
@@ -351,9 +412,9 @@ inline sample_layout lay_out(const manifest_entry& e, const std::vector<int64_t>
     const int64_t next = tokens[p + 1];
     if (next != v.image && next != v.audio) s.targets[p] = next;
   };
-  if (chat) {
+  if (labelled) {
     for (size_t p = 0; p + 1 < s.codes_from; ++p)
-      if (loss[p + 1]) target(p);
+      if (labels[p + 1] != -100 && tokens[p + 1] != v.image && tokens[p + 1] != v.audio) s.targets[p] = labels[p + 1];
   } else if (lm_loss) {
     for (size_t p = loss_from == 0 ? 0 : loss_from - 1; p + 1 < s.codes_from; ++p) target(p);
   }
