@@ -2,7 +2,9 @@
 // logits of a prefill and then one token at a time equal those of one
 // nn::forward over the same tokens (its "lm.hidden" times lm_head), fp32,
 // within 1e-5 relative, for the dense decoder (dense_lm) and the MoE decoder
-// (omni_moe, text only); and the sampling loop's promises.
+// (omni_moe, text only), and both again with every Hugging Face option on
+// (q/k/v biases, q/k norms, rope_theta, rms_norm_eps, tied head, head_dim
+// apart from hidden / heads, norm_topk_prob off); and the sampling loop's promises.
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
@@ -26,12 +28,20 @@ namespace {
 // that attention and routing are far from uniform (a stricter comparison;
 // at 0.2 fp32 rounding alone puts the training forward 4e-6 from its fp64
 // self, and the cached decoder is as close to fp64 as the training forward).
+// With `perturbed`, biases and norm weights (zeros and ones at init) are
+// drawn at random too, so that each one changes the logits.
 template <Model G>
-local_params<G> sharp_params(const typename G::dims& d, uint64_t seed) {
+local_params<G> sharp_params(const typename G::dims& d, uint64_t seed, bool perturbed = false) {
   local_params<G> p(d, seed, at::kFloat);
   torch::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < p.parameters().size(); ++i)
-    if (p.specs()[i].init == init_kind::normal) p.parameters()[i].mul_(4.0);
+  at::manual_seed(seed + 100);
+  for (std::size_t i = 0; i < p.parameters().size(); ++i) {
+    const at::Tensor& t = p.parameters()[i];
+    const init_kind k = p.specs()[i].init;
+    if (k == init_kind::normal) t.mul_(4.0);
+    if (perturbed && k == init_kind::zeros) t.copy_(0.3 * at::randn_like(t));
+    if (perturbed && k == init_kind::ones) t.add_(0.3 * at::randn_like(t));
+  }
   return p;
 }
 
@@ -49,8 +59,9 @@ at::Tensor training_logits(const typename G::dims& d, local_params<G>& params, c
   ctx.data = &b;
   const port_map out = forward<G>(d, params, ctx);
   constexpr std::size_t lm = G::index_of("lm");
-  const at::Tensor head = params.unit({lm, -1})[2];
-  return at::matmul(out.at("lm.hidden"), head.t()).detach();
+  using C = typename G::template component_at<lm>;
+  const tensors root = params.unit({lm, -1});
+  return at::matmul(out.at("lm.hidden"), impl<C>::head_weight(std::get<lm>(d), root).t()).detach();
 }
 
 std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
@@ -67,8 +78,9 @@ double rel_diff(const at::Tensor& got, const at::Tensor& ref) {
 // Prefill of `prefix` tokens, a chunk of 5 at once, then one at a time: every
 // position's logits against the training forward. Returns the worst relative difference.
 template <Model G, language_model C>
-double incremental_vs_training(const typename G::dims& d, uint64_t seed, int64_t len, int64_t prefix, int64_t max_length) {
-  auto params = sharp_params<G>(d, seed);
+double incremental_vs_training(const typename G::dims& d, uint64_t seed, int64_t len, int64_t prefix, int64_t max_length,
+                               bool perturbed = false) {
+  auto params = sharp_params<G>(d, seed, perturbed);
   const auto& lm = std::get<G::index_of("lm")>(d);
   const auto toks = random_tokens(len, lm.vocab, seed);
   const at::Tensor ref = training_logits<G>(d, params, toks);
@@ -110,6 +122,29 @@ TEST_CASE("generate: cached decoding of the MoE decoder equals the training forw
   const double worst = incremental_vs_training<models::omni_moe, moe_text_decoder>(d, 5, 48, 13, 64);
   MESSAGE("moe: max relative difference of the logits ", worst);
   CHECK(worst <= 1e-5);
+}
+
+TEST_CASE("generate: cached decoding with every Hugging Face option on equals the training forward (fp32, 1e-5)") {
+  auto dense = models::dense_lm_tiny();
+  auto& lm = dense.at<"lm">();
+  lm.qkv_bias = lm.qk_norm = lm.tie_word_embeddings = true;
+  lm.rope_theta = 1e6;
+  lm.rms_norm_eps = 1e-5;
+  lm.head_dim = 24;  // not hidden / heads = 16
+  lm.max_position_embeddings = 64;
+  const double worst = incremental_vs_training<models::dense_lm, text_decoder>(dense, 11, 48, 11, 0, true);
+  MESSAGE("dense, all options: max relative difference of the logits ", worst);
+  CHECK(worst <= 1e-5);
+
+  using moe_lm = graph<nodes<node<"lm", moe_text_decoder>>>;
+  moe_lm::dims moe;
+  moe.at<"lm">() = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 24,
+                    .experts = 4, .top_k = 2, .expert_ffn = 64, .qkv_bias = true, .qk_norm = true,
+                    .rope_theta = 1e6, .rms_norm_eps = 1e-5, .tie_word_embeddings = true,
+                    .max_position_embeddings = 64, .norm_topk_prob = false};
+  const double worst_moe = incremental_vs_training<moe_lm, moe_text_decoder>(moe, 13, 48, 13, 64, true);
+  MESSAGE("moe, all options: max relative difference of the logits ", worst_moe);
+  CHECK(worst_moe <= 1e-5);
 }
 
 TEST_CASE("generate: the kv cache grows, or refuses past its preallocated length") {

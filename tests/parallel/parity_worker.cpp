@@ -266,6 +266,28 @@ int dispatch(const args& a, const typename G::dims& d, testing::kind k, const ch
 template <fixed_string N>
 using fsdp_on = apply<N, Shard<FSDP>>;
 
+// The tiny models with the Hugging Face options of their language model on
+// (Qwen2's q/k/v biases, Qwen3's q/k norms, rope_theta, rms_norm_eps, a head
+// tied to the embedding: a root unit of 2 tensors; the MoE's top-k weights
+// not renormalised): the same graphs and recipes, other dims.
+template <class D>
+void hf_options(D& lm) {
+  lm.qkv_bias = lm.qk_norm = lm.tie_word_embeddings = true;
+  lm.rope_theta = 1e6;
+  lm.rms_norm_eps = 1e-5;
+}
+models::dense_lm::dims dense_lm_hf() {
+  auto d = models::dense_lm_tiny();
+  hf_options(d.at<"lm">());
+  return d;
+}
+models::omni_moe::dims omni_moe_hf() {
+  auto d = models::omni_moe_tiny();
+  hf_options(d.at<"lm">());
+  d.at<"lm">().norm_topk_prob = false;
+  return d;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -302,13 +324,13 @@ int main(int argc, char** argv) {
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     using keep_fsdp = fsdp<fsdp_options{.reshard_after_forward = false}>;
     static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
-    if (a.model == "dense_lm")
+    if (a.model == "dense_lm" || a.model == "dense_lm_hf")
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
                       recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
                       recipe<apply<"lm", Shard<bf16_fsdp>>>, recipe<apply<"lm", Shard<DDP>, Split<user::Ring>>>,
                       recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>, recipe<apply<"lm", Shard<keep_fsdp>>>,
                       recipe<apply<"lm", Shard<user::ZeRO2>>>, recipe<apply<"lm", Shard<user::ZeRO1>>>>(
-          a, models::dense_lm_tiny(), testing::kind::text, dense_names);
+          a, a.model == "dense_lm" ? models::dense_lm_tiny() : dense_lm_hf(), testing::kind::text, dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,
                       recipe<apply<"vision", Shard<DDP>>, apply<"proj", Shard<DDP>>, apply<"lm", Shard<DDP>>>,
@@ -316,7 +338,7 @@ int main(int argc, char** argv) {
                       recipe<apply<"vision", Shard<HSDP>>, apply<"proj", Shard<HSDP>>, apply<"lm", Shard<HSDP>>>,
                       recipe<fsdp_on<"vision">, fsdp_on<"proj">, apply<"lm", Shard<FSDP>, Split<Ulysses>>>>(
           a, models::tiny_vl_tiny(), testing::kind::vision, dense_names);
-    if (a.model == "omni_moe") {
+    if (a.model == "omni_moe" || a.model == "omni_moe_hf") {
       using enc = std::tuple<>;
       (void)sizeof(enc);
       return dispatch<
@@ -333,7 +355,7 @@ int main(int argc, char** argv) {
                  apply<"lm", Shard<FSDP>, Experts<EP>>, fsdp_on<"image_out">>,
           recipe<fsdp_on<"vision">, fsdp_on<"vision_proj">, fsdp_on<"audio">, fsdp_on<"audio_proj">,
                  apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>>, fsdp_on<"image_out">>>(
-          a, models::omni_moe_tiny(), testing::kind::omni, omni_names);
+          a, a.model == "omni_moe" ? models::omni_moe_tiny() : omni_moe_hf(), testing::kind::omni, omni_names);
     }
     std::fprintf(stderr, "parity_worker: unknown model '%s'\n", a.model.c_str());
     return 2;

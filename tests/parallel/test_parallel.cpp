@@ -150,6 +150,12 @@ TEST_CASE("parity omni_moe fsdp_sp_ep world 4 with activation checkpointing") {
 // Gradient accumulation: each step in 2 micro-batches. Every rank's
 // gradient of each micro-batch is reduced once (DDP: not the accumulated
 // .grad again), so the step is that of the whole batch in one process.
+// The language models with Hugging Face's options on (biases, q/k norms, tied
+// head: the root unit holds 2 tensors, the table gets both uses' gradients).
+TEST_CASE("parity dense_lm_hf fsdp world 2") { check_parity("dense_lm_hf", "fsdp", 1, 2, 1, 1); }
+TEST_CASE("parity dense_lm_hf fsdp_sp world 4") { check_parity("dense_lm_hf", "fsdp_sp", 1, 2, 2, 1); }
+TEST_CASE("parity omni_moe_hf fsdp_sp_ep world 4") { check_parity("omni_moe_hf", "fsdp_sp_ep", 1, 2, 2, 4); }
+
 TEST_CASE("parity dense_lm ddp world 2 with 2 micro-batches") { check_parity("dense_lm", "ddp", 1, 2, 1, 1, "", 1e-5, 2); }
 TEST_CASE("parity dense_lm hsdp world 4 with 2 micro-batches") { check_parity("dense_lm", "hsdp", 2, 2, 1, 1, "", 1e-5, 2); }
 TEST_CASE("parity tiny_vl ddp world 4 with 2 micro-batches") { check_parity("tiny_vl", "ddp", 2, 2, 1, 1, "", 1e-5, 2); }

@@ -84,8 +84,46 @@ TEST_CASE("chat data: a malformed tokenizer, a missing one and a vocabulary too 
   write_file(dir + "/broken/tokenizer.json", "{\"model\": ");
   expect_error(train("chat_tok", 1, cfg, "--data.tokenizer=" + dir + "/broken"), "data.tokenizer: " + dir + "/broken/tokenizer.json");
   expect_error(train("chat_tok", 1, cfg, "--data.tokenizer=" + dir + "/nowhere"), "data.tokenizer: " + dir + "/nowhere: not found");
-  // 256 bytes + 11 merges + 3 specials = 270 ids, + 4 placeholders
-  expect_error(train("chat_tok", 1, cfg, "--model.lm.vocab=260"), "model.lm.vocab: 260 is smaller than the 274 ids of the tokenizer");
+  // 256 bytes + 11 merges + 3 specials = 270 ids (dense_lm takes no media: no placeholders)
+  expect_error(train("chat_tok", 1, cfg, "--model.lm.vocab=260"), "model.lm.vocab: 260 is smaller than the 270 ids the data needs");
+  expect_error(train("chat_tok", 1, cfg, "--model.name=omni_moe --model.lm.vocab=270"),
+               "model.lm.vocab: 270 is smaller than the 274 ids the data needs (those of the tokenizer " + dir +
+                   "/tokenizer.json, and its placeholders for media)");
+}
+
+TEST_CASE("pre-tokenized data: input_ids without labels train exactly as the text they spell") {
+  const std::string dir = case_dir("pretok");
+  std::string text, ids;
+  for (const char* line : {"the sky is blue", "grass is green", "snow is white", "coal is black"}) {
+    text += nlohmann::json{{"text", line}}.dump() + "\n";
+    std::vector<int> v{256};  // the byte tokenizer's bos, the bytes, eos
+    for (const char* c = line; *c; ++c) v.push_back(static_cast<unsigned char>(*c));
+    v.push_back(257);
+    ids += nlohmann::json{{"input_ids", v}}.dump() + "\n";
+  }
+  write_file(dir + "/text.jsonl", text);
+  write_file(dir + "/ids.jsonl", ids);
+  auto config = [&](const std::string& manifest, const std::string& out) {
+    return "model:\n  name: dense_lm\ndata:\n  manifest: " + dir + "/" + manifest + "\n  eval_manifest: ''\n"
+           "train:\n  output_dir: " + dir + "/" + out + "\n  max_steps: 5\n  global_batch_size: 4\n  save_checkpoints: false\n"
+           "  export_safetensors: false\n";
+  };
+  const job a = train("pretok", 1, config("text.jsonl", "out_text"));
+  const job b = train("pretok", 1, config("ids.jsonl", "out_ids"));
+  INFO(a.output, b.output);
+  REQUIRE(a.rc == 0);
+  REQUIRE(b.rc == 0);
+  const auto ma = metrics(dir + "/out_text"), mb = metrics(dir + "/out_ids");
+  REQUIRE(ma.size() == 5);
+  REQUIRE(mb.size() == 5);
+  for (size_t i = 0; i < 5; ++i) {
+    CHECK(ma[i]["loss"] == mb[i]["loss"]);
+    CHECK(ma[i]["grad_norm"] == mb[i]["grad_norm"]);
+  }
+  // an id past the tokenizer is named with its line
+  write_file(dir + "/bad.jsonl", ids + R"({"input_ids": [1, 2, 999]})" "\n");
+  expect_error(train("pretok", 1, config("bad.jsonl", "out_bad")),
+               dir + "/bad.jsonl:5: input_ids[2] = 999 is not a token of bytes");
 }
 
 // ---- threads (train/threads.hpp) --------------------------------------------------------------

@@ -76,6 +76,15 @@ constexpr geometry linear(long in, long out, bool bias = false) {
   g.saved_per_token = in;
   return g;
 }
+// The language-model head: a linear(hidden -> vocab) without bias. Tied to
+// the embedding (tie_word_embeddings), it owns no parameters (the table is
+// the embedding's) but costs the same matmul. Worked example, Qwen2-0.5B
+// (tied): head(896, 151936, true) -> 0 params, 2*896*151936 = 272,269,312 FLOPs a token.
+constexpr geometry head(long hidden, long vocab, bool tied = false) {
+  geometry g = linear(hidden, vocab);
+  if (tied) g.params = 0;
+  return g;
+}
 // Router (dense) plus E SwiGLU experts; each token runs top_k of them.
 constexpr geometry moe(long hidden, long experts, long top_k, long expert_ffn) {
   geometry g;
@@ -98,9 +107,19 @@ struct text_decoder {
   using inputs = ports<port<"tokens", tensor::token_ids>, port<"image_embeds", tensor::embeds>,
                        port<"audio_embeds", tensor::embeds>>;
   using outputs = ports<port<"logits", tensor::logits>, port<"hidden", tensor::embeds>>;
+  // The defaults are Llama's math as this library first wrote it; each field
+  // is one detail of the Hugging Face architectures, named as in config.json
+  // where it has one (qkv_bias and qk_norm come with the architecture: Qwen2,
+  // Qwen3). head_dim is its own field, not hidden / heads (Qwen3-0.6B:
+  // hidden 1024, 16 heads of 128).
   struct dims {
     long vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, ffn = 0;
-    bool qkv_bias = false;  // Qwen2 / Qwen2.5: biases on the q, k, v projections
+    bool qkv_bias = false;             // Qwen2 / Qwen2.5: biases on the q, k, v projections
+    bool qk_norm = false;              // Qwen3: RMSNorm over each head of q and k, before rope
+    double rope_theta = 10000.0;       // rotary base (Llama 2: 1e4, Qwen2: 1e6, Llama 3: 5e5)
+    double rms_norm_eps = 1e-6;        // every RMSNorm's epsilon (Llama: 1e-5 or 1e-6)
+    bool tie_word_embeddings = false;  // the head is the embedding table: no lm_head.weight
+    long max_position_embeddings = 0;  // longest sample the positions allow; 0: no limit
   };
   static constexpr std::array layers{
       layer{"embed", layer_kind::embedding, scope::model}, layer{"attn_norm", layer_kind::norm},
@@ -111,9 +130,9 @@ struct text_decoder {
   static constexpr geometry shape(std::size_t i, const dims& d) {
     switch (i) {
       case 0: { geometry g; g.width = d.hidden; g.params = d.vocab * d.hidden; return g; }
-      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, d.qkv_bias);
+      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, d.qkv_bias, false, d.qk_norm);
       case 4: return shapes::swiglu(d.hidden, d.ffn);
-      case 6: return shapes::linear(d.hidden, d.vocab);
+      case 6: return shapes::head(d.hidden, d.vocab, d.tie_word_embeddings);
       default: return shapes::norm(d.hidden);
     }
   }
@@ -126,7 +145,16 @@ struct moe_text_decoder {
   struct dims {
     long vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
     long experts = 0, top_k = 0, expert_ffn = 0;
-    bool qk_norm = false;  // Qwen3: RMSNorm over each head of q and k
+    // as text_decoder::dims
+    bool qkv_bias = false;
+    bool qk_norm = false;  // Qwen3-MoE
+    double rope_theta = 10000.0;
+    double rms_norm_eps = 1e-6;
+    bool tie_word_embeddings = false;
+    long max_position_embeddings = 0;
+    // Qwen3-MoE's router: softmax over the experts, top-k, then the k weights
+    // renormalised to sum to 1 (norm_topk_prob) or left as they are.
+    bool norm_topk_prob = true;
   };
   static constexpr std::array layers{
       layer{"embed", layer_kind::embedding, scope::model}, layer{"attn_norm", layer_kind::norm},
@@ -137,9 +165,9 @@ struct moe_text_decoder {
   static constexpr geometry shape(std::size_t i, const dims& d) {
     switch (i) {
       case 0: { geometry g; g.width = d.hidden; g.params = d.vocab * d.hidden; return g; }
-      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, false, false, d.qk_norm);
+      case 2: return shapes::attention(d.hidden, d.heads, d.kv_heads, d.head_dim, d.qkv_bias, false, d.qk_norm);
       case 4: return shapes::moe(d.hidden, d.experts, d.top_k, d.expert_ffn);
-      case 6: return shapes::linear(d.hidden, d.vocab);
+      case 6: return shapes::head(d.hidden, d.vocab, d.tie_word_embeddings);
       default: return shapes::norm(d.hidden);
     }
   }

@@ -55,10 +55,10 @@ struct seq_layout {
   // block (and every copy of this layout)
   std::shared_ptr<std::vector<rope_table>> rope_tables = std::make_shared<std::vector<rope_table>>();
 
-  rope_table rope_for(int64_t head_dim, at::ScalarType type) const {
+  rope_table rope_for(int64_t head_dim, at::ScalarType type, double theta = 10000.0) const {
     for (const auto& t : *rope_tables)
-      if (t.dim == head_dim && t.cos.scalar_type() == type && t.pos.is_same(position_ids)) return t;
-    rope_tables->push_back(make_rope_table(position_ids, head_dim, type));
+      if (t.dim == head_dim && t.theta == theta && t.cos.scalar_type() == type && t.pos.is_same(position_ids)) return t;
+    rope_tables->push_back(make_rope_table(position_ids, head_dim, type, theta));
     return rope_tables->back();
   }
 };
@@ -93,7 +93,6 @@ struct context {
   hooks h;
   std::vector<loss_term> losses;
   std::vector<at::Tensor> aux_losses;  // already normalised (MoE load balancing)
-  bool renormalize_topk = true;
 };
 
 template <class C>
@@ -111,28 +110,76 @@ inline param_spec norm_weight(std::string name, int64_t n) {
 }
 inline param_spec bias(std::string name, int64_t n) { return {std::move(name), {n}, init_kind::zeros, 0.0, false, false}; }
 
-// Pre-norm transformer block with RoPE attention: shared by the decoders and encoders.
-inline at::Tensor attention_sublayer(const at::Tensor& x, const at::Tensor& norm, const at::Tensor& wq,
-                                     const at::Tensor& wk, const at::Tensor& wv, const at::Tensor& wo, int64_t heads,
-                                     int64_t kv_heads, int64_t head_dim, const seq_layout& s, context& ctx) {
-  const int64_t t = x.size(0);
-  const at::Tensor h = rms_norm(x, norm);
-  at::Tensor q = project(h, wq).view({t, heads, head_dim});
-  at::Tensor k = project(h, wk).view({t, kv_heads, head_dim});
-  const at::Tensor v = project(h, wv).view({t, kv_heads, head_dim});
-  const rope_table table = s.rope_for(head_dim, x.scalar_type());
-  q = rope(q, table);
-  k = rope(k, table);
-  const at::Tensor o = ctx.h.attention(q, k, v, s).reshape({t, heads * head_dim});
-  return x + project(o, wo);
+// The pre-norm attention sublayer of a block, shared by the decoders and the
+// encoders: its heads, its options and where its tensors sit in the block's
+// list. The list starts [0] norm, [1] q, [2] k, [3] v, [4] o (weights); the
+// options add theirs after o, so that a model without them has the list it
+// always had:
+//   qkv_bias   q, k, v biases                  (Qwen2: self_attn.q_proj.bias, ...)
+//   qk_norm    q_norm, k_norm weights [head_dim] (Qwen3: self_attn.q_norm.weight, ...)
+// Worked example, Qwen3 with both: [norm, q, k, v, o, bq, bk, bv, q_norm, k_norm],
+// tensors() = 10, the block's next sublayer starts at w[10].
+struct attention_geometry {
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  bool qkv_bias = false, qk_norm = false;
+  double rope_theta = 10000.0, rms_norm_eps = 1e-6;
+
+  int64_t tensors() const { return 5 + (qkv_bias ? 3 : 0) + (qk_norm ? 2 : 0); }
+  int64_t bias_at() const { return 5; }                       // bq; bk, bv follow
+  int64_t q_norm_at() const { return 5 + (qkv_bias ? 3 : 0); }  // q_norm; k_norm follows
+};
+
+// q [T, heads, D], k and v [T, kv_heads, D] from the normed input h [T, hidden],
+// as Hugging Face's Qwen3 attention: project (+ bias), per-head RMSNorm of q
+// and k over D, then rope on q and k (v is not rotated).
+struct attention_inputs {
+  at::Tensor q, k, v;
+};
+inline attention_inputs project_qkv(const at::Tensor& h, const tensors& w, const attention_geometry& a,
+                                    const rope_table& table) {
+  const int64_t t = h.size(0);
+  auto heads_of = [&](int64_t i, int64_t heads) {
+    at::Tensor y = project(h, w[static_cast<size_t>(i)]);
+    if (a.qkv_bias) y = y + w[static_cast<size_t>(a.bias_at() + i - 1)];
+    return y.view({t, heads, a.head_dim});
+  };
+  at::Tensor q = heads_of(1, a.heads), k = heads_of(2, a.kv_heads);
+  const at::Tensor v = heads_of(3, a.kv_heads);
+  if (a.qk_norm) {
+    q = rms_norm(q, w[static_cast<size_t>(a.q_norm_at())], a.rms_norm_eps);
+    k = rms_norm(k, w[static_cast<size_t>(a.q_norm_at() + 1)], a.rms_norm_eps);
+  }
+  return {rope(q, table), rope(k, table), v};
 }
 
-inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hidden, int64_t heads, int64_t kv_heads,
-                                               int64_t head_dim, const char* norm) {
-  return {norm_weight(p + norm, hidden), weight(p + "self_attn.q_proj.weight", {heads * head_dim, hidden}),
-          weight(p + "self_attn.k_proj.weight", {kv_heads * head_dim, hidden}),
-          weight(p + "self_attn.v_proj.weight", {kv_heads * head_dim, hidden}),
-          weight(p + "self_attn.o_proj.weight", {hidden, heads * head_dim})};
+// x + o_proj(attention(q, k, v)) with q, k, v from rms_norm(x): w is the
+// block's list (above).
+inline at::Tensor attention_sublayer(const at::Tensor& x, const tensors& w, const attention_geometry& a,
+                                     const seq_layout& s, context& ctx) {
+  const int64_t t = x.size(0);
+  const at::Tensor h = rms_norm(x, w[0], a.rms_norm_eps);
+  const attention_inputs in = project_qkv(h, w, a, s.rope_for(a.head_dim, x.scalar_type(), a.rope_theta));
+  const at::Tensor o = ctx.h.attention(in.q, in.k, in.v, s).reshape({t, a.heads * a.head_dim});
+  return x + project(o, w[4]);
+}
+
+inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hidden, const attention_geometry& a,
+                                               const char* norm) {
+  const int64_t q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
+  std::vector<param_spec> s{norm_weight(p + norm, hidden), weight(p + "self_attn.q_proj.weight", {q, hidden}),
+                            weight(p + "self_attn.k_proj.weight", {kv, hidden}),
+                            weight(p + "self_attn.v_proj.weight", {kv, hidden}),
+                            weight(p + "self_attn.o_proj.weight", {hidden, q})};
+  if (a.qkv_bias) {
+    s.push_back(bias(p + "self_attn.q_proj.bias", q));
+    s.push_back(bias(p + "self_attn.k_proj.bias", kv));
+    s.push_back(bias(p + "self_attn.v_proj.bias", kv));
+  }
+  if (a.qk_norm) {
+    s.push_back(norm_weight(p + "self_attn.q_norm.weight", a.head_dim));
+    s.push_back(norm_weight(p + "self_attn.k_norm.weight", a.head_dim));
+  }
+  return s;
 }
 inline std::vector<param_spec> mlp_specs(const std::string& p, int64_t hidden, int64_t ffn, const char* norm) {
   return {norm_weight(p + norm, hidden), weight(p + "mlp.gate_proj.weight", {ffn, hidden}),
@@ -169,7 +216,16 @@ inline at::Tensor embed_with_media(const at::Tensor& table, const batch& b, cons
   return x;
 }
 
-inline seq_layout text_layout(const batch& b) { return {b.cu_seqlens, b.position_ids, true, b.global_index}; }
+// The language model's layout of a batch; with a position limit
+// (max_position_embeddings > 0), a sample reaching past it is an error naming it.
+inline seq_layout text_layout(const batch& b, long max_positions = 0) {
+  if (max_positions > 0 && b.position_ids.defined() && b.position_ids.numel() > 0) {
+    const int64_t last = b.position_ids.max().item<int64_t>();
+    TORCH_CHECK(last < max_positions, "veomni::nn::text_decoder: a sample of ", last + 1,
+                " tokens is longer than max_position_embeddings = ", max_positions);
+  }
+  return {b.cu_seqlens, b.position_ids, true, b.global_index};
+}
 
 // n segments of equal length L: cu = [0, L, 2L, ...], positions 0..L-1 each.
 inline seq_layout uniform_layout(int64_t n, int64_t len, bool causal) {
@@ -180,47 +236,82 @@ inline seq_layout uniform_layout(int64_t n, int64_t len, bool causal) {
 
 // ---- language models ------------------------------------------------------------
 
+// Hugging Face's LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, by
+// the dims' options (core/components.hpp). Parameters, with HF's names:
+//   root   model.embed_tokens.weight [V, H], model.norm.weight [H],
+//          lm_head.weight [V, H] (none when tie_word_embeddings: the head is embed_tokens)
+//   block  input_layernorm, self_attn.{q,k,v,o}_proj.weight, [q,k,v]_proj.bias,
+//          [q_norm, k_norm], post_attention_layernorm, mlp.{gate,up,down}_proj.weight
+// A tied table gets the gradients of both of its uses, summed.
 template <>
 struct impl<text_decoder> {
   using dims = text_decoder::dims;
+  static detail::attention_geometry attention(const dims& d) {
+    return {d.heads, d.kv_heads, d.head_dim, d.qkv_bias, d.qk_norm, d.rope_theta, d.rms_norm_eps};
+  }
   static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
-    return {detail::weight(p + "model.embed_tokens.weight", {d.vocab, d.hidden}),
-            detail::norm_weight(p + "model.norm.weight", d.hidden), detail::weight(p + "lm_head.weight", {d.vocab, d.hidden})};
+    std::vector<param_spec> s{detail::weight(p + "model.embed_tokens.weight", {d.vocab, d.hidden}),
+                              detail::norm_weight(p + "model.norm.weight", d.hidden)};
+    if (!d.tie_word_embeddings) s.push_back(detail::weight(p + "lm_head.weight", {d.vocab, d.hidden}));
+    return s;
+  }
+  // The output head among the root tensors: lm_head.weight, or embed_tokens when tied.
+  static const at::Tensor& head_weight(const dims& d, const tensors& root) {
+    TORCH_CHECK(root.size() == (d.tie_word_embeddings ? 2u : 3u), "veomni::nn::text_decoder: ", root.size(),
+                " root tensors, but the dims give ", d.tie_word_embeddings ? "2 (tied: embed_tokens, norm)" : "3 (embed_tokens, norm, lm_head)");
+    return root[d.tie_word_embeddings ? 0 : 2];
   }
   static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
     const std::string b = detail::block_name(p + "model.", i, "");
-    auto s = detail::attention_specs(b, d.hidden, d.heads, d.kv_heads, d.head_dim, "input_layernorm.weight");
+    auto s = detail::attention_specs(b, d.hidden, attention(d), "input_layernorm.weight");
     detail::append(s, detail::mlp_specs(b, d.hidden, d.ffn, "post_attention_layernorm.weight"));
     return s;
   }
   static at::Tensor pre(const dims&, const tensors& root, context& ctx, const port_map& in) {
     return detail::embed_with_media(root[0], *ctx.data, in);
   }
-  static seq_layout layout(const dims&, context& ctx, const port_map&) { return detail::text_layout(*ctx.data); }
-  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
-    const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
-    return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+  static seq_layout layout(const dims& d, context& ctx, const port_map&) {
+    return detail::text_layout(*ctx.data, d.max_position_embeddings);
   }
-  static port_map post(const dims&, const tensors& root, const at::Tensor& x, context& ctx, const port_map&) {
-    const at::Tensor h = rms_norm(x, root[1]);
+  static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
+    const auto att = attention(d);
+    const auto m = static_cast<size_t>(att.tensors());  // the MLP's tensors follow the attention's
+    const at::Tensor a = detail::attention_sublayer(x, w, att, s, ctx);
+    return a + swiglu(rms_norm(a, w[m], d.rms_norm_eps), w[m + 1], w[m + 2], w[m + 3]);
+  }
+  static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map&) {
+    const at::Tensor h = rms_norm(x, root[1], d.rms_norm_eps);
     const batch& b = *ctx.data;
-    ctx.losses.push_back({"lm", lm_loss_sum(h, root[2], b.targets), b.targets.ne(-100).sum()});
+    ctx.losses.push_back({"lm", lm_loss_sum(h, head_weight(d, root), b.targets), b.targets.ne(-100).sum()});
     return {{"hidden", h}};
   }
 };
 
+// Hugging Face's Qwen3MoeForCausalLM (every layer sparse): the dense
+// decoder's root and attention, and a routed SwiGLU MoE. Its parameters:
+//   mlp.gate.weight [E, H]        the router, HF's name and shape
+//   mlp.experts.gate_proj [E, F, H], mlp.experts.up_proj [E, F, H], mlp.experts.down_proj [E, H, F]
+// the experts stacked; HF's mlp.experts.{e}.gate_proj.weight is gate_proj[e]
+// (likewise up_proj, down_proj), so a loader maps names and slices, no transposes.
 template <>
 struct impl<moe_text_decoder> {
   using dims = moe_text_decoder::dims;
   using dense = impl<text_decoder>;  // the same root: embedding, final norm, head
-  static text_decoder::dims root_dims(const dims& d) { return {.vocab = d.vocab, .hidden = d.hidden}; }
+  static text_decoder::dims root_dims(const dims& d) {
+    return {.vocab = d.vocab, .hidden = d.hidden, .rms_norm_eps = d.rms_norm_eps,
+            .tie_word_embeddings = d.tie_word_embeddings, .max_position_embeddings = d.max_position_embeddings};
+  }
+  static detail::attention_geometry attention(const dims& d) {
+    return {d.heads, d.kv_heads, d.head_dim, d.qkv_bias, d.qk_norm, d.rope_theta, d.rms_norm_eps};
+  }
   static std::vector<param_spec> root_specs(const dims& d, const std::string& p = "") {
     return dense::root_specs(root_dims(d), p);
   }
+  static const at::Tensor& head_weight(const dims& d, const tensors& root) { return dense::head_weight(root_dims(d), root); }
   // Dense block parameters first, then the experts [E, ...] (marked expert).
   static std::vector<param_spec> block_specs(const dims& d, int64_t i, const std::string& p = "") {
     const std::string b = detail::block_name(p + "model.", i, "");
-    auto s = detail::attention_specs(b, d.hidden, d.heads, d.kv_heads, d.head_dim, "input_layernorm.weight");
+    auto s = detail::attention_specs(b, d.hidden, attention(d), "input_layernorm.weight");
     s.push_back(detail::norm_weight(b + "post_attention_layernorm.weight", d.hidden));
     s.push_back(detail::weight(b + "mlp.gate.weight", {d.experts, d.hidden}));
     for (auto [n, shape] : {std::pair{"mlp.experts.gate_proj", std::vector<int64_t>{d.experts, d.expert_ffn, d.hidden}},
@@ -237,9 +328,11 @@ struct impl<moe_text_decoder> {
   }
   static seq_layout layout(const dims& d, context& ctx, const port_map& in) { return dense::layout(root_dims(d), ctx, in); }
   static at::Tensor block(const dims& d, const tensors& w, const at::Tensor& x, context& ctx, const seq_layout& s) {
-    const at::Tensor a = detail::attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], d.heads, d.kv_heads, d.head_dim, s, ctx);
-    const at::Tensor h = rms_norm(a, w[5]);
-    const routing r = route(h, w[6], d.top_k, ctx.renormalize_topk);
+    const auto att = attention(d);
+    const auto f = static_cast<size_t>(att.tensors());  // norm, router, experts follow the attention's tensors
+    const at::Tensor a = detail::attention_sublayer(x, w, att, s, ctx);
+    const at::Tensor h = rms_norm(a, w[f], d.rms_norm_eps);
+    const routing r = route(h, w[f + 1], d.top_k, d.norm_topk_prob);
     // load balancing from statistics summed over the ranks sharing the batch,
     // over real tokens only (padding added for sequence parallelism is not data)
     const at::Tensor& mask = ctx.data->token_mask;
@@ -250,7 +343,7 @@ struct impl<moe_text_decoder> {
         ctx.h.reduce_router_stats(at::cat({counts, (r.probs * m.unsqueeze(1)).sum(0), m.sum().reshape({1})}));
     ctx.aux_losses.push_back(load_balancing_loss(stats.narrow(0, 0, d.experts), stats.narrow(0, d.experts, d.experts),
                                                  stats[2 * d.experts], d.top_k));
-    return a + ctx.h.experts(h, r, expert_weights{w[7], w[8], w[9]});
+    return a + ctx.h.experts(h, r, expert_weights{w[f + 2], w[f + 3], w[f + 4]});
   }
   static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map& in) {
     return dense::post(root_dims(d), root, x, ctx, in);
@@ -260,14 +353,17 @@ struct impl<moe_text_decoder> {
 // ---- encoders ----------------------------------------------------------------------
 
 namespace detail {
+inline attention_geometry encoder_attention(int64_t hidden, int64_t heads) {
+  return {.heads = heads, .kv_heads = heads, .head_dim = hidden / heads};
+}
 inline std::vector<param_spec> encoder_block_specs(const std::string& b, int64_t hidden, int64_t heads, int64_t ffn) {
-  auto s = attention_specs(b, hidden, heads, heads, hidden / heads, "norm1.weight");
+  auto s = attention_specs(b, hidden, encoder_attention(hidden, heads), "norm1.weight");
   append(s, mlp_specs(b, hidden, ffn, "norm2.weight"));
   return s;
 }
 inline at::Tensor encoder_block(int64_t hidden, int64_t heads, const tensors& w, const at::Tensor& x, context& ctx,
                                 const seq_layout& s) {
-  const at::Tensor a = attention_sublayer(x, w[0], w[1], w[2], w[3], w[4], heads, heads, hidden / heads, s, ctx);
+  const at::Tensor a = attention_sublayer(x, w, encoder_attention(hidden, heads), s, ctx);
   return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
 }
 }  // namespace detail

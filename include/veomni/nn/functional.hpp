@@ -59,9 +59,11 @@ inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double
 // Rotary embedding (rotate-half form). A table holds, for positions pos [T]
 // and head dim D, cos and sin of pos * theta^(-2i/D), i < D/2, as [T, 1, D/2]:
 // built once per batch and layout, then applied to q and k of every layer.
+// theta is the model's rope_theta (Llama 2: 10000, Qwen2: 1e6).
 struct rope_table {
   at::Tensor pos, cos, sin;
   int64_t dim = 0;
+  double theta = 10000.0;
 };
 
 inline rope_table make_rope_table(const at::Tensor& pos, int64_t d, at::ScalarType type, double theta = 10000.0) {
@@ -69,7 +71,7 @@ inline rope_table make_rope_table(const at::Tensor& pos, int64_t d, at::ScalarTy
   const auto opts = at::TensorOptions().dtype(type);
   const at::Tensor inv = at::pow(theta, -at::arange(0, d, 2, opts) / static_cast<double>(d));  // [D/2]
   const at::Tensor ang = pos.to(type).unsqueeze(1) * inv.unsqueeze(0);                      // [T, D/2]
-  return {pos, ang.cos().unsqueeze(1), ang.sin().unsqueeze(1), d};
+  return {pos, ang.cos().unsqueeze(1), ang.sin().unsqueeze(1), d, theta};
 }
 
 // y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin (halves of the head dim);

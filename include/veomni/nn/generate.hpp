@@ -3,10 +3,13 @@
 // (impl<text_decoder>, impl<moe_text_decoder>) with a KV cache, and sampling.
 //
 // The decoder runs the training weights, in the training layout
-// (impl<C>::root_specs, block_specs), through the training functions:
-// rms_norm (eps 1e-6), rope (theta 10000, rotate-half), project, swiglu,
-// route (softmax, top-k, renormalised as nn::context's default) and
-// hooks::experts (sort by expert, grouped experts, weighted sum). Only the
+// (impl<C>::root_specs, block_specs), through the training functions and the
+// dims' options: rms_norm (rms_norm_eps), the q/k/v projections with their
+// biases and per-head q/k norms (detail::project_qkv: qkv_bias, qk_norm), rope
+// (rope_theta, rotate-half), swiglu, route (softmax, top-k, norm_topk_prob),
+// hooks::experts (sort by expert, grouped experts, weighted sum) and the head
+// (lm_head, or embed_tokens with tie_word_embeddings); a position at or past
+// max_position_embeddings (when set) is an error. Only the
 // attention differs in form: the queries of the new tokens against the
 // cached keys and values of every earlier position, with grouped-query heads
 // (query head h reads kv head h / (heads / kv_heads), as varlen_attention's
@@ -136,7 +139,7 @@ inline at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, con
 // ---- weights ----------------------------------------------------------------------------------
 
 // A language model's parameters in the training layout: root = embed_tokens,
-// norm, lm_head; blocks[i] = block i's parameters in block_specs order.
+// norm, lm_head (not when tied); blocks[i] = block i's parameters in block_specs order.
 struct lm_weights {
   tensors root;
   std::vector<tensors> blocks;
@@ -186,9 +189,11 @@ class decoder {
 
   // max_length > 0 preallocates the cache for that many positions; 0 grows it.
   decoder(const dims& d, lm_weights w, int64_t max_length = 0) : d_(d), w_(std::move(w)) {
-    TORCH_CHECK(static_cast<int64_t>(w_.blocks.size()) == d_.layers && w_.root.size() == 3,
+    const size_t roots = d_.tie_word_embeddings ? 2 : 3;
+    TORCH_CHECK(static_cast<int64_t>(w_.blocks.size()) == d_.layers && w_.root.size() == roots,
                 "veomni::nn::decoder: weights of ", w_.blocks.size(), " blocks and ", w_.root.size(),
-                " root tensors for a model of ", d_.layers, " layers (3 root tensors: embed_tokens, norm, lm_head)");
+                " root tensors for a model of ", d_.layers, " layers (", roots, " root tensors: embed_tokens, norm",
+                d_.tie_word_embeddings ? "; the head tied to embed_tokens)" : ", lm_head)");
     TORCH_CHECK(d_.heads % d_.kv_heads == 0, "veomni::nn::decoder: ", d_.heads, " query heads are not a multiple of ",
                 d_.kv_heads, " kv heads");
     for (auto& t : w_.root) t = t.detach();
@@ -226,15 +231,18 @@ class decoder {
     TORCH_CHECK(n > 0, "veomni::nn::decoder::extend: no tokens");
     for (int64_t t : tokens)
       TORCH_CHECK(t >= 0 && t < d_.vocab, "veomni::nn::decoder: token id ", t, " is outside the vocabulary [0, ", d_.vocab, ")");
+    TORCH_CHECK(d_.max_position_embeddings <= 0 || start + n <= d_.max_position_embeddings, "veomni::nn::decoder: ",
+                start + n, " positions exceed max_position_embeddings = ", d_.max_position_embeddings);
     const at::Tensor ids = at::tensor(tokens, at::kLong);
     at::Tensor x = w_.root[0].index_select(0, ids);
-    const rope_table table = make_rope_table(at::arange(start, start + n, at::kLong), d_.head_dim, x.scalar_type());
+    const rope_table table =
+        make_rope_table(at::arange(start, start + n, at::kLong), d_.head_dim, x.scalar_type(), d_.rope_theta);
     for (int64_t l = 0; l < d_.layers; ++l) x = block(l, x, table, start);
     cache_.advance(n);
     history_.insert(history_.end(), tokens.begin(), tokens.end());
-    at::Tensor h = rms_norm(x, w_.root[1]);
+    at::Tensor h = rms_norm(x, w_.root[1], d_.rms_norm_eps);
     if (!all_positions) h = h.narrow(0, n - 1, 1);
-    return at::matmul(h, w_.root[2].t()).to(at::kFloat);
+    return at::matmul(h, impl<C>::head_weight(d_, w_.root).t()).to(at::kFloat);
   }
 
   int64_t length() const { return cache_.length(); }
@@ -253,23 +261,20 @@ class decoder {
     const tensors& w = w_.blocks[static_cast<size_t>(l)];
     const int64_t n = x.size(0);
     // attention sublayer (detail::attention_sublayer with the cache in place of the packed batch)
-    const at::Tensor hn = rms_norm(x, w[0]);
-    at::Tensor q = project(hn, w[1]).view({n, d_.heads, d_.head_dim});
-    at::Tensor k = project(hn, w[2]).view({n, d_.kv_heads, d_.head_dim});
-    const at::Tensor v = project(hn, w[3]).view({n, d_.kv_heads, d_.head_dim});
-    q = rope(q, table);
-    k = rope(k, table);
-    const auto [keys, values] = cache_.append(l, k, v);
+    const detail::attention_geometry att = impl<C>::attention(d_);
+    const auto m = static_cast<size_t>(att.tensors());  // the feed-forward's tensors follow
+    const detail::attention_inputs in = detail::project_qkv(rms_norm(x, w[0], d_.rms_norm_eps), w, att, table);
+    const auto [keys, values] = cache_.append(l, in.k, in.v);
     const at::Tensor o =
-        start == 0 ? varlen_attention(q, k, v, at::tensor({int64_t{0}, n}, at::kLong), /*causal=*/true)
-                   : cached_attention(q, keys, values, start);
+        start == 0 ? varlen_attention(in.q, in.k, in.v, at::tensor({int64_t{0}, n}, at::kLong), /*causal=*/true)
+                   : cached_attention(in.q, keys, values, start);
     const at::Tensor a = x + project(o.reshape({n, d_.heads * d_.head_dim}), w[4]);
     if constexpr (std::is_same_v<C, text_decoder>) {
-      return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+      return a + swiglu(rms_norm(a, w[m], d_.rms_norm_eps), w[m + 1], w[m + 2], w[m + 3]);
     } else {
-      const at::Tensor h = rms_norm(a, w[5]);
-      const routing r = route(h, w[6], d_.top_k, renormalize_topk_);
-      return a + hooks_.experts(h, r, expert_weights{w[7], w[8], w[9]});
+      const at::Tensor h = rms_norm(a, w[m], d_.rms_norm_eps);
+      const routing r = route(h, w[m + 1], d_.top_k, d_.norm_topk_prob);
+      return a + hooks_.experts(h, r, expert_weights{w[m + 2], w[m + 3], w[m + 4]});
     }
   }
 
@@ -277,8 +282,7 @@ class decoder {
   lm_weights w_;
   kv_cache cache_;
   std::vector<int64_t> history_;
-  hooks hooks_;                                         // the default experts: what one rank computes
-  bool renormalize_topk_ = context{}.renormalize_topk;  // as the training forward
+  hooks hooks_;  // the default experts: what one rank computes
 };
 
 // ---- sampling ---------------------------------------------------------------------------------

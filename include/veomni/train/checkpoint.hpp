@@ -45,6 +45,7 @@
 #include <functional>
 #include <map>
 #include <regex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,6 +53,7 @@
 #include "../comm/communicator.hpp"
 #include "../nn/model.hpp"
 #include "../parallel/storage.hpp"
+#include "hf.hpp"
 
 namespace veomni::train {
 
@@ -525,6 +527,59 @@ train_state load_checkpoint(const std::string& path, Model& model, Optim& optim)
   optim.set_steps(st.adam_steps);
   model.after_load();  // what the model derives from the masters (ZeRO's whole parameters)
   return st;
+}
+
+// ---- a Hugging Face checkpoint's weights (model.path) -----------------------------------------
+
+// Every parameter of a model in a Hugging Face checkpoint folder (hf.hpp):
+// veomni's name -> the checkpoint's, which is veomni's without the node prefix
+// ("lm.model.layers.0.self_attn.q_proj.weight" -> "model.layers.0.self_attn.q_proj.weight").
+// Checks, with the dims alone (every rank, before any collective), that each
+// parameter is there with the model's shape and that each tensor of the
+// checkpoint is a parameter (a tied model's lm_head.weight may be there, as
+// Hugging Face sometimes writes it). Throws hf_error naming the file and tensor.
+template <Model G>
+std::map<std::string, std::string> hf_names(const hf_checkpoint& ck, const typename G::dims& d, bool tied) {
+  auto shape_text = [](const std::vector<int64_t>& s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  };
+  std::map<std::string, std::string> names;
+  std::set<std::string> used;
+  for (const auto& u : nn::model_units<G>(d))
+    for (const auto& s : nn::unit_specs<G>(d, u.node, u.block)) {
+      const std::string h = s.name.substr(s.name.find('.') + 1);
+      if (!ck.has(h))
+        throw hf_error(ck.dir().string() + ": the checkpoint has no tensor '" + h + "' (the model's " + s.name + ", " +
+                       shape_text(s.shape) + ")");
+      const auto& t = ck.tensor(h);
+      if (t.shape != s.shape)
+        throw hf_error(t.file + ": '" + h + "' is " + shape_text(t.shape) + ", the model's " + s.name + " is " + shape_text(s.shape) +
+                       " (config.json and the weights disagree)");
+      names[s.name] = h;
+      used.insert(h);
+    }
+  for (const auto& [name, t] : ck.tensors())
+    if (!used.count(name) && !(tied && name == "lm_head.weight"))
+      throw hf_error(t.file + ": '" + name + "' is not a parameter of this model (config.json describes another one)");
+  return names;
+}
+
+// Loads the checkpoint's weights into a model on any mesh: each rank reads the
+// elements of the pieces it holds (its FSDP / EP shard: byte ranges of the
+// safetensors files, hf_checkpoint::read), so no rank holds the whole model.
+// `names`: hf_names' map.
+template <class M>
+void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::string, std::string>& names) {
+  auto params = model.parameters();
+  torch::NoGradGuard no_grad;
+  for (const piece& p : held_pieces(model)) {
+    at::Tensor dst = params[p.tensor].detach().narrow(0, p.offset, p.end - p.begin);
+    TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat, "load_hf_weights: float32 masters expected");
+    ck.read(names.at(p.name), p.begin, p.end, dst.data_ptr<float>());
+  }
+  model.after_load();
 }
 
 // ---- consolidation -------------------------------------------------------------------------

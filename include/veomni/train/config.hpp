@@ -40,7 +40,9 @@ struct accelerator_config {
 
 struct config {
   struct {
-    std::string name = "omni_moe";           // dense_lm | tiny_vl | omni_moe
+    std::string name;                        // dense_lm | tiny_vl | omni_moe; unset: omni_moe, or dense_lm with a path
+    std::string path;                        // a Hugging Face checkpoint folder to start from (train/hf.hpp): its
+                                             // config.json gives the dims, its weights the parameters
     std::map<std::string, long> dims;        // overrides of the tiny dims, "lm.hidden" -> 96
   } model;
   struct {
@@ -74,6 +76,7 @@ struct config {
     long keep_checkpoints = 3;               // the newest N checkpoints stay, older ones go once a newer one verifies; 0: keep all
     std::string load_checkpoint_path;        // "" : fresh start; "auto": latest in output_dir; or a directory
     bool export_safetensors = true;          // output_dir/hf/model.safetensors + config.json at the end
+    std::string export_dtype;                // with model.path: "" (the checkpoint's) | float32 | bfloat16 | float16
     double aux_weight = 0.01;                // MoE load-balancing loss weight
     double peak_flops_per_rank = 0;          // for MFU; 0: measure this CPU's fp32 GEMM throughput at start
     long log_steps = 1;                      // progress line every log_steps steps (rank 0)
@@ -125,6 +128,7 @@ inline std::vector<field> schema(config& c) {
   using K = value_kind;
   std::vector<field> f{
       make_field("model.name", K::string, c.model.name, {"dense_lm", "tiny_vl", "omni_moe"}),
+      make_field("model.path", K::string, c.model.path),
       make_field("data.type", K::string, c.data.type, {"manifest", "synthetic"}),
       make_field("data.manifest", K::string, c.data.manifest),
       make_field("data.eval_manifest", K::string, c.data.eval_manifest),
@@ -152,6 +156,7 @@ inline std::vector<field> schema(config& c) {
       make_field("train.keep_checkpoints", K::integer, c.train.keep_checkpoints),
       make_field("train.load_checkpoint_path", K::string, c.train.load_checkpoint_path),
       make_field("train.export_safetensors", K::boolean, c.train.export_safetensors),
+      make_field("train.export_dtype", K::string, c.train.export_dtype, {"", "float32", "bfloat16", "float16"}),
       make_field("train.aux_weight", K::number, c.train.aux_weight),
       make_field("train.peak_flops_per_rank", K::number, c.train.peak_flops_per_rank),
       make_field("train.log_steps", K::integer, c.train.log_steps),
@@ -258,7 +263,19 @@ inline void apply_overrides(config& c, const std::vector<std::string>& args) {
   }
 }
 
-inline config parse_config(const std::string& yaml_text, const std::string& origin = "config") {
+// What an unset key means once the others are known: model.name is omni_moe,
+// or dense_lm when model.path names a checkpoint (the dense families load into
+// it); data.tokenizer is the checkpoint's when it holds a tokenizer.json.
+inline void settle_defaults(config& c) {
+  if (c.model.name.empty()) c.model.name = c.model.path.empty() ? "omni_moe" : "dense_lm";
+  std::error_code ec;
+  if (c.data.tokenizer.empty() && !c.model.path.empty() &&
+      std::filesystem::is_regular_file(std::filesystem::path(c.model.path) / "tokenizer.json", ec))
+    c.data.tokenizer = c.model.path;
+}
+
+// `settle`: fill the unset keys that depend on others (settle_defaults); load_config does it after the overrides.
+inline config parse_config(const std::string& yaml_text, const std::string& origin = "config", bool settle = true) {
   config c;
   auto fields = detail::schema(c);
   YAML::Node root;
@@ -267,9 +284,11 @@ inline config parse_config(const std::string& yaml_text, const std::string& orig
   } catch (const YAML::Exception& e) {
     throw config_error(origin + ": not valid YAML: " + e.what());
   }
-  if (root.IsNull()) return c;
-  if (!root.IsMap()) throw config_error(origin + ": expected a mapping of sections (model, data, train)");
-  detail::walk(fields, root, "");
+  if (!root.IsNull()) {
+    if (!root.IsMap()) throw config_error(origin + ": expected a mapping of sections (model, data, train)");
+    detail::walk(fields, root, "");
+  }
+  if (settle) settle_defaults(c);
   return c;
 }
 
@@ -283,8 +302,9 @@ inline config load_config(const std::string& path, const std::vector<std::string
     while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
     std::fclose(f);
   }
-  config c = parse_config(text, path);
+  config c = parse_config(text, path, false);
   apply_overrides(c, overrides);
+  settle_defaults(c);
   return c;
 }
 

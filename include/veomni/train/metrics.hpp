@@ -21,6 +21,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <string>
@@ -90,6 +92,16 @@ inline nlohmann::ordered_json to_json(const step_record& r) {
   j["micro_batches"] = r.micro_batches;
   return j;
 }
+
+// This process's resident memory now (VmRSS) and at its peak (VmHWM), in MiB; 0 where /proc is not there.
+inline double proc_status_mib(const char* key) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) return std::strtod(line.c_str() + std::strlen(key), nullptr) / 1024.0;  // "VmRSS:  1234 kB"
+  return 0;
+}
+inline double resident_mib() { return proc_status_mib("VmRSS:"); }
+inline double peak_resident_mib() { return proc_status_mib("VmHWM:"); }
 
 // fp32 GEMM FLOP/s of this process on the intra-op threads it uses now
 // (at::get_num_threads): the best of a few 384^3 matmuls after a warm-up.

@@ -96,6 +96,21 @@ template <Model G>
 typename G::dims model_dims(const config& c) {
   typename G::dims d = tiny_dims<G>();
   std::map<std::string, long> left = c.model.dims;
+  if (!c.model.path.empty()) {  // a Hugging Face checkpoint: its config.json is the model
+    if constexpr (std::is_same_v<G, models::dense_lm>) {
+      try {
+        std::get<0>(d) = hf_dense_model(hf_checkpoint(c.model.path).config(), c.model.path + "/config.json").dims;
+      } catch (const hf_error& e) {
+        throw config_error(std::string("model.path: ") + e.what());
+      }
+      if (!left.empty())
+        throw config_error("model." + left.begin()->first + ": given by model.path's config.json (" + c.model.path +
+                           "); leave it out");
+    } else {
+      throw config_error("model.path: a Hugging Face checkpoint loads into model.name: dense_lm (Llama, Qwen2, Qwen3), not " +
+                         c.model.name);
+    }
+  }
   for_each_node<G>([&](auto I) {
     for (auto& [field, ptr] : detail::dim_fields(std::get<I.value>(d))) {
       const std::string key = std::string(G::names[I.value]) + "." + field;
@@ -249,13 +264,13 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
     });
     return h;
   }();
-  const at::Tensor lm_head = params.unit({[] {
-    std::size_t n = 0;
-    for_each_node<G>([&](auto I) {
-      if constexpr (G::template component_at<I.value>::mod == modality::text) n = I.value;
-    });
-    return n;
-  }(), -1})[2];
+  // the text node's output head: lm_head.weight, or embed_tokens when tied
+  at::Tensor lm_head;
+  for_each_node<G>([&](auto I) {
+    using C = typename G::template component_at<I.value>;
+    if constexpr (C::mod == modality::text)
+      lm_head = nn::impl<C>::head_weight(std::get<I.value>(d), params.unit({I.value, -1}));
+  });
   constexpr size_t chunk = 16;
   for (size_t a = 0; a < data.samples.size(); a += chunk) {
     std::vector<const parallel::sample*> part;
@@ -331,10 +346,10 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
          {"num_key_value_heads", lm.kv_heads},
          {"head_dim", lm.head_dim},
          {"hidden_act", "silu"},
-         {"rms_norm_eps", 1e-6},
-         {"rope_theta", 10000.0},
-         {"max_position_embeddings", 4096},
-         {"tie_word_embeddings", false},
+         {"rms_norm_eps", lm.rms_norm_eps},
+         {"rope_theta", lm.rope_theta},
+         {"max_position_embeddings", lm.max_position_embeddings > 0 ? lm.max_position_embeddings : 4096},
+         {"tie_word_embeddings", lm.tie_word_embeddings},
          {"bos_token_id", v.bos >= 0 ? nlohmann::ordered_json(v.bos) : nlohmann::ordered_json()},
          {"eos_token_id", v.eos},
          {"torch_dtype", "float32"}};
@@ -418,6 +433,7 @@ struct prepared {
   typename G::dims dims;
   media_spec media;
   vocabulary vocab;  // bytes, or data.tokenizer's (vocabulary.hpp)
+  std::map<std::string, std::string> hf_names;  // model.path: each parameter's tensor in the checkpoint (checkpoint.hpp)
   dataset train, eval;
   double load_seconds = 0;  // reading, tokenizing and laying out both manifests (media included)
   bool synthetic = false;
@@ -460,6 +476,15 @@ prepared<G> prepare(config& c, long world) {
   (void)choose_threads_or_config_error(thread_settings(c, 1));
   prepared<G> p;
   p.dims = model_dims<G>(c);
+  if (!c.model.path.empty()) {  // each parameter in the checkpoint with its shape, on every rank before any collective
+    if constexpr (std::is_same_v<G, models::dense_lm>) {
+      try {
+        p.hf_names = hf_names<G>(hf_checkpoint(c.model.path), p.dims, std::get<0>(p.dims).tie_word_embeddings);
+      } catch (const hf_error& e) {
+        throw config_error(std::string("model.path: ") + e.what());
+      }
+    }
+  }
   p.media = media_of<G>(p.dims, c);
   const long vocab = vocab_of<G>(p.dims);
   if (!c.data.tokenizer.empty()) {
@@ -469,10 +494,17 @@ prepared<G> prepare(config& c, long world) {
       throw config_error(std::string("data.tokenizer: ") + e.what());
     }
   }
+  // a model without media never sees the placeholders: a checkpoint's vocabulary (Llama 3: 128,256 ids, its
+  // tokenizer's) needs no room for them; padding then reuses an id of the tokenizer (it is masked out)
+  if (!c.data.tokenizer.empty() && !p.media.images && !p.media.audio && !p.media.generation) {
+    if (p.vocab.pad >= p.vocab.image) p.vocab.pad = p.vocab.eos;
+    p.vocab.size = p.vocab.image;
+  }
   // synthetic data with the byte tokenizer uses ids below the vocabulary only; with a tokenizer.json its placeholders
   if (vocab < p.vocab.size && (c.data.type != "synthetic" || !c.data.tokenizer.empty()))
     throw config_error("model.lm.vocab: " + std::to_string(vocab) + " is smaller than the " +
-                       std::to_string(p.vocab.size) + " ids of the tokenizer (" + p.vocab.name + ") and its placeholders");
+                       std::to_string(p.vocab.size) + " ids the data needs (those of the tokenizer " + p.vocab.name +
+                       (p.vocab.size > p.vocab.image ? ", and its placeholders for media" : "") + ")");
   if (c.data.type == "synthetic") {
     p.synthetic = true;
     if (c.data.synthetic_seq_len < 8) throw config_error("data.synthetic_seq_len: must be >= 8");
@@ -507,11 +539,22 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.checkpoint = c.train.activation_checkpointing;
   popt.aux_weight = c.train.aux_weight;
   popt.seed = static_cast<uint64_t>(c.train.seed);
+  const double rss_before_model = resident_mib();
   parallel::parallel_model<G, R, comm::gloo_mesh> model(prep.dims, mesh, popt);
   adamw optim(model.parameters(), model.decay_masks(), {.lr = c.train.lr, .weight_decay = c.train.weight_decay});
   const lr_schedule sched{c.train.lr, c.train.lr_min, c.train.lr_warmup_steps, c.train.max_steps, c.train.lr_decay_style};
 
   train_state st;
+  if (resume.empty() && !c.model.path.empty()) {  // a fresh start from a Hugging Face checkpoint
+    const auto t0 = clock::now();
+    load_hf_weights(hf_checkpoint(c.model.path), model, prep.hf_names);
+    char b[512];
+    // resident memory before the model was built and once its shard is loaded: what the shard cost this rank
+    std::snprintf(b, sizeof b, "veomni-train: rank %d loaded its shard of %s in %.2f s (resident %.1f MiB before the model, %.1f MiB now, peak %.1f MiB)",
+                  env.rank, c.model.path.c_str(), std::chrono::duration<double>(clock::now() - t0).count(), rss_before_model,
+                  resident_mib(), peak_resident_mib());
+    ro.log(b);
+  }
   if (!resume.empty()) {
     st = load_checkpoint(resume, model, optim);
     if (lead) ro.log("veomni-train: resumed from " + resume + " at step " + std::to_string(st.step));
@@ -755,8 +798,24 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (c.train.export_safetensors) {
     const auto all = consolidate<G>(prep.dims, model, mesh);
     if (lead) {
-      export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all, prep.vocab);
-      ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
+      if (c.model.path.empty()) {
+        export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all, prep.vocab);
+        ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
+      } else {  // as the checkpoint came: its files, names, index and config.json; train.export_dtype or its dtype
+        const hf_checkpoint like(c.model.path);
+        std::vector<at::Tensor> keep;
+        std::vector<hf_tensor> ts;
+        for (const auto& [spec, t] : all) {
+          keep.push_back(t.detach().to(at::kFloat).contiguous());
+          ts.push_back({spec.name.substr(spec.name.find('.') + 1), spec.shape, keep.back().data_ptr<float>()});
+        }
+        const std::string dtype = c.train.export_dtype.empty() ? ""
+                                  : c.train.export_dtype == "float32" ? "F32" : c.train.export_dtype == "bfloat16" ? "BF16" : "F16";
+        write_hf_like(out.file("hf"), like, ts, dtype);
+        for (const std::string& f : prep.vocab.files)
+          std::filesystem::copy_file(f, out.file("hf") / std::filesystem::path(f).filename(), std::filesystem::copy_options::overwrite_existing);
+        ro.log("veomni-train: exported " + out.file("hf").string() + " in the layout of " + c.model.path);
+      }
     }
   }
   if (lead) {
