@@ -166,3 +166,30 @@ TEST_CASE("model.path: exported without training, every tensor comes back bit fo
     CHECK(rel(m[0]["loss"].get<double>(), want) <= 1e-5);
   }
 }
+
+TEST_CASE("model.path: veomni-generate reads the run's checkpoint and its Hugging Face export alike" * doctest::timeout(180)) {
+  const std::string tag = "hf_generate";
+  const job j = train(tag, 2, config(tag, "qwen3_bf16", 1),
+                      "--train.accelerator.dp_shard_size=2 --train.lr=0 --train.weight_decay=0 --train.export_safetensors=true "
+                      "--train.save_checkpoints=true");
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  const std::string run_dir = tmp_root + "/" + tag + "/out";
+  auto generate = [&](const std::string& args, const std::string& name) {
+    // stdout alone (stderr says what was loaded, and how fast)
+    return run(std::string("(timeout 60 ") + VEOMNI_TEST_GENERATE + " " + run_dir + " " + args +
+                   " --prompt 'hello' --max-new-tokens 6 --no-stream 2>/dev/null)",
+               tag + "_" + name);
+  };
+  const job from_checkpoint = generate("--checkpoint latest", "ckpt");
+  const job from_export = generate("--hf " + run_dir + "/hf", "export");
+  const job from_original = generate("--hf " + fixtures + "/qwen3_bf16", "original");
+  CHECK(from_checkpoint.rc == 0);
+  CHECK(from_export.rc == 0);
+  CHECK(from_original.rc == 0);
+  CHECK(from_export.output == from_checkpoint.output);
+  CHECK(from_original.output == from_checkpoint.output);
+  // another architecture's folder does not fit the run's model
+  const job other = generate("--hf " + fixtures + "/qwen2_f16", "other");
+  CHECK(other.rc == 2);
+}

@@ -126,9 +126,9 @@ TEST_CASE("corrupt audio: random bytes, text and a PNG named .wav, NaN samples" 
 
 TEST_CASE("empty samples: {}, no prompt, nothing to learn, an empty path" * doctest::timeout(60)) {
   case_dir("bad_empty");
-  expect_bad_line("bad_empty", "{}", "empty sample (no prompt, answer, text or generate_image)");
-  expect_bad_line("bad_empty", R"({"id": 7, "kind": "sum"})", "empty sample (no prompt, answer, text or generate_image)");
-  expect_bad_line("bad_empty", R"({"text": ""})", "empty sample (no prompt, answer, text or generate_image)");
+  expect_bad_line("bad_empty", "{}", "empty sample (no prompt, answer, text, messages or generate_image)");
+  expect_bad_line("bad_empty", R"({"id": 7, "kind": "sum"})", "empty sample (no prompt, answer, text, messages or generate_image)");
+  expect_bad_line("bad_empty", R"({"text": ""})", "empty sample (no prompt, answer, text, messages or generate_image)");
   expect_bad_line("bad_empty", R"({"answer": " 7"})", "no prompt: an 'answer' or 'generate_image' needs a 'prompt' or media");
   expect_bad_line("bad_empty", R"({"prompt": "3+4="})", "nothing to learn: a prompt needs an 'answer' or 'generate_image'");
   expect_bad_line("bad_empty", R"({"prompt": "<image>?", "answer": " x", "images": [""]})", "field 'images' holds an empty path");

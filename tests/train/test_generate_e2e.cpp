@@ -61,71 +61,74 @@ const std::string& trained_run() {
 
 }  // namespace
 
-TEST_CASE("veomni-generate prints the trained answers (greedy, streamed, stops at eos)" * doctest::timeout(120)) {
-  const std::string& run = trained_run();
-  int right = 0;
-  for (size_t i = 0; i < pairs.size(); ++i) {
-    const auto& [prompt, answer] = pairs[i];
-    const result r = generate(run + " --prompt " + quoted(prompt) + " --max-new-tokens 24", "p" + std::to_string(i));
-    INFO("prompt '", prompt, "': ", r.err);
-    CHECK(r.rc == 0);
-    CHECK(r.out == answer + "\n");
-    CHECK(contains(r.err, "(stop id)"));
-    right += r.out == answer + "\n";
+// One test case (one training run in its process): each SUBCASE checks one promise of the same run.
+TEST_CASE("veomni-generate on a trained run: its answers, from each source of weights, and what it refuses" * doctest::timeout(240)) {
+  SUBCASE("the trained answers (greedy, streamed, stops at eos)") {
+    const std::string& run = trained_run();
+    int right = 0;
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      const auto& [prompt, answer] = pairs[i];
+      const result r = generate(run + " --prompt " + quoted(prompt) + " --max-new-tokens 24", "p" + std::to_string(i));
+      INFO("prompt '", prompt, "': ", r.err);
+      CHECK(r.rc == 0);
+      CHECK(r.out == answer + "\n");
+      CHECK(contains(r.err, "(stop id)"));
+      right += r.out == answer + "\n";
+    }
+    MESSAGE(right, " of ", pairs.size(), " answers exact");
   }
-  MESSAGE(right, " of ", pairs.size(), " answers exact");
-}
 
-TEST_CASE("veomni-generate: a named checkpoint, the export and --messages give the same text" * doctest::timeout(120)) {
-  const std::string& run = trained_run();
-  const std::string want = " Tokyo\n";
-  const result latest = generate(run + " --checkpoint latest --prompt 'capital of Japan?'", "latest");
-  CHECK(latest.out == want);
-  const result step = generate(run + " --checkpoint " + run + "/checkpoints/step_000300 --prompt 'capital of Japan?' --no-stream", "step");
-  INFO(step.err);
-  CHECK(step.out == want);
-  const result hf = generate(run + " --hf " + run + "/hf --prompt 'capital of Japan?'", "hf");
-  INFO(hf.err);
-  CHECK(hf.out == want);
-  write_file(tmp_root + "/gen_e2e/m.json", R"([{"role": "user", "content": "capital of Japan?"}])");
-  const result m = generate(run + " --messages " + tmp_root + "/gen_e2e/m.json", "messages");
-  INFO(m.err);
-  CHECK(m.out == want);
-  // the config file instead of the folder (its train.output_dir is the run)
-  const result cfg = generate(run + "/config.yaml --prompt 'capital of Japan?'", "config");
-  CHECK(cfg.out == want);
-  // sampling: seeded, so repeatable; max-new-tokens caps it
-  const result s1 = generate(run + " --prompt 'capital of Japan?' --temperature 1.5 --seed 4 --max-new-tokens 3", "s1");
-  const result s2 = generate(run + " --prompt 'capital of Japan?' --temperature 1.5 --seed 4 --max-new-tokens 3", "s2");
-  CHECK(s1.rc == 0);
-  CHECK(s1.out == s2.out);
-}
+  SUBCASE("a named checkpoint, the export and --messages give the same text") {
+    const std::string& run = trained_run();
+    const std::string want = " Tokyo\n";
+    const result latest = generate(run + " --checkpoint latest --prompt 'capital of Japan?'", "latest");
+    CHECK(latest.out == want);
+    const result step = generate(run + " --checkpoint " + run + "/checkpoints/step_000300 --prompt 'capital of Japan?' --no-stream", "step");
+    INFO(step.err);
+    CHECK(step.out == want);
+    const result hf = generate(run + " --hf " + run + "/hf --prompt 'capital of Japan?'", "hf");
+    INFO(hf.err);
+    CHECK(hf.out == want);
+    write_file(tmp_root + "/gen_e2e/m.json", R"([{"role": "user", "content": "capital of Japan?"}])");
+    const result m = generate(run + " --messages " + tmp_root + "/gen_e2e/m.json", "messages");
+    INFO(m.err);
+    CHECK(m.out == want);
+    // the config file instead of the folder (its train.output_dir is the run)
+    const result cfg = generate(run + "/config.yaml --prompt 'capital of Japan?'", "config");
+    CHECK(cfg.out == want);
+    // sampling: seeded, so repeatable; max-new-tokens caps it
+    const result s1 = generate(run + " --prompt 'capital of Japan?' --temperature 1.5 --seed 4 --max-new-tokens 3", "s1");
+    const result s2 = generate(run + " --prompt 'capital of Japan?' --temperature 1.5 --seed 4 --max-new-tokens 3", "s2");
+    CHECK(s1.rc == 0);
+    CHECK(s1.out == s2.out);
+  }
 
-TEST_CASE("veomni-generate refuses what it cannot load: exit 2, naming it" * doctest::timeout(120)) {
-  const std::string& run = trained_run();
-  const result missing = generate(run + " --checkpoint " + run + "/checkpoints/step_999999 --prompt x", "missing");
-  CHECK(missing.rc == 2);
-  CHECK(contains(missing.err, "step_999999: no such checkpoint folder"));
-  const result no_run = generate(tmp_root + "/gen_e2e --prompt x", "no_run");
-  CHECK(no_run.rc == 2);
-  CHECK(contains(no_run.err, "no config.yaml in this folder"));
+  SUBCASE("what it cannot load: exit 2, naming it") {
+    const std::string& run = trained_run();
+    const result missing = generate(run + " --checkpoint " + run + "/checkpoints/step_999999 --prompt x", "missing");
+    CHECK(missing.rc == 2);
+    CHECK(contains(missing.err, "step_999999: no such checkpoint folder"));
+    const result no_run = generate(tmp_root + "/gen_e2e --prompt x", "no_run");
+    CHECK(no_run.rc == 2);
+    CHECK(contains(no_run.err, "no config.yaml in this folder"));
 
-  // the run's config with a third layer: the weights do not fit
-  write_file(tmp_root + "/gen_e2e/layers3.yaml", "model:\n  name: dense_lm\n  lm.layers: 3\ntrain:\n  output_dir: " + run + "\n");
-  const result mismatch = generate(tmp_root + "/gen_e2e/layers3.yaml --prompt x", "layers3");
-  CHECK(mismatch.rc == 2);
-  CHECK(contains(mismatch.err, "config mismatch"));
-  CHECK(contains(mismatch.err, "lm.model.layers.2."));
-  const result hf_mismatch = generate(tmp_root + "/gen_e2e/layers3.yaml --hf " + run + "/hf --prompt x", "layers3_hf");
-  CHECK(hf_mismatch.rc == 2);
-  CHECK(contains(hf_mismatch.err, "num_hidden_layers = 2, the config's model gives 3"));
+    // the run's config with a third layer: the weights do not fit
+    write_file(tmp_root + "/gen_e2e/layers3.yaml", "model:\n  name: dense_lm\n  lm.layers: 3\ntrain:\n  output_dir: " + run + "\n");
+    const result mismatch = generate(tmp_root + "/gen_e2e/layers3.yaml --prompt x", "layers3");
+    CHECK(mismatch.rc == 2);
+    CHECK(contains(mismatch.err, "config mismatch"));
+    CHECK(contains(mismatch.err, "lm.model.layers.2."));
+    const result hf_mismatch = generate(tmp_root + "/gen_e2e/layers3.yaml --hf " + run + "/hf --prompt x", "layers3_hf");
+    CHECK(hf_mismatch.rc == 2);
+    CHECK(contains(hf_mismatch.err, "num_hidden_layers = 2, the config's model gives 3"));
 
-  write_file(tmp_root + "/gen_e2e/tok.yaml", "model:\n  name: dense_lm\ndata:\n  tokenizer: " + tmp_root +
-                                                 "/gen_e2e/no_such_tokenizer\ntrain:\n  output_dir: " + run + "\n");
-  const result tok = generate(tmp_root + "/gen_e2e/tok.yaml --prompt x", "tokenizer");
-  CHECK(tok.rc == 2);
-  CHECK(contains(tok.err, "data.tokenizer: "));
-  CHECK(contains(tok.err, "no_such_tokenizer"));
+    write_file(tmp_root + "/gen_e2e/tok.yaml", "model:\n  name: dense_lm\ndata:\n  tokenizer: " + tmp_root +
+                                                   "/gen_e2e/no_such_tokenizer\ntrain:\n  output_dir: " + run + "\n");
+    const result tok = generate(tmp_root + "/gen_e2e/tok.yaml --prompt x", "tokenizer");
+    CHECK(tok.rc == 2);
+    CHECK(contains(tok.err, "data.tokenizer: "));
+    CHECK(contains(tok.err, "no_such_tokenizer"));
+  }
 }
 
 // Issue 20: a model fine-tuned on a small generated chat set (the test's ChatML tokenizer,

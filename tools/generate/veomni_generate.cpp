@@ -152,55 +152,72 @@ named checkpoint_weights(const std::string& dir, const std::vector<nn::param_spe
   return out;
 }
 
-// The language model's tensors of an export (hf/model.safetensors), by their
-// training names ("lm." + the file's name for dense_lm, whose export drops
-// it), after config.json is checked against the config's dims.
+// The language model's tensors of an export, by their training names ("lm."
+// + the file's name for dense_lm, whose export drops it), after config.json is
+// checked against the config's dims. dense_lm's export is a Hugging Face
+// checkpoint (one file or shards, F32/BF16/F16: train/hf.hpp reads it); the
+// others' is veomni's own (model.safetensors, config.json with each node's dims).
 template <Model G, class D>
 named hf_weights(const fs::path& dir, const std::string& model, D lm) {
-  const fs::path file = dir / "model.safetensors", cfg = dir / "config.json";
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) throw input_error(dir.string() + ": no model.safetensors (an export of veomni-train, train.export_safetensors)");
   constexpr bool dense = std::is_same_v<G, models::dense_lm>;
-  if (fs::is_regular_file(cfg, ec)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(std::ifstream(cfg));
-    } catch (const std::exception& e) {
-      throw input_error(cfg.string() + ": malformed JSON: " + e.what());
-    }
-    const std::string type = j.value("model_type", "");
-    if (type != (dense ? "llama" : "veomni_" + model))
-      throw input_error("config mismatch: " + cfg.string() + " is a '" + type + "' model, the config's model.name is '" + model + "'");
-    std::vector<std::pair<std::string, long>> want;
-    const nlohmann::json* have = &j;
-    if constexpr (dense) {
-      want = {{"vocab_size", lm.vocab},          {"hidden_size", lm.hidden},       {"intermediate_size", lm.ffn},
-              {"num_hidden_layers", lm.layers},  {"num_attention_heads", lm.heads}, {"num_key_value_heads", lm.kv_heads},
-              {"head_dim", lm.head_dim}};
-    } else {
-      if (!j.contains("lm") || !j["lm"].is_object()) throw input_error(cfg.string() + ": no \"lm\" dims");
-      have = &j["lm"];
-      for (auto& [k, p] : train::detail::dim_fields(lm)) want.emplace_back(k, *p);
-    }
-    for (const auto& [k, v] : want) {
-      if (!have->contains(k)) continue;
-      const nlohmann::json& x = (*have)[k];
-      if (x.is_number_integer() && x.get<long>() != v)
-        throw input_error("config mismatch: " + cfg.string() + " says " + k + " = " + std::to_string(x.get<long>()) +
-                          ", the config's model gives " + std::to_string(v));
-    }
-  }
-  train::safetensors_file f(file.string());
   named out;
-  for (const auto& name : f.names()) {
-    const std::string key = dense ? "lm." + name : name;
-    if (key.rfind("lm.", 0) != 0) continue;
-    if (const long l = lm_layer_of(key); l >= lm.layers)
-      throw input_error("config mismatch: " + file.string() + " holds '" + name + "', but the config's model has " +
-                        std::to_string(lm.layers) + " layers (model.lm.layers)");
-    out[key] = f.read(name);
+  if constexpr (dense) {
+    try {
+      const train::hf_checkpoint ck(dir);
+      const train::hf_model m = train::hf_dense_model(ck.config(), (dir / "config.json").string());
+      const auto& h = m.dims;
+      const std::vector<std::pair<std::string, std::pair<long, long>>> want{
+          {"vocab_size", {h.vocab, lm.vocab}},          {"hidden_size", {h.hidden, lm.hidden}},
+          {"intermediate_size", {h.ffn, lm.ffn}},       {"num_hidden_layers", {h.layers, lm.layers}},
+          {"num_attention_heads", {h.heads, lm.heads}}, {"num_key_value_heads", {h.kv_heads, lm.kv_heads}},
+          {"head_dim", {h.head_dim, lm.head_dim}},      {"tie_word_embeddings", {h.tie_word_embeddings, lm.tie_word_embeddings}},
+          {"q/k/v biases (Qwen2)", {h.qkv_bias, lm.qkv_bias}}, {"q/k norms (Qwen3)", {h.qk_norm, lm.qk_norm}}};
+      for (const auto& [k, v] : want)
+        if (v.first != v.second)
+          throw input_error("config mismatch: " + (dir / "config.json").string() + " says " + k + " = " + std::to_string(v.first) +
+                            ", the config's model gives " + std::to_string(v.second));
+      for (const auto& [name, t] : ck.tensors()) {
+        if (lm.tie_word_embeddings && name == "lm_head.weight") continue;
+        at::Tensor x = at::empty(t.shape, at::kFloat);
+        ck.read(name, 0, t.numel(), x.data_ptr<float>());
+        out["lm." + name] = x;
+      }
+    } catch (const train::hf_error& e) {
+      throw input_error(e.what());
+    }
+    return out;
+  } else {
+    const fs::path file = dir / "model.safetensors", cfg = dir / "config.json";
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec)) throw input_error(dir.string() + ": no model.safetensors (an export of veomni-train, train.export_safetensors)");
+    if (fs::is_regular_file(cfg, ec)) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(std::ifstream(cfg));
+      } catch (const std::exception& e) {
+        throw input_error(cfg.string() + ": malformed JSON: " + e.what());
+      }
+      const std::string type = j.value("model_type", "");
+      if (type != "veomni_" + model)
+        throw input_error("config mismatch: " + cfg.string() + " is a '" + type + "' model, the config's model.name is '" + model + "'");
+      if (!j.contains("lm") || !j["lm"].is_object()) throw input_error(cfg.string() + ": no \"lm\" dims");
+      for (auto& [k, p] : train::detail::dim_fields(lm)) {
+        const nlohmann::json& x = j["lm"].contains(k) ? j["lm"][k] : nlohmann::json();
+        if (x.is_number_integer() && x.get<long>() != *p)
+          throw input_error("config mismatch: " + cfg.string() + " says " + k + " = " + std::to_string(x.get<long>()) +
+                            ", the config's model gives " + std::to_string(*p));
+      }
+    }
+    train::safetensors_file f(file.string());
+    for (const auto& name : f.names()) {
+      if (name.rfind("lm.", 0) != 0) continue;
+      if (const long l = lm_layer_of(name); l >= lm.layers)
+        throw input_error("config mismatch: " + file.string() + " holds '" + name + "', but the config's model has " +
+                          std::to_string(lm.layers) + " layers (model.lm.layers)");
+      out[name] = f.read(name);
+    }
+    return out;
   }
-  return out;
 }
 
 // ---- the tokenizer ------------------------------------------------------------------------------
@@ -266,7 +283,7 @@ codec text_codec(const run_files& r) {
   const std::shared_ptr<const text::chat_template> chat = tv.chat;
   codec c;
   c.name = v.name;
-  c.ids = v.size;
+  c.ids = v.image;  // the tokenizer's own ids: generation reads no media, so no placeholders
   c.stop_ids = {v.eos};
   if (chat)
     if (const auto id = tok->token_to_id(chat->format().end_of_turn); id && *id != v.eos) c.stop_ids.push_back(*id);
@@ -364,10 +381,10 @@ int generate_text(const run_files& r, const options& o) {
   std::error_code ec;
   std::string checkpoint = o.checkpoint;
   if (o.hf.empty() && checkpoint.empty())  // the run's newest checkpoint, else its export
-    checkpoint = fs::exists(ckpt_dir / "latest", ec) || !fs::is_regular_file(r.out / "hf" / "model.safetensors", ec) ? "latest" : "";
+    checkpoint = fs::exists(ckpt_dir / "latest", ec) || !fs::is_regular_file(r.out / "hf" / "config.json", ec) ? "latest" : "";
   if (!o.hf.empty()) {
     w = hf_weights<G>(o.hf, r.c.model.name, lm);
-    from = (fs::path(o.hf) / "model.safetensors").string();
+    from = o.hf;
   } else if (!checkpoint.empty()) {
     std::string dir = checkpoint;
     if (checkpoint == "latest") {
@@ -380,7 +397,7 @@ int generate_text(const run_files& r, const options& o) {
     from = dir;
   } else {
     w = hf_weights<G>(r.out / "hf", r.c.model.name, lm);
-    from = (r.out / "hf" / "model.safetensors").string();
+    from = (r.out / "hf").string();
   }
   nn::lm_weights weights;
   try {

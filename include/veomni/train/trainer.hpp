@@ -336,8 +336,13 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
   nlohmann::ordered_json j;
   if constexpr (hf) {
     const auto& lm = std::get<0>(d);
-    j = {{"architectures", {"LlamaForCausalLM"}},
-         {"model_type", "llama"},
+    // the Hugging Face family whose math the dims are: Qwen3's q/k norms, Qwen2's q/k/v biases, else Llama's
+    const char* arch = lm.qk_norm ? "Qwen3ForCausalLM" : lm.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    const char* type = lm.qk_norm ? "qwen3" : lm.qkv_bias ? "qwen2" : "llama";
+    if (lm.qk_norm && lm.qkv_bias)
+      throw config_error("export: q/k norms and q/k/v biases together are no Hugging Face architecture (set train.export_safetensors: false)");
+    j = {{"architectures", {arch}},
+         {"model_type", type},
          {"vocab_size", lm.vocab},
          {"hidden_size", lm.hidden},
          {"intermediate_size", lm.ffn},
