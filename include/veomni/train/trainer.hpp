@@ -835,6 +835,11 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     ro.log("veomni-train: outputs in " + out.dir().string() + " (metrics.jsonl, " + drawn + "config.yaml, summary.json" +
            (c.train.save_checkpoints ? ", checkpoints/" : "") + (c.train.export_safetensors ? ", hf/" : "") + ")");
   }
+  {  // each rank's high-water mark of resident memory over the whole run (loading, steps, export)
+    char b[160];
+    std::snprintf(b, sizeof b, "veomni-train: rank %d peak resident %.1f MiB", env.rank, peak_resident_mib());
+    ro.log(b);
+  }
   mesh.world().barrier().wait();
   return 0;
 }
