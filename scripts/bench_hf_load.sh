@@ -29,11 +29,11 @@ import json, random, sys
 r = random.Random(1)
 with open(sys.argv[1], "w") as f:
     for _ in range(8):
-        f.write(json.dumps({"input_ids": [r.randrange(151643) for _ in range(64)]}) + "\n")
+        f.write(json.dumps({"input_ids": [r.randrange(256) for _ in range(64)]}) + "\n")  # the byte tokenizer's ids (the checkpoint has no tokenizer)
 PY
 args=(--model.path="$ckpt" --data.manifest="$out/tokens.jsonl" --data.eval_manifest= --train.max_steps="$steps"
       --train.global_batch_size=8 --train.save_checkpoints=false --train.export_safetensors=false --train.log_steps=1)
 echo "== world 1"
-"$train" /dev/null "${args[@]}" --train.output_dir="$out/w1" 2>&1 | grep -E "loaded its shard|peak resident|step [0-9]+/"
+"$train" /dev/null "${args[@]}" --train.output_dir="$out/w1" 2>&1 | grep -E "loaded its shard|peak resident|step [0-9]+/|error"
 echo "== FSDP-2 (veomni-launch --nproc 2)"
-"$launch" --nproc 2 -- "$train" /dev/null "${args[@]}" --train.output_dir="$out/w2" 2>&1 | grep -E "loaded its shard|peak resident|step [0-9]+/"
+"$launch" --nproc 2 -- "$train" /dev/null "${args[@]}" --train.output_dir="$out/w2" 2>&1 | grep -E "loaded its shard|peak resident|step [0-9]+/|error"
