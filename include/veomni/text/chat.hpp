@@ -110,9 +110,10 @@ class chat_template {
  public:
   // tokenizer_config.json's "chat_template" (a string, or a list of {name, template}: "default" or the
   // first), or chat_template.jinja beside it (newer Hugging Face checkpoints).
-  static chat_template from_file(const std::filesystem::path& config) {
+  static chat_template from_file(const std::filesystem::path& config) { return from_json(detail::read_json_file(config), config); }
+  // The same, of tokenizer_config.json's parsed contents `c` (read from `config`).
+  static chat_template from_json(const nlohmann::json& c, const std::filesystem::path& config) {
     const std::string file = config.string();
-    const nlohmann::json c = detail::read_json_file(config);
     if (!c.is_object()) throw chat_error(file + ": expected a JSON object");
     std::string source;
     const std::filesystem::path jinja_file = config.parent_path() / "chat_template.jinja";

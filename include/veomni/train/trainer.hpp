@@ -25,6 +25,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unistd.h>
@@ -438,6 +439,7 @@ struct prepared {
   typename G::dims dims;
   media_spec media;
   vocabulary vocab;  // bytes, or data.tokenizer's (vocabulary.hpp)
+  std::shared_ptr<const hf_checkpoint> hf;      // model.path, its headers read once (hf.hpp)
   std::map<std::string, std::string> hf_names;  // model.path: each parameter's tensor in the checkpoint (checkpoint.hpp)
   dataset train, eval;
   double load_seconds = 0;  // reading, tokenizing and laying out both manifests (media included)
@@ -484,7 +486,8 @@ prepared<G> prepare(config& c, long world) {
   if (!c.model.path.empty()) {  // each parameter in the checkpoint with its shape, on every rank before any collective
     if constexpr (std::is_same_v<G, models::dense_lm>) {
       try {
-        p.hf_names = hf_names<G>(hf_checkpoint(c.model.path), p.dims, std::get<0>(p.dims).tie_word_embeddings);
+        p.hf = std::make_shared<const hf_checkpoint>(c.model.path);
+        p.hf_names = hf_names<G>(*p.hf, p.dims, std::get<0>(p.dims).tie_word_embeddings);
       } catch (const hf_error& e) {
         throw config_error(std::string("model.path: ") + e.what());
       }
@@ -552,7 +555,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   train_state st;
   if (resume.empty() && !c.model.path.empty()) {  // a fresh start from a Hugging Face checkpoint
     const auto t0 = clock::now();
-    load_hf_weights(hf_checkpoint(c.model.path), model, prep.hf_names);
+    load_hf_weights(*prep.hf, model, prep.hf_names);
     char b[512];
     // resident memory before the model was built and once its shard is loaded: what the shard cost this rank
     std::snprintf(b, sizeof b, "veomni-train: rank %d loaded its shard of %s in %.2f s (resident %.1f MiB before the model, %.1f MiB now, peak %.1f MiB)",
@@ -807,7 +810,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all, prep.vocab);
         ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
       } else {  // as the checkpoint came: its files, names, index and config.json; train.export_dtype or its dtype
-        const hf_checkpoint like(c.model.path);
+        const hf_checkpoint& like = *prep.hf;
         std::vector<at::Tensor> keep;
         std::vector<hf_tensor> ts;
         for (const auto& [spec, t] : all) {

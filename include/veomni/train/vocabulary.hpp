@@ -92,7 +92,7 @@ inline text_vocabulary load_text(const std::string& path) {
     const bool inline_template = config.contains("chat_template") && !config["chat_template"].is_null();
     if (!inline_template && fs::is_regular_file(jinja, ec)) v.files.push_back(jinja.string());
     try {
-      tv.chat = std::make_shared<const text::chat_template>(text::chat_template::from_file(files.config));
+      tv.chat = std::make_shared<const text::chat_template>(text::chat_template::from_json(config, files.config));
     } catch (const text::chat_error& e) {  // raised by the first conversation, not by text data
       tv.chat_problem = e.what();
     }
