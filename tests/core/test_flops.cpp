@@ -4,6 +4,7 @@
 
 #include <veomni/core.hpp>
 #include <veomni/models/paper.hpp>
+#include <veomni/models/zoo.hpp>
 
 using namespace veomni;
 namespace paper = veomni::models::paper;
@@ -19,6 +20,7 @@ TEST_CASE("paper models: parameter counts match the published configs") {
   static_assert(total_params<text_decoder>(paper::qwen2_5_32b().at<"lm">()) == 32'763'876'352);
   static_assert(total_params<text_decoder>(paper::qwen2_72b().at<"lm">()) == 72'706'203'648);
   static_assert(total_params<moe_text_decoder>(paper::qwen3_30b_a3b().at<"lm">()) == 30'532'122'624);
+  static_assert(std::is_same_v<paper::qwen3_moe, models::moe_lm>);  // the trainer's moe_lm plans as the paper's model
   constexpr auto vl = paper::qwen2_vl_7b();
   static_assert(total_params<vision_encoder>(vl.at<"vision">()) == 675'759'104);
   static_assert(total_params<vision_encoder>(vl.at<"vision">()) + total_params<text_decoder>(vl.at<"lm">()) ==

@@ -14,6 +14,8 @@ set(fixtures
   "qwen2_f16|--arch qwen2 --dtype float16 --vocab 320"
   "qwen3_f32_sharded_tied|--arch qwen3 --dtype float32 --shards 2 --tied --vocab 320"
   "qwen3_bf16|--arch qwen3 --dtype bfloat16 --vocab 320"
+  "qwen3_moe_bf16_sharded|--arch qwen3_moe --dtype bfloat16 --shards 2 --vocab 320"
+  "qwen3_moe_f32_tied|--arch qwen3_moe --dtype float32 --tied --no-norm-topk-prob --vocab 320"
   "big_qwen2|--arch qwen2 --dtype bfloat16 --shards 2 --vocab 8192 --hidden 512 --intermediate 1536 --layers 4 --heads 8 --kv-heads 2")
 foreach(f IN LISTS fixtures)
   string(REPLACE "|" ";" parts "${f}")

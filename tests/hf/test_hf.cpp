@@ -59,7 +59,7 @@ nlohmann::json read_json(const std::string& p) {
 
 }  // namespace
 
-TEST_CASE("config.json gives the dims of Llama, Qwen2 and Qwen3") {
+TEST_CASE("config.json gives the dims of Llama, Qwen2, Qwen3 and Qwen3-MoE") {
   const hf_model llama = hf_dense_model(hf_checkpoint(fixtures + "/llama_f32").config());
   CHECK(llama.architecture == "LlamaForCausalLM");
   CHECK(llama.dims.vocab == 320);
@@ -78,6 +78,44 @@ TEST_CASE("config.json gives the dims of Llama, Qwen2 and Qwen3") {
   CHECK(qwen3.dims.head_dim == 32);  // its own: 4 heads of 32 over a hidden of 64
   CHECK(qwen3.dims.tie_word_embeddings);
   CHECK(qwen3.dims.kv_heads == 2);
+  CHECK_FALSE(qwen3.moe);
+  const nlohmann::json moe_cfg = hf_checkpoint(fixtures + "/qwen3_moe_bf16_sharded").config();
+  const hf_model moe = read_hf_model(moe_cfg);
+  CHECK(moe.moe);
+  CHECK(hf_model_name(moe_cfg) == "moe_lm");
+  CHECK(hf_model_name(hf_checkpoint(fixtures + "/qwen3_bf16").config()) == "dense_lm");
+  CHECK(moe.moe_dims.experts == 4);
+  CHECK(moe.moe_dims.top_k == 2);
+  CHECK(moe.moe_dims.expert_ffn == 32);  // moe_intermediate_size, not intermediate_size (96)
+  CHECK(moe.moe_dims.norm_topk_prob);
+  CHECK(moe.moe_dims.qk_norm);
+  CHECK_FALSE(moe.moe_dims.qkv_bias);
+  CHECK(moe.moe_dims.head_dim == 32);
+  CHECK(moe.moe_dims.rope_theta == 1e6);
+  CHECK_FALSE(read_hf_model(hf_checkpoint(fixtures + "/qwen3_moe_f32_tied").config()).moe_dims.norm_topk_prob);
+  // dense_lm does not take it, and says where it goes
+  CHECK_THROWS_WITH_AS((void)hf_dense_model(moe_cfg), "config.json: architectures[0] = Qwen3MoeForCausalLM is a mixture of experts: it loads into model.name: moe_lm",
+                       hf_error);
+}
+
+TEST_CASE("stacked experts read across their per-expert tensors") {
+  const hf_checkpoint ck(fixtures + "/qwen3_moe_bf16_sharded");
+  hf_source src;
+  src.stacked = true;
+  for (int e = 0; e < 4; ++e) src.tensors.push_back("model.layers.1.mlp.experts." + std::to_string(e) + ".up_proj.weight");
+  src.each = ck.tensor(src.tensors[0]).numel();
+  CHECK(src.each == 32 * 64);
+  std::vector<float> whole(static_cast<size_t>(4 * src.each)), one(static_cast<size_t>(src.each));
+  src.read(ck, 0, 4 * src.each, whole.data());
+  for (int e = 0; e < 4; ++e) {
+    ck.read(src.tensors[static_cast<size_t>(e)], 0, src.each, one.data());
+    CHECK(std::equal(one.begin(), one.end(), whole.begin() + e * src.each));
+  }
+  // a range over the end of expert 1 and the start of expert 2 (as an EP or FSDP shard asks)
+  std::vector<float> part(100);
+  src.read(ck, 2 * src.each - 30, 2 * src.each + 70, part.data());
+  CHECK(std::equal(part.begin(), part.end(), whole.begin() + 2 * src.each - 30));
+  CHECK_THROWS_WITH_AS(src.read(ck, 0, 4 * src.each + 1, whole.data()), doctest::Contains("elements past the end of"), hf_error);
 }
 
 TEST_CASE("shards and their index, one file, and element ranges read alone") {
@@ -162,4 +200,21 @@ TEST_CASE("a damaged checkpoint is refused, naming the file and the tensor or fi
         std::string::npos);
   CHECK(with("num_key_value_heads", 3) == "config.json: num_key_value_heads = 3 does not divide num_attention_heads = 4");
   CHECK(with("attention_bias", true).find("attention_bias = true is not supported") != std::string::npos);
+  // Qwen3-MoE: dense layers among the sparse ones, a shared expert, missing expert sizes
+  const nlohmann::json moe = hf_checkpoint(fixtures + "/qwen3_moe_bf16_sharded").config();
+  auto moe_with = [&](const char* k, const nlohmann::json& v) {
+    nlohmann::json c = moe;
+    if (v.is_null()) c.erase(k);
+    else c[k] = v;
+    return error_of([&] { (void)read_hf_model(c); });
+  };
+  CHECK(moe_with("mlp_only_layers", nlohmann::json::array({1})) ==
+        "config.json: mlp_only_layers = [1] is not supported (dense MLP layers among the MoE ones; [] only)");
+  CHECK(moe_with("decoder_sparse_step", 2) ==
+        "config.json: decoder_sparse_step = 2 is not supported (dense MLP layers among the MoE ones; every layer must be sparse: 1)");
+  CHECK(moe_with("shared_expert_intermediate_size", 64).find("shared_expert_intermediate_size = 64 is not supported") != std::string::npos);
+  CHECK(moe_with("num_experts", nullptr) == "config.json: num_experts is missing");
+  CHECK(moe_with("moe_intermediate_size", 0) == "config.json: moe_intermediate_size = 0 is not a positive integer");
+  CHECK(moe_with("num_experts_per_tok", 5) == "config.json: num_experts_per_tok = 5 is more than num_experts = 4");
+  CHECK(error_of([&] { (void)read_hf_model(moe); }) == "no error");
 }

@@ -1,8 +1,9 @@
 // veomni-train from Hugging Face checkpoints (model.path, issue 19), on the
 // reference's fixtures (hf_reference.py): the loaded model's loss on fixed
 // token sequences equals the reference's (<= 1e-5 relative, fp32) for Llama,
-// Qwen2 and Qwen3 in fp32, bf16 and fp16, one file or shards, tied or not;
-// FSDP at world 2 trains like world 1 from the loaded weights; a rank of
+// Qwen2, Qwen3 and Qwen3-MoE in fp32, bf16 and fp16, one file or shards, tied
+// or not; FSDP, HSDP, Ulysses and EP at world 2 and 4 train like world 1 from
+// the loaded weights; an export without training is the input bit for bit; a rank of
 // FSDP-4 holds about a quarter of what world 1 holds; and a checkpoint that
 // does not fit its config is refused on every rank before any collective.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -45,7 +46,8 @@ std::string config(const std::string& tag, const std::string& fixture, int steps
 TEST_CASE("model.path: the loaded model's loss equals the reference's, for each architecture and file layout" *
           doctest::timeout(240)) {
   double worst = 0;
-  for (const char* f : {"llama_f32", "llama_bf16_tied", "qwen2_bf16_sharded", "qwen2_f16", "qwen3_f32_sharded_tied", "qwen3_bf16"}) {
+  for (const char* f : {"llama_f32", "llama_bf16_tied", "qwen2_bf16_sharded", "qwen2_f16", "qwen3_f32_sharded_tied", "qwen3_bf16",
+                        "qwen3_moe_bf16_sharded", "qwen3_moe_f32_tied"}) {
     const std::string tag = std::string("hf_loss_") + f;
     const job j = train(tag, 1, config(tag, f, 1));
     INFO(f, ": ", j.output);
@@ -62,7 +64,8 @@ TEST_CASE("model.path: the loaded model's loss equals the reference's, for each 
   MESSAGE("worst relative difference: ", worst);
 }
 
-TEST_CASE("model.path: each recipe (FSDP, HSDP, Ulysses, both) trains like world 1 from the loaded weights" * doctest::timeout(240)) {
+TEST_CASE("model.path: each recipe (FSDP, HSDP, Ulysses, EP, and together) trains like world 1 from the loaded weights" *
+          doctest::timeout(300)) {
   struct recipe_case {
     const char* fixture;
     int world;
@@ -73,7 +76,10 @@ TEST_CASE("model.path: each recipe (FSDP, HSDP, Ulysses, both) trains like world
       {"qwen3_f32_sharded_tied", 2, "--train.accelerator.dp_replicate_size=2 --train.accelerator.dp_shard_size=1"},
       {"qwen3_f32_sharded_tied", 2, "--train.accelerator.ulysses_size=2 --train.accelerator.dp_shard_size=1"},
       {"qwen3_f32_sharded_tied", 4, "--train.accelerator.ulysses_size=2 --train.accelerator.dp_shard_size=2"},
-      {"qwen2_bf16_sharded", 2, "--train.accelerator.dp_shard_size=2"}};
+      {"qwen2_bf16_sharded", 2, "--train.accelerator.dp_shard_size=2"},
+      {"qwen3_moe_bf16_sharded", 2, "--train.accelerator.dp_shard_size=2 --train.accelerator.ep_size=2"},
+      {"qwen3_moe_f32_tied", 4,
+       "--train.accelerator.ulysses_size=2 --train.accelerator.dp_shard_size=2 --train.accelerator.ep_size=4"}};
   std::map<std::string, std::vector<nlohmann::json>> reference;
   int n = 0;
   for (const auto& rc : cases) {
@@ -135,8 +141,26 @@ TEST_CASE("model.path: a checkpoint that does not fit its config is refused on e
   std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 1);
   expect_error_on_each_rank("hf_bad", "", "model.path: ", dir + "/config.in.yaml");
   expect_error(train("hf_bad2", 1, yaml), "past the end of the file (");
-  // model.path loads into dense_lm only
+  // model.path loads into dense_lm and moe_lm only, each the architectures it takes
   expect_error(train("hf_bad3", 1, yaml, "--model.name=omni_moe"), "model.path: a Hugging Face checkpoint loads into model.name: dense_lm");
+  expect_error(train("hf_bad4", 1, config("hf_bad4", "qwen2_bf16_sharded", 1), "--model.name=moe_lm"),
+               "architectures[0] = Qwen2ForCausalLM loads into model.name: dense_lm, not moe_lm");
+  // Qwen3-MoE: a router for more experts than there are, experts of another shape; a MoE checkpoint is not dense_lm's
+  std::filesystem::copy(fixtures + "/qwen3_moe_bf16_sharded", dir + "/moe", std::filesystem::copy_options::recursive);
+  const std::string moe_yaml = "model:\n  path: " + dir + "/moe\ndata:\n  manifest: " + manifest(dir) + "\n  eval_manifest: ''\n";
+  auto moe_cfg = nlohmann::json::parse(slurp(dir + "/moe/config.json"));
+  moe_cfg["num_experts"] = 5;
+  write_file(dir + "/moe/config.json", moe_cfg.dump());
+  expect_error(train("hf_bad5", 1, moe_yaml),
+               "model-00001-of-00002.safetensors: 'model.layers.0.mlp.gate.weight' is [4, 64], the model's "
+               "lm.model.layers.0.mlp.gate.weight is [5, 64] (config.json and the weights disagree)");
+  moe_cfg["num_experts"] = 4;
+  moe_cfg["moe_intermediate_size"] = 16;
+  write_file(dir + "/moe/config.json", moe_cfg.dump());
+  expect_error(train("hf_bad6", 1, moe_yaml), "'model.layers.0.mlp.experts.0.gate_proj.weight' is [32, 64], one expert of the model's "
+                                             "lm.model.layers.0.mlp.experts.gate_proj, [4, 16, 64] is [16, 64]");
+  expect_error(train("hf_bad7", 1, moe_yaml, "--model.name=dense_lm"),
+               "architectures[0] = Qwen3MoeForCausalLM loads into model.name: moe_lm, not dense_lm");
 }
 
 namespace {
@@ -160,10 +184,12 @@ std::map<std::string, std::tuple<std::string, std::string, std::string>> tensor_
 }  // namespace
 
 TEST_CASE("model.path: exported without training, every tensor comes back bit for bit, in the same files" * doctest::timeout(180)) {
-  for (const char* f : {"qwen2_bf16_sharded", "qwen3_f32_sharded_tied", "qwen2_f16"}) {
+  for (const char* f : {"qwen2_bf16_sharded", "qwen3_f32_sharded_tied", "qwen2_f16", "qwen3_moe_bf16_sharded"}) {
     const std::string tag = std::string("hf_export_") + f;
+    const bool moe = std::string(f).find("moe") != std::string::npos;  // its experts split over 2 ranks, one tensor each in the files
     const job j = train(tag, 2, config(tag, f, 1),
-                        "--train.accelerator.dp_shard_size=2 --train.lr=0 --train.weight_decay=0 --train.export_safetensors=true");
+                        std::string("--train.accelerator.dp_shard_size=2 --train.lr=0 --train.weight_decay=0 --train.export_safetensors=true") +
+                            (moe ? " --train.accelerator.ep_size=2" : ""));
     INFO(f, ": ", j.output);
     REQUIRE(j.rc == 0);
     const std::string hf = tmp_root + "/" + tag + "/out/hf";
@@ -186,28 +212,57 @@ TEST_CASE("model.path: exported without training, every tensor comes back bit fo
 }
 
 TEST_CASE("model.path: veomni-generate reads the run's checkpoint and its Hugging Face export alike" * doctest::timeout(180)) {
-  const std::string tag = "hf_generate";
-  const job j = train(tag, 2, config(tag, "qwen3_bf16", 1),
-                      "--train.accelerator.dp_shard_size=2 --train.lr=0 --train.weight_decay=0 --train.export_safetensors=true "
-                      "--train.save_checkpoints=true");
-  INFO(j.output);
-  REQUIRE(j.rc == 0);
-  const std::string run_dir = tmp_root + "/" + tag + "/out";
-  auto generate = [&](const std::string& args, const std::string& name) {
-    // stdout alone (stderr says what was loaded, and how fast)
-    return run(std::string("(timeout 60 ") + VEOMNI_TEST_GENERATE + " " + run_dir + " " + args +
-                   " --prompt 'hello' --max-new-tokens 6 --no-stream 2>/dev/null)",
-               tag + "_" + name);
-  };
-  const job from_checkpoint = generate("--checkpoint latest", "ckpt");
-  const job from_export = generate("--hf " + run_dir + "/hf", "export");
-  const job from_original = generate("--hf " + fixtures + "/qwen3_bf16", "original");
-  CHECK(from_checkpoint.rc == 0);
-  CHECK(from_export.rc == 0);
-  CHECK(from_original.rc == 0);
-  CHECK(from_export.output == from_checkpoint.output);
-  CHECK(from_original.output == from_checkpoint.output);
-  // another architecture's folder does not fit the run's model
-  const job other = generate("--hf " + fixtures + "/qwen2_f16", "other");
-  CHECK(other.rc == 2);
+  for (const std::string f : {"qwen3_bf16", "qwen3_moe_bf16_sharded"}) {
+    const bool moe = f.find("moe") != std::string::npos;
+    const std::string tag = "hf_generate_" + f;
+    const job j = train(tag, 2, config(tag, f, 1),
+                        std::string("--train.accelerator.dp_shard_size=2 --train.lr=0 --train.weight_decay=0 --train.export_safetensors=true "
+                                    "--train.save_checkpoints=true") +
+                            (moe ? " --train.accelerator.ep_size=2" : ""));
+    INFO(f, ": ", j.output);
+    REQUIRE(j.rc == 0);
+    const std::string run_dir = tmp_root + "/" + tag + "/out";
+    auto generate = [&](const std::string& args, const std::string& name) {
+      // stdout alone (stderr says what was loaded, and how fast)
+      return run(std::string("(timeout 60 ") + VEOMNI_TEST_GENERATE + " " + run_dir + " " + args +
+                     " --prompt 'hello' --max-new-tokens 6 --no-stream 2>/dev/null)",
+                 tag + "_" + name);
+    };
+    const job from_checkpoint = generate("--checkpoint latest", "ckpt");
+    const job from_export = generate("--hf " + run_dir + "/hf", "export");
+    const job from_original = generate("--hf " + fixtures + "/" + f, "original");
+    CHECK(from_checkpoint.rc == 0);
+    CHECK(from_export.rc == 0);
+    CHECK(from_original.rc == 0);
+    CHECK(!from_checkpoint.output.empty());
+    CHECK(from_export.output == from_checkpoint.output);
+    CHECK(from_original.output == from_checkpoint.output);
+    // another architecture's folder does not fit the run's model
+    const job other = generate("--hf " + fixtures + "/qwen2_f16", "other");
+    CHECK(other.rc == 2);
+  }
+}
+
+TEST_CASE("dense_lm and moe_lm export Hugging Face checkpoints that load back as model.path with the same loss" *
+          doctest::timeout(120)) {
+  for (const std::string model : {"dense_lm", "moe_lm"}) {
+    // one step at lr 0 from the random initialisation, exported; then one step from the export
+    const std::string tag = "hf_fresh_" + model, dir = case_dir(tag);
+    const std::string yaml = "model:\n  name: " + model + "\ndata:\n  manifest: " + manifest(dir) +
+                             "\n  eval_manifest: ''\ntrain:\n  output_dir: " + dir + "/out\n  max_steps: 1\n  global_batch_size: 8\n"
+                             "  lr: 0\n  weight_decay: 0\n  log_steps: 100\n  save_checkpoints: false\n  export_safetensors: true\n";
+    const auto first = ok_metrics(train(tag, 2, yaml, model == "moe_lm" ? "--train.accelerator.dp_shard_size=2 --train.accelerator.ep_size=2"
+                                                                         : "--train.accelerator.dp_shard_size=2"),
+                                  tag, 1);
+    const std::string hf = dir + "/out/hf";
+    const auto cfg = nlohmann::json::parse(slurp(hf + "/config.json"));
+    CHECK(cfg["architectures"][0] == (model == "moe_lm" ? "Qwen3MoeForCausalLM" : "LlamaForCausalLM"));
+    const std::string back = "hf_fresh_back_" + model;
+    const job j = train(back, 1, config_at(back, hf, 1));  // model.name from config.json
+    INFO(j.output);
+    CHECK(contains(j.output, "veomni-train: " + model + " on 1 rank"));
+    const auto again = ok_metrics(j, back, 1);
+    MESSAGE(model, ": loss before the export ", first[0]["loss"].get<double>(), ", from it ", again[0]["loss"].get<double>());
+    CHECK(rel(again[0]["loss"].get<double>(), first[0]["loss"].get<double>()) <= 1e-6);
+  }
 }

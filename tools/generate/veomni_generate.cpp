@@ -152,35 +152,51 @@ named checkpoint_weights(const std::string& dir, const std::vector<nn::param_spe
   return out;
 }
 
-// The language model's tensors of an export, by their training names ("lm."
-// + the file's name for dense_lm, whose export drops it), after config.json is
-// checked against the config's dims. dense_lm's export is a Hugging Face
-// checkpoint (one file or shards, F32/BF16/F16: train/hf.hpp reads it); the
-// others' is veomni's own (model.safetensors, config.json with each node's dims).
+// The language model's tensors of an export, by their training names, after
+// config.json is checked against the config's dims. dense_lm's and moe_lm's
+// export is a Hugging Face checkpoint (one file or shards, F32/BF16/F16, one
+// tensor per expert: train/hf.hpp and checkpoint.hpp's hf_layout read it);
+// the others' is veomni's own (model.safetensors, config.json with each
+// node's dims).
 template <Model G, class D>
 named hf_weights(const fs::path& dir, const std::string& model, D lm) {
-  constexpr bool dense = std::is_same_v<G, models::dense_lm>;
   named out;
-  if constexpr (dense) {
+  if constexpr (train::hf_family<G>) {
     try {
       const train::hf_checkpoint ck(dir);
-      const train::hf_model m = train::hf_dense_model(ck.config(), (dir / "config.json").string());
-      const auto& h = m.dims;
-      const std::vector<std::pair<std::string, std::pair<long, long>>> want{
+      const std::string cfg = (dir / "config.json").string();
+      const train::hf_model m = train::read_hf_model(ck.config(), cfg);
+      constexpr bool moe = std::is_same_v<G, models::moe_lm>;
+      if (m.moe != moe)
+        throw input_error("config mismatch: " + cfg + " is a " + m.architecture + ", the config's model.name is " + model);
+      D h;
+      if constexpr (moe)
+        h = m.moe_dims;
+      else
+        h = m.dims;
+      std::vector<std::pair<std::string, std::pair<long, long>>> want{
           {"vocab_size", {h.vocab, lm.vocab}},          {"hidden_size", {h.hidden, lm.hidden}},
-          {"intermediate_size", {h.ffn, lm.ffn}},       {"num_hidden_layers", {h.layers, lm.layers}},
-          {"num_attention_heads", {h.heads, lm.heads}}, {"num_key_value_heads", {h.kv_heads, lm.kv_heads}},
-          {"head_dim", {h.head_dim, lm.head_dim}},      {"tie_word_embeddings", {h.tie_word_embeddings, lm.tie_word_embeddings}},
+          {"num_hidden_layers", {h.layers, lm.layers}}, {"num_attention_heads", {h.heads, lm.heads}},
+          {"num_key_value_heads", {h.kv_heads, lm.kv_heads}}, {"head_dim", {h.head_dim, lm.head_dim}},
+          {"tie_word_embeddings", {h.tie_word_embeddings, lm.tie_word_embeddings}},
           {"q/k/v biases (Qwen2)", {h.qkv_bias, lm.qkv_bias}}, {"q/k norms (Qwen3)", {h.qk_norm, lm.qk_norm}}};
+      if constexpr (moe)
+        want.insert(want.end(), {{"num_experts", {h.experts, lm.experts}}, {"num_experts_per_tok", {h.top_k, lm.top_k}},
+                                 {"moe_intermediate_size", {h.expert_ffn, lm.expert_ffn}},
+                                 {"norm_topk_prob", {h.norm_topk_prob, lm.norm_topk_prob}}});
+      else
+        want.push_back({"intermediate_size", {h.ffn, lm.ffn}});
       for (const auto& [k, v] : want)
         if (v.first != v.second)
-          throw input_error("config mismatch: " + (dir / "config.json").string() + " says " + k + " = " + std::to_string(v.first) +
+          throw input_error("config mismatch: " + cfg + " says " + k + " = " + std::to_string(v.first) +
                             ", the config's model gives " + std::to_string(v.second));
-      for (const auto& [name, t] : ck.tensors()) {
-        if (lm.tie_word_embeddings && name == "lm_head.weight") continue;
-        at::Tensor x = at::empty(t.shape, at::kFloat);
-        ck.read(name, 0, t.numel(), x.data_ptr<float>());
-        out["lm." + name] = x;
+      typename G::dims d;
+      std::get<0>(d) = lm;
+      (void)train::hf_names<G>(ck, d, lm.tie_word_embeddings);  // each tensor there, with its shape, and no other
+      for (const auto& [spec, src] : train::hf_layout<G>(d)) {
+        at::Tensor x = at::empty(spec.shape, at::kFloat);
+        src.read(ck, 0, spec.numel(), x.data_ptr<float>());
+        out[spec.name] = x;
       }
     } catch (const train::hf_error& e) {
       throw input_error(e.what());
@@ -511,6 +527,7 @@ int main(int argc, char** argv) {
     const run_files r = locate(o.run);
     if (r.c.model.name == "dense_lm") return generate_text<models::dense_lm, text_decoder>(r, o);
     if (r.c.model.name == "tiny_vl") return generate_text<models::tiny_vl, text_decoder>(r, o);
+    if (r.c.model.name == "moe_lm") return generate_text<models::moe_lm, moe_text_decoder>(r, o);
     return generate_text<models::omni_moe, moe_text_decoder>(r, o);
   } catch (const input_error& e) {
     std::fprintf(stderr, "veomni-generate: error: %s\n", e.what());

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fprintf(argc < 2 ? stderr : stdout,
                  "usage: veomni-train CONFIG.yaml [--section.key=value ...]\n"
-                 "  trains model.name (dense_lm | tiny_vl | omni_moe) as CONFIG says; keys: docs/trainer.md\n");
+                 "  trains model.name (dense_lm | tiny_vl | omni_moe | moe_lm) as CONFIG says; keys: docs/trainer.md\n");
     return argc < 2 ? 2 : 0;
   }
   // A file-size limit (ulimit -f) then fails a write with EFBIG, reported
@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   try {
     if (c.model.name == "dense_lm") return run<models::dense_lm, train::dense_lm_recipe>(c, env);
     if (c.model.name == "tiny_vl") return run<models::tiny_vl, train::tiny_vl_recipe>(c, env);
+    if (c.model.name == "moe_lm") return run<models::moe_lm, train::moe_lm_recipe>(c, env);
     return run<models::omni_moe, train::omni_moe_recipe>(c, env);
   } catch (const train::config_error& e) {
     std::fprintf(stderr, "veomni-train: error: %s\n", e.what());

@@ -3,6 +3,7 @@
 //   dense_lm   a Llama-style decoder
 //   tiny_vl    vision encoder + projector + dense decoder
 //   omni_moe   image and audio encoders + projectors + MoE decoder + image-token decoder
+//   moe_lm     a Qwen3-MoE-style decoder (text only: what a Qwen3MoeForCausalLM checkpoint loads into)
 // Each has a tiny configuration that trains on two CPU cores and a
 // paper-scale one (dims only) for the cost model.
 #include "../core/components.hpp"
@@ -25,6 +26,8 @@ using omni_moe = graph<
     edges<edge<"vision.embeds", "vision_proj.in">, edge<"vision_proj.out", "lm.image_embeds">,
           edge<"audio.embeds", "audio_proj.in">, edge<"audio_proj.out", "lm.audio_embeds">,
           edge<"lm.hidden", "image_out.hidden">>>;
+
+using moe_lm = graph<nodes<node<"lm", moe_text_decoder>>>;  // paper.hpp's qwen3_moe (Qwen3-30B-A3B) is this graph
 
 // ---- tiny: trains on two CPU cores ----------------------------------------------
 
@@ -51,6 +54,13 @@ constexpr omni_moe::dims omni_moe_tiny() {
   d.at<"lm">() = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16,
                   .experts = 4, .top_k = 2, .expert_ffn = 64};
   d.at<"image_out">() = {.hidden = 64, .codebook = 256, .code_dim = 16, .patch = 4, .channels = 3};
+  return d;
+}
+
+constexpr moe_lm::dims moe_lm_tiny() {
+  moe_lm::dims d;
+  d.at<"lm">() = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16,
+                  .experts = 4, .top_k = 2, .expert_ffn = 64, .qk_norm = true};
   return d;
 }
 

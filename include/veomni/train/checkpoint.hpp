@@ -531,35 +531,64 @@ train_state load_checkpoint(const std::string& path, Model& model, Optim& optim)
 
 // ---- a Hugging Face checkpoint's weights (model.path) -----------------------------------------
 
-// Every parameter of a model in a Hugging Face checkpoint folder (hf.hpp):
-// veomni's name -> the checkpoint's, which is veomni's without the node prefix
-// ("lm.model.layers.0.self_attn.q_proj.weight" -> "model.layers.0.self_attn.q_proj.weight").
-// Checks, with the dims alone (every rank, before any collective), that each
-// parameter is there with the model's shape and that each tensor of the
-// checkpoint is a parameter (a tied model's lm_head.weight may be there, as
-// Hugging Face sometimes writes it). Throws hf_error naming the file and tensor.
+// Each parameter of a model under its Hugging Face name(s), from the dims
+// alone: veomni's name without the node prefix ("lm.model.layers.0.self_attn.
+// q_proj.weight" -> "model.layers.0.self_attn.q_proj.weight"), except the
+// stacked experts, which are one tensor per expert there
+// ("lm.model.layers.0.mlp.experts.gate_proj" [E, F, H] -> "model.layers.0.mlp.
+// experts.{e}.gate_proj.weight" [F, H], e = 0 .. E-1).
 template <Model G>
-std::map<std::string, std::string> hf_names(const hf_checkpoint& ck, const typename G::dims& d, bool tied) {
+std::vector<std::pair<nn::param_spec, hf_source>> hf_layout(const typename G::dims& d) {
+  static const std::string stacked = "mlp.experts.";
+  std::vector<std::pair<nn::param_spec, hf_source>> out;
+  for (const auto& u : nn::model_units<G>(d))
+    for (const auto& s : nn::unit_specs<G>(d, u.node, u.block)) {
+      const std::string h = s.name.substr(s.name.find('.') + 1);
+      hf_source src;
+      const auto at = h.rfind(stacked);
+      if (s.expert && at != std::string::npos && h.find('.', at + stacked.size()) == std::string::npos) {
+        src.each = s.numel() / s.shape.at(0);
+        src.stacked = true;
+        for (int64_t e = 0; e < s.shape[0]; ++e)
+          src.tensors.push_back(h.substr(0, at + stacked.size()) + std::to_string(e) + "." + h.substr(at + stacked.size()) + ".weight");
+      } else {
+        src.tensors = {h};
+        src.each = s.numel();
+      }
+      out.emplace_back(s, std::move(src));
+    }
+  return out;
+}
+
+// hf_layout's names, checked against a checkpoint folder (hf.hpp) with the
+// dims alone (every rank, before any collective): each tensor is there with
+// the model's shape, and each tensor of the checkpoint is a parameter (a tied
+// model's lm_head.weight may be there, as Hugging Face sometimes writes it).
+// Throws hf_error naming the file and tensor.
+template <Model G>
+std::map<std::string, hf_source> hf_names(const hf_checkpoint& ck, const typename G::dims& d, bool tied) {
   auto shape_text = [](const std::vector<int64_t>& s) {
     std::string out = "[";
     for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
     return out + "]";
   };
-  std::map<std::string, std::string> names;
+  std::map<std::string, hf_source> names;
   std::set<std::string> used;
-  for (const auto& u : nn::model_units<G>(d))
-    for (const auto& s : nn::unit_specs<G>(d, u.node, u.block)) {
-      const std::string h = s.name.substr(s.name.find('.') + 1);
+  for (auto& [s, src] : hf_layout<G>(d)) {
+    const bool split = src.stacked;
+    const std::vector<int64_t> want = split ? std::vector<int64_t>(s.shape.begin() + 1, s.shape.end()) : s.shape;
+    for (const std::string& h : src.tensors) {
+      const std::string what = split ? "one expert of the model's " + s.name + ", " + shape_text(s.shape) : "the model's " + s.name;
       if (!ck.has(h))
-        throw hf_error(ck.dir().string() + ": the checkpoint has no tensor '" + h + "' (the model's " + s.name + ", " +
-                       shape_text(s.shape) + ")");
+        throw hf_error(ck.dir().string() + ": the checkpoint has no tensor '" + h + "' (" + what + ", " + shape_text(want) + ")");
       const auto& t = ck.tensor(h);
-      if (t.shape != s.shape)
-        throw hf_error(t.file + ": '" + h + "' is " + shape_text(t.shape) + ", the model's " + s.name + " is " + shape_text(s.shape) +
+      if (t.shape != want)
+        throw hf_error(t.file + ": '" + h + "' is " + shape_text(t.shape) + ", " + what + " is " + shape_text(want) +
                        " (config.json and the weights disagree)");
-      names[s.name] = h;
       used.insert(h);
     }
+    names[s.name] = std::move(src);
+  }
   for (const auto& [name, t] : ck.tensors())
     if (!used.count(name) && !(tied && name == "lm_head.weight"))
       throw hf_error(t.file + ": '" + name + "' is not a parameter of this model (config.json describes another one)");
@@ -571,15 +600,34 @@ std::map<std::string, std::string> hf_names(const hf_checkpoint& ck, const typen
 // safetensors files, hf_checkpoint::read), so no rank holds the whole model.
 // `names`: hf_names' map.
 template <class M>
-void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::string, std::string>& names) {
+void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::string, hf_source>& names) {
   auto params = model.parameters();
   torch::NoGradGuard no_grad;
   for (const piece& p : held_pieces(model)) {
     at::Tensor dst = params[p.tensor].detach().narrow(0, p.offset, p.end - p.begin);
     TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat, "load_hf_weights: float32 masters expected");
-    ck.read(names.at(p.name), p.begin, p.end, dst.data_ptr<float>());
+    names.at(p.name).read(ck, p.begin, p.end, dst.data_ptr<float>());
   }
   model.after_load();
+}
+
+// The tensors of a Hugging Face export of whole parameters (consolidate's
+// `all`, float32 and contiguous), under hf_layout's names: stacked experts
+// become one tensor per expert. The pointers are into `all`.
+template <Model G>
+std::vector<hf_tensor> hf_tensors(const typename G::dims& d, const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
+  std::map<std::string, const at::Tensor*> by_name;
+  for (const auto& [s, t] : all) by_name[s.name] = &t;
+  std::vector<hf_tensor> out;
+  for (const auto& [s, src] : hf_layout<G>(d)) {
+    const at::Tensor& t = *by_name.at(s.name);
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kFloat, "hf_tensors: float32 contiguous tensors expected");
+    const bool split = src.stacked;
+    for (size_t i = 0; i < src.tensors.size(); ++i)
+      out.push_back({src.tensors[i], split ? std::vector<int64_t>(s.shape.begin() + 1, s.shape.end()) : s.shape,
+                     t.data_ptr<float>() + static_cast<int64_t>(i) * src.each});
+  }
+  return out;
 }
 
 // ---- consolidation -------------------------------------------------------------------------

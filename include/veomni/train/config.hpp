@@ -41,7 +41,7 @@ struct accelerator_config {
 
 struct config {
   struct {
-    std::string name;                        // dense_lm | tiny_vl | omni_moe; unset: omni_moe, or dense_lm with a path
+    std::string name;                        // dense_lm | tiny_vl | omni_moe | moe_lm; unset: omni_moe, or with a path what it holds
     std::string path;                        // a Hugging Face checkpoint folder to start from (train/hf.hpp): its
                                              // config.json gives the dims, its weights the parameters
     std::map<std::string, long> dims;        // overrides of the tiny dims, "lm.hidden" -> 96
@@ -128,7 +128,7 @@ field make_field(std::string key, value_kind kind, T& ref, std::vector<std::stri
 inline std::vector<field> schema(config& c) {
   using K = value_kind;
   std::vector<field> f{
-      make_field("model.name", K::string, c.model.name, {"dense_lm", "tiny_vl", "omni_moe"}),
+      make_field("model.name", K::string, c.model.name, {"dense_lm", "tiny_vl", "omni_moe", "moe_lm"}),
       make_field("model.path", K::string, c.model.path),
       make_field("data.type", K::string, c.data.type, {"manifest", "synthetic"}),
       make_field("data.manifest", K::string, c.data.manifest),
@@ -265,11 +265,22 @@ inline void apply_overrides(config& c, const std::vector<std::string>& args) {
 }
 
 // What an unset key means once the others are known: model.name is omni_moe,
-// or dense_lm when model.path names a checkpoint (the dense families load into
-// it); data.tokenizer is the checkpoint's when it holds a tokenizer.json.
+// or, when model.path names a checkpoint, moe_lm for a Qwen3MoeForCausalLM in
+// its config.json and dense_lm for the rest (whose load names what is wrong);
+// data.tokenizer is the checkpoint's when it holds a tokenizer.json.
 inline void settle_defaults(config& c) {
-  if (c.model.name.empty()) c.model.name = c.model.path.empty() ? "omni_moe" : "dense_lm";
   std::error_code ec;
+  if (c.model.name.empty()) {
+    c.model.name = c.model.path.empty() ? "omni_moe" : "dense_lm";
+    const std::filesystem::path cfg = std::filesystem::path(c.model.path) / "config.json";
+    if (!c.model.path.empty() && std::filesystem::is_regular_file(cfg, ec)) try {
+        const YAML::Node arch = YAML::LoadFile(cfg.string())["architectures"];  // JSON is YAML
+        if (arch.IsSequence() && arch.size() > 0 && arch[0].IsScalar() && arch[0].as<std::string>() == "Qwen3MoeForCausalLM")
+          c.model.name = "moe_lm";
+      } catch (const YAML::Exception&) {
+        // unreadable: dense_lm's load reports it, naming the file
+      }
+  }
   if (c.data.tokenizer.empty() && !c.model.path.empty() &&
       std::filesystem::is_regular_file(std::filesystem::path(c.model.path) / "tokenizer.json", ec))
     c.data.tokenizer = c.model.path;

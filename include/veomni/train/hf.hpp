@@ -270,19 +270,32 @@ class hf_checkpoint {
 
 // ---- config.json -> the language model's dims --------------------------------------------------
 
-// A dense decoder checkpoint: Llama (LlamaForCausalLM), Qwen2 / Qwen2.5
+// A decoder checkpoint: Llama (LlamaForCausalLM), Qwen2 / Qwen2.5
 // (Qwen2ForCausalLM: q/k/v biases), Qwen3 (Qwen3ForCausalLM: per-head q/k
-// RMSNorm, head_dim of its own). What config.json says that veomni does not
-// implement (rope_scaling, sliding windows, an o_proj or MLP bias, another
-// activation) is an error naming the field, so no checkpoint trains as a
-// model it is not.
+// RMSNorm, head_dim of its own), and Qwen3-MoE (Qwen3MoeForCausalLM: Qwen3's
+// attention with a mixture of experts in every layer: a softmax router, top-k,
+// norm_topk_prob). What config.json says that veomni does not implement
+// (rope_scaling, sliding windows, an o_proj or MLP bias, another activation,
+// dense layers among the MoE ones) is an error naming the field, so no
+// checkpoint trains as a model it is not.
 struct hf_model {
   std::string architecture;
+  bool moe = false;                // Qwen3MoeForCausalLM: the dims are moe_dims (model.name moe_lm), else dims (dense_lm)
   text_decoder::dims dims;
+  moe_text_decoder::dims moe_dims;
   long bos_token_id = -1, eos_token_id = -1;
 };
 
-inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file = "config.json") {
+// The model.name a checkpoint's config.json loads into: moe_lm for
+// Qwen3MoeForCausalLM, else dense_lm (whose load checks the rest).
+inline std::string hf_model_name(const nlohmann::json& c) {
+  const auto it = c.find("architectures");
+  const bool moe = it != c.end() && it->is_array() && !it->empty() && (*it)[0] == "Qwen3MoeForCausalLM";
+  return moe ? "moe_lm" : "dense_lm";
+}
+
+// Any of the four; `file` names config.json in the errors.
+inline hf_model read_hf_model(const nlohmann::json& c, const std::string& file = "config.json") {
   auto field = [&](const char* k) -> const nlohmann::json* {
     const auto it = c.find(k);
     return it == c.end() || it->is_null() ? nullptr : &*it;
@@ -315,9 +328,10 @@ inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file 
   m.architecture = (*arch)[0].get<std::string>();
   const bool llama = m.architecture == "LlamaForCausalLM", qwen2 = m.architecture == "Qwen2ForCausalLM",
              qwen3 = m.architecture == "Qwen3ForCausalLM";
-  if (!llama && !qwen2 && !qwen3)
+  m.moe = m.architecture == "Qwen3MoeForCausalLM";
+  if (!llama && !qwen2 && !qwen3 && !m.moe)
     throw hf_error(file + ": architectures[0] = " + m.architecture +
-                   " is not supported (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM; Qwen3MoeForCausalLM is not yet)");
+                   " is not supported (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM)");
   if (const nlohmann::json* v = field("rope_scaling"))
     throw hf_error(file + ": rope_scaling = " + v->dump() + " is not supported (plain rotary positions only)");
   if (const nlohmann::json* v = field("hidden_act"); v && *v != "silu")
@@ -329,7 +343,7 @@ inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file 
   text_decoder::dims& d = m.dims;
   d.vocab = integer("vocab_size", 0, true);
   d.hidden = integer("hidden_size", 0, true);
-  d.ffn = integer("intermediate_size", 0, true);
+  d.ffn = m.moe ? integer("intermediate_size", 0, false) : integer("intermediate_size", 0, true);  // MoE: only dense layers'
   d.layers = integer("num_hidden_layers", 0, true);
   d.heads = integer("num_attention_heads", 0, true);
   d.kv_heads = integer("num_key_value_heads", d.heads, false);
@@ -340,11 +354,32 @@ inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file 
     throw hf_error(file + ": no head_dim, and num_attention_heads does not divide hidden_size");
   d.head_dim = integer("head_dim", d.hidden / d.heads, false);
   d.qkv_bias = qwen2;
-  d.qk_norm = qwen3;
+  d.qk_norm = qwen3 || m.moe;
   d.rope_theta = number("rope_theta", 10000.0);
   d.rms_norm_eps = number("rms_norm_eps", 1e-6);
   d.tie_word_embeddings = flag("tie_word_embeddings", false);
   d.max_position_embeddings = integer("max_position_embeddings", 0, false);
+  if (m.moe) {
+    // every layer a MoE layer: Qwen3-MoE's decoder_sparse_step 1 and no mlp_only_layers
+    if (const long step = integer("decoder_sparse_step", 1, false); step != 1)
+      throw hf_error(file + ": decoder_sparse_step = " + std::to_string(step) +
+                     " is not supported (dense MLP layers among the MoE ones; every layer must be sparse: 1)");
+    if (const nlohmann::json* v = field("mlp_only_layers"); v && !(v->is_array() && v->empty()))
+      throw hf_error(file + ": mlp_only_layers = " + v->dump() + " is not supported (dense MLP layers among the MoE ones; [] only)");
+    for (const char* k : {"shared_expert_intermediate_size", "n_shared_experts"})
+      if (const nlohmann::json* v = field(k); v && *v != 0)
+        throw hf_error(file + ": " + k + " = " + v->dump() + " is not supported (no shared expert in Qwen3-MoE)");
+    moe_text_decoder::dims& e = m.moe_dims;
+    e.vocab = d.vocab, e.hidden = d.hidden, e.layers = d.layers, e.heads = d.heads, e.kv_heads = d.kv_heads, e.head_dim = d.head_dim;
+    e.qkv_bias = d.qkv_bias, e.qk_norm = d.qk_norm, e.rope_theta = d.rope_theta, e.rms_norm_eps = d.rms_norm_eps;
+    e.tie_word_embeddings = d.tie_word_embeddings, e.max_position_embeddings = d.max_position_embeddings;
+    e.experts = integer("num_experts", 0, true);
+    e.top_k = integer("num_experts_per_tok", 0, true);
+    e.expert_ffn = integer("moe_intermediate_size", 0, true);
+    if (e.top_k > e.experts)
+      throw hf_error(file + ": num_experts_per_tok = " + std::to_string(e.top_k) + " is more than num_experts = " + std::to_string(e.experts));
+    e.norm_topk_prob = flag("norm_topk_prob", false);  // Hugging Face's Qwen3MoeConfig default
+  }
   auto token = [&](const char* k) -> long {
     const nlohmann::json* v = field(k);
     if (v && v->is_array() && !v->empty()) v = &(*v)[0];  // Llama 3.1: several eos ids
@@ -354,6 +389,34 @@ inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file 
   m.eos_token_id = token("eos_token_id");
   return m;
 }
+
+// The dense families (dense_lm); a Qwen3-MoE config.json is refused, naming moe_lm.
+inline hf_model hf_dense_model(const nlohmann::json& c, const std::string& file = "config.json") {
+  hf_model m = read_hf_model(c, file);
+  if (m.moe) throw hf_error(file + ": architectures[0] = " + m.architecture + " is a mixture of experts: it loads into model.name: moe_lm");
+  return m;
+}
+
+// Where a parameter's elements lie in a checkpoint: one tensor, or, for
+// experts stacked in one parameter ([E, F, H]), E tensors of equal size one
+// after another (Qwen3-MoE's model.layers.L.mlp.experts.{e}.gate_proj.weight).
+struct hf_source {
+  std::vector<std::string> tensors;
+  int64_t each = 0;      // elements of each tensor
+  bool stacked = false;  // one tensor per expert (each has the parameter's shape less its first dimension)
+
+  // elements [begin, end) of the parameter (row-major) as float32 into out[0 .. end - begin)
+  void read(const hf_checkpoint& ck, int64_t begin, int64_t end, float* out) const {
+    for (size_t i = 0; i < tensors.size() && begin < end; ++i) {
+      const int64_t lo = static_cast<int64_t>(i) * each, hi = lo + each;
+      if (begin >= hi) continue;
+      const int64_t take = std::min(end, hi) - begin;
+      ck.read(tensors[i], begin - lo, begin - lo + take, out);
+      out += take, begin += take;
+    }
+    if (begin < end) throw hf_error(ck.dir().string() + ": elements past the end of '" + tensors.back() + "'");
+  }
+};
 
 // ---- writing a checkpoint back in the layout it came in ---------------------------------------------
 

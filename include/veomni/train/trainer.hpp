@@ -8,6 +8,7 @@
 //   tiny_vl    vision, proj: Shard<HSDP>; lm: Shard<HSDP> + Split<Ulysses>
 //   omni_moe   encoders, projectors, image_out: Shard<HSDP>;
 //              lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
+//   moe_lm     lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
 // (HSDP with dp_replicate_size = 1 is FSDP.)
 //
 // One step: the next train.global_batch_size samples of the stream; this
@@ -57,6 +58,7 @@ using dense_lm_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
 using tiny_vl_recipe = recipe<sharded<"vision">, sharded<"proj">, apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
 using omni_moe_recipe = recipe<sharded<"vision">, sharded<"vision_proj">, sharded<"audio">, sharded<"audio_proj">,
                                apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>, sharded<"image_out">>;
+using moe_lm_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>>;
 
 // ---- model dims from the config ---------------------------------------------------------------
 
@@ -89,6 +91,12 @@ template <>
 inline models::tiny_vl::dims tiny_dims<models::tiny_vl>() { return models::tiny_vl_tiny(); }
 template <>
 inline models::omni_moe::dims tiny_dims<models::omni_moe>() { return models::omni_moe_tiny(); }
+template <>
+inline models::moe_lm::dims tiny_dims<models::moe_lm>() { return models::moe_lm_tiny(); }
+
+// The models a Hugging Face checkpoint loads into (model.path) and exports as (hf/).
+template <Model G>
+inline constexpr bool hf_family = std::is_same_v<G, models::dense_lm> || std::is_same_v<G, models::moe_lm>;
 
 // The tiny dims with the config's model.<node>.<dim> overrides; projectors and
 // the image head follow the widths they connect. Throws config_error naming
@@ -98,9 +106,17 @@ typename G::dims model_dims(const config& c) {
   typename G::dims d = tiny_dims<G>();
   std::map<std::string, long> left = c.model.dims;
   if (!c.model.path.empty()) {  // a Hugging Face checkpoint: its config.json is the model
-    if constexpr (std::is_same_v<G, models::dense_lm>) {
+    if constexpr (hf_family<G>) {
+      constexpr bool moe = std::is_same_v<G, models::moe_lm>;
       try {
-        std::get<0>(d) = hf_dense_model(hf_checkpoint(c.model.path).config(), c.model.path + "/config.json").dims;
+        const hf_model m = read_hf_model(hf_checkpoint(c.model.path).config(), c.model.path + "/config.json");
+        if (m.moe != moe)
+          throw hf_error(c.model.path + "/config.json: architectures[0] = " + m.architecture + " loads into model.name: " +
+                         (m.moe ? "moe_lm" : "dense_lm") + ", not " + c.model.name);
+        if constexpr (moe)
+          std::get<0>(d) = m.moe_dims;
+        else
+          std::get<0>(d) = m.dims;
       } catch (const hf_error& e) {
         throw config_error(std::string("model.path: ") + e.what());
       }
@@ -108,8 +124,8 @@ typename G::dims model_dims(const config& c) {
         throw config_error("model." + left.begin()->first + ": given by model.path's config.json (" + c.model.path +
                            "); leave it out");
     } else {
-      throw config_error("model.path: a Hugging Face checkpoint loads into model.name: dense_lm (Llama, Qwen2, Qwen3), not " +
-                         c.model.name);
+      throw config_error("model.path: a Hugging Face checkpoint loads into model.name: dense_lm (Llama, Qwen2, Qwen3) or moe_lm "
+                         "(Qwen3-MoE), not " + c.model.name);
     }
   }
   for_each_node<G>([&](auto I) {
@@ -319,34 +335,55 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
 
 // ---- export --------------------------------------------------------------------------------------
 
-// output_dir/hf/model.safetensors (+ config.json). dense_lm's names are
-// Hugging Face Llama's ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight");
-// other models keep their node prefix ("vision.layers.0...").
+// output_dir/hf/model.safetensors (+ config.json). dense_lm and moe_lm are
+// Hugging Face checkpoints (Llama / Qwen2 / Qwen3 / Qwen3-MoE names and
+// config.json: "model.layers.0.self_attn.q_proj.weight", one tensor per
+// expert); other models keep their node prefix ("vision.layers.0...").
 template <Model G>
 void export_model(const std::string& dir, const typename G::dims& d, const std::string& model_name,
                   const std::vector<std::pair<nn::param_spec, at::Tensor>>& all, const vocabulary& v = byte_vocabulary()) {
   std::filesystem::create_directories(dir);
-  constexpr bool hf = std::is_same_v<G, models::dense_lm>;
+  constexpr bool hf = hf_family<G>;
   (void)model_name;
-  std::vector<std::pair<std::string, at::Tensor>> ts;
-  for (const auto& [s, t] : all) ts.emplace_back(hf && s.name.rfind("lm.", 0) == 0 ? s.name.substr(3) : s.name, t);
-  write_safetensors(dir + "/model.safetensors", ts, {{"format", "pt"}});
+  if constexpr (hf) {
+    std::vector<std::pair<nn::param_spec, at::Tensor>> whole;
+    for (const auto& [s, t] : all) whole.emplace_back(s, t.detach().to(at::kFloat).contiguous());
+    write_hf_safetensors(dir + "/model.safetensors", hf_tensors<G>(d, whole), "F32");
+  } else {
+    std::vector<std::pair<std::string, at::Tensor>> ts;
+    for (const auto& [s, t] : all) ts.emplace_back(s.name, t);
+    write_safetensors(dir + "/model.safetensors", ts, {{"format", "pt"}});
+  }
   for (const std::string& f : v.files)  // the tokenizer goes with the model: hf/ loads as a whole
     std::filesystem::copy_file(f, std::filesystem::path(dir) / std::filesystem::path(f).filename(),
                                std::filesystem::copy_options::overwrite_existing);
   nlohmann::ordered_json j;
   if constexpr (hf) {
     const auto& lm = std::get<0>(d);
-    // the Hugging Face family whose math the dims are: Qwen3's q/k norms, Qwen2's q/k/v biases, else Llama's
-    const char* arch = lm.qk_norm ? "Qwen3ForCausalLM" : lm.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
-    const char* type = lm.qk_norm ? "qwen3" : lm.qkv_bias ? "qwen2" : "llama";
+    constexpr bool moe = std::is_same_v<G, models::moe_lm>;
+    // the Hugging Face family whose math the dims are: Qwen3-MoE (q/k norms, experts), Qwen3's q/k norms, Qwen2's q/k/v biases, else Llama's
+    const char* arch = moe ? "Qwen3MoeForCausalLM" : lm.qk_norm ? "Qwen3ForCausalLM" : lm.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+    const char* type = moe ? "qwen3_moe" : lm.qk_norm ? "qwen3" : lm.qkv_bias ? "qwen2" : "llama";
     if (lm.qk_norm && lm.qkv_bias)
       throw config_error("export: q/k norms and q/k/v biases together are no Hugging Face architecture (set train.export_safetensors: false)");
+    if (moe && !lm.qk_norm)
+      throw config_error("export: a moe_lm without q/k norms is no Hugging Face architecture (set train.export_safetensors: false)");
     j = {{"architectures", {arch}},
          {"model_type", type},
          {"vocab_size", lm.vocab},
-         {"hidden_size", lm.hidden},
-         {"intermediate_size", lm.ffn},
+         {"hidden_size", lm.hidden}};
+    if constexpr (moe) {
+      j["intermediate_size"] = lm.expert_ffn;  // only dense layers' (there are none)
+      j["moe_intermediate_size"] = lm.expert_ffn;
+      j["num_experts"] = lm.experts;
+      j["num_experts_per_tok"] = lm.top_k;
+      j["norm_topk_prob"] = lm.norm_topk_prob;
+      j["decoder_sparse_step"] = 1;
+      j["mlp_only_layers"] = nlohmann::ordered_json::array();
+    } else {
+      j["intermediate_size"] = lm.ffn;
+    }
+    j.update(nlohmann::ordered_json{
          {"num_hidden_layers", lm.layers},
          {"num_attention_heads", lm.heads},
          {"num_key_value_heads", lm.kv_heads},
@@ -358,7 +395,7 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
          {"tie_word_embeddings", lm.tie_word_embeddings},
          {"bos_token_id", v.bos >= 0 ? nlohmann::ordered_json(v.bos) : nlohmann::ordered_json()},
          {"eos_token_id", v.eos},
-         {"torch_dtype", "float32"}};
+         {"torch_dtype", "float32"}});
   } else {
     j["architectures"] = {"veomni_" + model_name};
     j["model_type"] = "veomni_" + model_name;
@@ -440,7 +477,7 @@ struct prepared {
   media_spec media;
   vocabulary vocab;  // bytes, or data.tokenizer's (vocabulary.hpp)
   std::shared_ptr<const hf_checkpoint> hf;      // model.path, its headers read once (hf.hpp)
-  std::map<std::string, std::string> hf_names;  // model.path: each parameter's tensor in the checkpoint (checkpoint.hpp)
+  std::map<std::string, hf_source> hf_names;    // model.path: each parameter's tensor(s) in the checkpoint (checkpoint.hpp)
   dataset train, eval;
   double load_seconds = 0;  // reading, tokenizing and laying out both manifests (media included)
   bool synthetic = false;
@@ -484,7 +521,7 @@ prepared<G> prepare(config& c, long world) {
   prepared<G> p;
   p.dims = model_dims<G>(c);
   if (!c.model.path.empty()) {  // each parameter in the checkpoint with its shape, on every rank before any collective
-    if constexpr (std::is_same_v<G, models::dense_lm>) {
+    if constexpr (hf_family<G>) {
       try {
         p.hf = std::make_shared<const hf_checkpoint>(c.model.path);
         p.hf_names = hf_names<G>(*p.hf, p.dims, std::get<0>(p.dims).tie_word_embeddings);
@@ -811,12 +848,9 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
       } else {  // as the checkpoint came: its files, names, index and config.json; train.export_dtype or its dtype
         const hf_checkpoint& like = *prep.hf;
-        std::vector<at::Tensor> keep;
-        std::vector<hf_tensor> ts;
-        for (const auto& [spec, t] : all) {
-          keep.push_back(t.detach().to(at::kFloat).contiguous());
-          ts.push_back({spec.name.substr(spec.name.find('.') + 1), spec.shape, keep.back().data_ptr<float>()});
-        }
+        std::vector<std::pair<nn::param_spec, at::Tensor>> whole;
+        for (const auto& [spec, t] : all) whole.emplace_back(spec, t.detach().to(at::kFloat).contiguous());
+        const std::vector<hf_tensor> ts = hf_tensors<G>(prep.dims, whole);
         const std::string dtype = c.train.export_dtype.empty() ? ""
                                   : c.train.export_dtype == "float32" ? "F32" : c.train.export_dtype == "bfloat16" ? "BF16" : "F16";
         write_hf_like(out.file("hf"), like, ts, dtype);
