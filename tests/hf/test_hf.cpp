@@ -183,13 +183,15 @@ TEST_CASE("a damaged checkpoint is refused, naming the file and the tensor or fi
   CHECK(error_of([&] { hf_checkpoint c(idx); }).find("'model.layers.9.mlp.up_proj.weight' is in the weight_map but not in") !=
         std::string::npos);
   // config.json: a missing field, a non-numeric one, what veomni does not implement
-  const nlohmann::json cfg = hf_checkpoint(fixtures + "/qwen3_bf16").config();
-  auto with = [&](const char* k, const nlohmann::json& v) {
-    nlohmann::json c = cfg;
+  // the error of reading `base` with field k set to v (null: removed)
+  auto error_with = [](const nlohmann::json& base, const char* k, const nlohmann::json& v) {
+    nlohmann::json c = base;
     if (v.is_null()) c.erase(k);
     else c[k] = v;
-    return error_of([&] { (void)hf_dense_model(c); });
+    return error_of([&] { (void)read_hf_model(c); });
   };
+  const nlohmann::json cfg = hf_checkpoint(fixtures + "/qwen3_bf16").config();
+  auto with = [&](const char* k, const nlohmann::json& v) { return error_with(cfg, k, v); };
   CHECK(with("num_hidden_layers", nullptr) == "config.json: num_hidden_layers is missing");
   CHECK(with("hidden_size", "64") == "config.json: hidden_size = \"64\" is not a positive integer");
   CHECK(with("rope_theta", "big") == "config.json: rope_theta = \"big\" is not a positive number");
@@ -202,12 +204,7 @@ TEST_CASE("a damaged checkpoint is refused, naming the file and the tensor or fi
   CHECK(with("attention_bias", true).find("attention_bias = true is not supported") != std::string::npos);
   // Qwen3-MoE: dense layers among the sparse ones, a shared expert, missing expert sizes
   const nlohmann::json moe = hf_checkpoint(fixtures + "/qwen3_moe_bf16_sharded").config();
-  auto moe_with = [&](const char* k, const nlohmann::json& v) {
-    nlohmann::json c = moe;
-    if (v.is_null()) c.erase(k);
-    else c[k] = v;
-    return error_of([&] { (void)read_hf_model(c); });
-  };
+  auto moe_with = [&](const char* k, const nlohmann::json& v) { return error_with(moe, k, v); };
   CHECK(moe_with("mlp_only_layers", nlohmann::json::array({1})) ==
         "config.json: mlp_only_layers = [1] is not supported (dense MLP layers among the MoE ones; [] only)");
   CHECK(moe_with("decoder_sparse_step", 2) ==
