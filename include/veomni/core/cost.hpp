@@ -21,6 +21,9 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "plan.hpp"
 #include "static_vector.hpp"
@@ -105,14 +108,40 @@ constexpr long op_elements(const plan_op& o, const typename C::dims& d, const me
   }
 }
 
+// Per-node work keyed on the components (G::components), not on the graph:
+// the callback is instantiated once per distinct component, not once per
+// node, and its symbols do not carry the node names.
+template <class Comps>
+struct comps_info;
+template <class... C>
+struct comps_info<comps<C...>> {
+  template <class Cx>
+  static constexpr long heads() {
+    long n = 0;
+    for (const auto& l : Cx::layers) n += l.kind == layer_kind::head;
+    return n;
+  }
+  static constexpr long loss_heads = (heads<C>() + ... + 0);
+  // f(std::type_identity<C>{}, dims of node i) for node i only
+  template <class D, class F>
+  static constexpr void one(std::size_t i, const D& d, F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((I == i ? (f(std::type_identity<C>{}, std::get<I>(d)), 0) : 0), ...);
+    }(std::index_sequence_for<C...>{});
+  }
+  // f(std::type_identity<C>{}, i, dims of node i) for every node i
+  template <class D, class F>
+  static constexpr void all(const D& d, F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (f(std::type_identity<C>{}, I, std::get<I>(d)), ...);
+    }(std::index_sequence_for<C...>{});
+  }
+};
+
 // Loss terms a model produces: one per head layer (text, image codes).
 template <Model G>
 constexpr long loss_heads() {
-  long n = 0;
-  for_each_node<G>([&](auto I) {
-    for (const auto& l : G::template component_at<I.value>::layers) n += l.kind == layer_kind::head;
-  });
-  return n;
+  return comps_info<typename G::components>::loss_heads;
 }
 
 constexpr long element_bytes(tensor_role t, const precision& p) {
@@ -143,13 +172,12 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
     c.calls = c.group > 1 ? per_step : 0;
     c.elements = o.tensor == tensor_role::loss_stats ? 2 * detail::loss_heads<G>() : 1;
   }
-  for_each_node<G>([&](auto I) {
-    if (I.value != o.node_index) return;
-    using C = typename G::template component_at<I.value>;
-    const auto& nd = std::get<I.value>(d);
-    c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
-    c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
-  });
+  if (o.node_index < G::size)
+    detail::comps_info<typename G::components>::one(o.node_index, d, [&](auto component, const auto& nd) {
+      using C = typename decltype(component)::type;
+      c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
+      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
+    });
   const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);
   const long n = c.group;
   const long shard = ceil_div(c.elements, n);
@@ -239,12 +267,11 @@ template <class P>
 constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {}) {
   using G = typename P::model;
   long param_el = 0, grad_el = 0, opt_el = 0;
-  for_each_node<G>([&](auto I) {
-    using C = typename G::template component_at<I.value>;
-    const auto& nd = std::get<I.value>(d);
+  detail::comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
+    using C = typename decltype(component)::type;
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
     bool experts_separate = false;
-    for (const auto& pl : P::placements[I.value]) {
+    for (const auto& pl : P::placements[node]) {
       experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
       if (pl.how.kind != placement_kind::shard) continue;
       const long g = m.size(pl.over);

@@ -13,6 +13,7 @@
 // ({0, 1, 2} above): nodes run forward in it and backward in reverse.
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -55,6 +56,10 @@ struct edge {
 
 template <class... N>
 struct nodes {};
+// The components of a graph's nodes, in node order (G::components): what
+// per-node costing keys on, without the node names.
+template <class... C>
+struct comps {};
 template <class... E>
 struct edges {};
 
@@ -75,25 +80,41 @@ enum class edge_fault { none, no_from_node, no_to_node, no_from_port, no_to_port
 template <class Nodes, class Edges = edges<>>
 struct graph;
 
+namespace detail {
+// FNV-1a of a node name. Lookups by name (the graph's, model_dims::at)
+// compare hashes first and confirm with the string, so a collision costs one
+// more compare, never a wrong node.
+constexpr std::uint64_t name_hash(std::string_view s) {
+  std::uint64_t x = 1469598103934665603ull;
+  for (char c : s) x = (x ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return x;
+}
+
+}  // namespace detail
+
 // Node dims of a whole model, addressed by node name: d.at<"lm">().hidden = 64;
+// or by node index, as a tuple: std::get<I>(d).
 template <class... N>
 struct model_dims : std::tuple<typename N::component::dims...> {
   static constexpr std::array<std::string_view, sizeof...(N)> names{N::name...};
+  static constexpr std::array<std::uint64_t, sizeof...(N)> hashes{detail::name_hash(N::name)...};
+  // by hash first: one string compare per lookup, not one per node
   template <fixed_string Name>
   static constexpr std::size_t index() {
-    for (std::size_t i = 0; i < names.size(); ++i)
-      if (names[i] == Name.view()) return i;
-    return names.size();
+    const std::uint64_t h = detail::name_hash(Name.view());
+    for (std::size_t i = 0; i < sizeof...(N); ++i)
+      if (hashes[i] == h && names[i] == Name.view()) return i;
+    return sizeof...(N);
   }
-  template <fixed_string Name>
+  template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr auto& at() {
-    static_assert(index<Name>() < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
-    return std::get<index<Name>()>(*this);
+    static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
+    return std::get<(I < sizeof...(N) ? I : 0)>(*this);  // one error, not a cascade
   }
-  template <fixed_string Name>
+  template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr const auto& at() const {
-    static_assert(index<Name>() < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
-    return std::get<index<Name>()>(*this);
+    static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
+    return std::get<(I < sizeof...(N) ? I : 0)>(*this);  // one error, not a cascade
   }
 };
 
@@ -136,10 +157,16 @@ struct graph<nodes<N...>, edges<E...>> {
   static constexpr std::array<std::string_view, size> names{N::name...};
   using node_list = std::tuple<N...>;
   using dims = model_dims<N...>;
+  using components = comps<typename N::component...>;
 
+ private:
+  static constexpr std::array<std::uint64_t, size> hashes{detail::name_hash(N::name)...};
+
+ public:
   static constexpr std::size_t index_of(std::string_view n) {
+    const std::uint64_t h = detail::name_hash(n);
     for (std::size_t i = 0; i < size; ++i)
-      if (names[i] == n) return i;
+      if (hashes[i] == h && names[i] == n) return i;
     return size;
   }
   template <std::size_t I>
@@ -155,7 +182,7 @@ struct graph<nodes<N...>, edges<E...>> {
   static constexpr bool unique_names = [] {
     for (std::size_t i = 0; i < size; ++i)
       for (std::size_t j = i + 1; j < size; ++j)
-        if (names[i] == names[j]) return false;
+        if (hashes[i] == hashes[j] && names[i] == names[j]) return false;
     return true;
   }();
   static_assert(unique_names, "veomni::graph: two nodes have the same name");
@@ -171,16 +198,75 @@ struct graph<nodes<N...>, edges<E...>> {
   // memory, benchmarks/bench_plan_compile.py. The graph's type in the
   // error lists the edges.)
   static constexpr bool one_producer_each = [] {
+    std::array<std::uint64_t, sizeof...(E)> h{};
+    for (std::size_t i = 0; i < sizeof...(E); ++i) h[i] = detail::name_hash(edge_to[i]);
     for (std::size_t i = 0; i < sizeof...(E); ++i)
       for (std::size_t j = 0; j < i; ++j)
-        if (edge_to[j] == edge_to[i]) return false;
+        if (h[j] == h[i] && edge_to[j] == edge_to[i]) return false;
     return true;
   }();
   static_assert(one_producer_each, "veomni::graph: two edges end at the same input port (an input takes one producer)");
-  static constexpr bool edges_ok = (detail::check_edge<graph, E>::ok && ... && true) && one_producer_each;
 
-  static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links{
-      std::pair{index_of(E::from_node), index_of(E::to_node)}...};
+  // The edges split into node and port names, computed once for all of them
+  // (not as members of each edge<> type).
+  struct edge_ends {
+    std::array<std::string_view, sizeof...(E) + 1> from_node, from_port, to_node, to_port;
+  };
+  static constexpr edge_ends ends = [] {
+    edge_ends r{};
+    auto cut = [](std::string_view s, std::string_view& node, std::string_view& port) {
+      const std::size_t d = detail::dot_of(s);
+      node = d == std::string_view::npos ? s : std::string_view{s.data(), d};
+      port = d == std::string_view::npos ? std::string_view{} : std::string_view{s.data() + d + 1, s.size() - d - 1};
+    };
+    for (std::size_t e = 0; e < sizeof...(E); ++e) {
+      cut(edge_from[e], r.from_node[e], r.from_port[e]);
+      cut(edge_to[e], r.to_node[e], r.to_port[e]);
+    }
+    return r;
+  }();
+
+  // The nodes' port tables, as values.
+  struct port_table {
+    const std::string_view* names;
+    const std::string_view* kinds;
+    std::size_t size;
+    constexpr std::size_t find(std::string_view n) const {
+      for (std::size_t i = 0; i < size; ++i)
+        if (names[i] == n) return i;
+      return size;
+    }
+  };
+  static constexpr std::array<port_table, size> in_ports{port_table{
+      N::component::inputs::names.data(), N::component::inputs::kinds.data(), N::component::inputs::size}...};
+  static constexpr std::array<port_table, size> out_ports{port_table{
+      N::component::outputs::names.data(), N::component::outputs::kinds.data(), N::component::outputs::size}...};
+
+  // All edges are checked in one constant evaluation; detail::check_edge,
+  // whose error names the edge, is instantiated only for the first bad one
+  // (one template per edge cost a 128-node graph most of its compile time).
+  static constexpr std::size_t first_bad_edge = [] {
+    for (std::size_t e = 0; e < sizeof...(E); ++e) {
+      const std::size_t fi = index_of(ends.from_node[e]), ti = index_of(ends.to_node[e]);
+      if (fi == size || ti == size) return e;
+      const std::size_t fp = out_ports[fi].find(ends.from_port[e]), tp = in_ports[ti].find(ends.to_port[e]);
+      if (fp == out_ports[fi].size || tp == in_ports[ti].size) return e;
+      if (out_ports[fi].kinds[fp] != in_ports[ti].kinds[tp]) return e;
+    }
+    return sizeof...(E);
+  }();
+  static constexpr bool edges_ok = [] {
+    if constexpr (first_bad_edge < sizeof...(E))
+      return detail::check_edge<graph, std::tuple_element_t<first_bad_edge, std::tuple<E...>>>::ok;
+    else
+      return one_producer_each;
+  }();
+
+  static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links = [] {
+    std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> l{};
+    for (std::size_t e = 0; e < sizeof...(E); ++e) l[e] = {index_of(ends.from_node[e]), index_of(ends.to_node[e])};
+    return l;
+  }();
 
   // Kahn's algorithm; returns size+1 in slot 0 when there is a cycle.
   static constexpr std::array<std::size_t, size> topo() {
@@ -190,6 +276,15 @@ struct graph<nodes<N...>, edges<E...>> {
       return out;
     }
     for (auto [f, t] : links) ++indeg[t];
+    // the edges grouped by source node (first[i] .. first[i + 1] in dst)
+    std::array<std::size_t, size + 1> first{};
+    std::array<std::size_t, sizeof...(E) + 1> dst{};
+    for (auto [f, t] : links) ++first[f + 1];
+    for (std::size_t i = 0; i < size; ++i) first[i + 1] += first[i];
+    {
+      std::array<std::size_t, size + 1> fill = first;
+      for (auto [f, t] : links) dst[fill[f]++] = t;
+    }
     std::array<bool, size> done{};
     std::size_t n = 0;
     while (n < size) {
@@ -202,8 +297,7 @@ struct graph<nodes<N...>, edges<E...>> {
       }
       done[pick] = true;
       out[n++] = pick;
-      for (auto [f, t] : links)
-        if (f == pick) --indeg[t];
+      for (std::size_t k = first[pick]; k < first[pick + 1]; ++k) --indeg[dst[k]];
     }
     return out;
   }

@@ -63,11 +63,6 @@ constexpr long repeats(const plan_op& o, const typename C::dims& nd) {
 
 namespace detail {
 
-template <class T>
-struct tuple_or_empty {
-  using type = T;
-};
-
 template <Model G, Recipe R, std::size_t NodeIndex>
 struct node_policies {
   static constexpr std::size_t ai = R::index_of(G::names[NodeIndex]);
@@ -96,6 +91,36 @@ struct node_ctx {
   using type = node_context<C, experts_split_by<C, policies>::value>;
 };
 
+// Whether every forward collective of policy P has its backward dual: the
+// reduce_scatter of its gradient for an all_gather, the inverse all_to_all
+// for an all_to_all (same target and axes).
+template <class P, class Ctx>
+constexpr bool has_backward_duals() {
+  const auto ops = P::template ops<Ctx>();
+  for (const auto& f : ops) {
+    if (f.ph != phase::forward) continue;
+    bool found = false;
+    for (const auto& b : ops)
+      found = found || (b.ph == phase::backward && b.coll == dual(f.coll) && b.tensor == grad_of(f.tensor) &&
+                        b.target == f.target && b.over == f.over);
+    if (!found) return false;
+  }
+  return true;
+}
+
+// Whether no two of the policies place the same tensor over the same axis.
+template <class Ctx, class... P>
+constexpr bool placements_conflict_free() {
+  constexpr std::size_t n = sizeof...(P);
+  std::array<placement_list, n> lists{P::template placements<Ctx>()...};
+  for (std::size_t a = 0; a < n; ++a)
+    for (std::size_t b = a + 1; b < n; ++b)
+      for (const auto& x : lists[a])
+        for (const auto& y : lists[b])
+          if (x.tensor == y.tensor && x.over.overlaps(y.over)) return false;
+  return true;
+}
+
 // Checks of one policy on one node; instantiated with the apply<> and the
 // policy so that the compiler's context names both.
 template <class A, class P, class C, class Ctx>
@@ -103,18 +128,7 @@ struct check_policy_on_node {
   static_assert(touches_component<P, C>(),
                 "veomni::recipe: the policy touches no layer of its node "
                 "(for example Experts<EP> on a node that has no moe layer)");
-  static constexpr bool has_duals = [] {
-    const auto ops = P::template ops<Ctx>();
-    for (const auto& f : ops) {
-      if (f.ph != phase::forward) continue;
-      bool found = false;
-      for (const auto& b : ops)
-        found = found || (b.ph == phase::backward && b.coll == dual(f.coll) && b.tensor == grad_of(f.tensor) &&
-                          b.target == f.target && b.over == f.over);
-      if (!found) return false;
-    }
-    return true;
-  }();
+  static constexpr bool has_duals = has_backward_duals<P, Ctx>();
   static_assert(has_duals,
                 "veomni::recipe: a forward collective of the policy has no backward dual "
                 "(all_gather needs reduce_scatter of its gradient, all_to_all its inverse all_to_all)");
@@ -125,22 +139,16 @@ template <class A, class C, class Ctx, class Tuple>
 struct check_placements;
 template <class A, class C, class Ctx, class... P>
 struct check_placements<A, C, Ctx, std::tuple<P...>> {
-  static constexpr bool conflict_free = [] {
-    constexpr std::size_t n = sizeof...(P);
-    std::array<placement_list, n> lists{P::template placements<Ctx>()...};
-    for (std::size_t a = 0; a < n; ++a)
-      for (std::size_t b = a + 1; b < n; ++b)
-        for (const auto& x : lists[a])
-          for (const auto& y : lists[b])
-            if (x.tensor == y.tensor && x.over.overlaps(y.over)) return false;
-    return true;
-  }();
+  static constexpr bool conflict_free = placements_conflict_free<Ctx, P...>();
   static_assert(conflict_free,
                 "veomni::recipe: two policies on one node place the same tensor over the same mesh axis "
                 "(for example both shard dim 0 of params over dp_shard)");
   static constexpr bool ok = conflict_free;
 };
 
+// The checks of one apply<> of recipe R, with their errors. plan_tables finds
+// a fault without them and instantiates them only for the apply<> at fault,
+// so that the error names it (and its policy).
 template <Model G, Recipe R, class A>
 struct check_apply {
   static constexpr std::size_t ni = G::index_of(A::node);
@@ -170,13 +178,6 @@ struct check_apply {
   }();
 };
 
-template <Model G, Recipe R>
-struct check_recipe;
-template <Model G, class... A>
-struct check_recipe<G, recipe<A...>> {
-  static constexpr bool ok = (check_apply<G, recipe<A...>, A>::ok && ... && true);
-};
-
 // Position of an op inside its node, for ordering: a unit's gather comes
 // before its layers in forward and first in its backward; its gradient
 // reduction comes last in backward.
@@ -193,61 +194,6 @@ constexpr long op_position(const op_spec& o) {
   return 4 * first;
 }
 
-template <Model G, Recipe R, std::size_t I, class Tuple>
-struct node_ops;
-template <Model G, Recipe R, std::size_t I, class... P>
-struct node_ops<G, R, I, std::tuple<P...>> {
-  using C = typename G::template component_at<I>;
-  using Ctx = typename node_ctx<G, R, I>::type;
-  static constexpr std::size_t count = (P::template ops<Ctx>().size() + ... + 0);
-
-  template <class Q>
-  static constexpr void add(plan_op* out, std::size_t& n, long* pos) {
-    for (const auto& o : Q::template ops<Ctx>()) {
-      plan_op p;
-      p.node = G::names[I];
-      p.node_index = I;
-      p.policy = Q::name;
-      p.target = o.target;
-      p.target.skip_last_block = o.target.skip_last_block && I == last_block_node<G>();
-      if (o.target.is_unit) {
-        p.where = o.target.unit == scope::block ? std::string_view{"block"} : std::string_view{"root"};
-        p.repeat = o.target.unit;
-      } else {
-        p.where = C::layers[o.target.layer].name;
-        p.repeat = C::layers[o.target.layer].where;
-      }
-      p.ph = o.ph;
-      p.coll = o.coll;
-      p.over = o.over;
-      p.tensor = o.tensor;
-      p.pre_sharded = o.pre_sharded;
-      p.dt = o.dt;
-      p.experts_separate = Ctx::experts_split;
-      pos[n] = op_position<C>(o);
-      out[n++] = p;
-    }
-  }
-  static constexpr void collect([[maybe_unused]] plan_op* out, [[maybe_unused]] std::size_t& n,
-                               [[maybe_unused]] long* pos) {
-    (add<P>(out, n, pos), ...);
-  }
-};
-
-template <Model G, Recipe R, std::size_t I, class... P>
-constexpr void collect_placements_impl(placement_list& out, std::tuple<P...>*) {
-  using Ctx = typename node_ctx<G, R, I>::type;
-  (
-      [&] {
-        for (const auto& d : P::template placements<Ctx>()) out.push_back(d);
-      }(),
-      ...);
-}
-template <Model G, Recipe R, std::size_t I, class Tuple>
-constexpr void collect_placements(placement_list& out) {
-  collect_placements_impl<G, R, I>(out, static_cast<Tuple*>(nullptr));
-}
-
 // Collectives every step needs once data is split over ranks, whatever the
 // policies: the global loss and target counts (forward), the MoE routers'
 // statistics so the load-balancing loss is the single-process one (forward,
@@ -258,106 +204,308 @@ inline constexpr std::string_view step_policy = "Step";
 inline constexpr axis_set data_axes = axes<axis::dp_replicate, axis::dp_shard, axis::sp>;
 inline constexpr axis_set shard_axes = axes<axis::dp_shard, axis::sp>;
 
-template <Model G>
-constexpr std::size_t moe_layer_count() {
+// ---- the plan's tables ------------------------------------------------------
+// What a node contributes depends only on its component and its policies, so
+// it is computed per node kind (node_kind<C, tuple<P...>>), never per (graph,
+// recipe, node index): the 128 nodes of a chain of one component under one
+// policy are one kind, and the templates that the compiler instantiates do
+// not carry the graph's and recipe's names in their own. The graph-wide part
+// is then one constant evaluation over an array of kind_view values
+// (build_plan).
+
+// One op of a node kind, with what the plan needs of its layer.
+struct kind_op {
+  op_spec spec;
+  std::string_view policy;
+  std::string_view where;       // "block", "root", or the layer's name
+  scope repeat = scope::model;  // scope::block: runs once per block
+  long position = 0;            // op_position, for ordering inside the node
+};
+
+// A node kind's tables, as values (pointers to its static members).
+struct kind_view {
+  const kind_op* ops = nullptr;
+  std::size_t op_count = 0;
+  const placement_list* placements = nullptr;
+  const layer* layers = nullptr;
+  std::size_t layer_count = 0;
+  bool experts_split = false;
+  bool ok = true;  // the policies pass the recipe's checks on this component
+};
+
+template <Component C, class Tuple>
+struct node_kind;
+template <Component C, class... P>
+struct node_kind<C, std::tuple<P...>> {
+  using Ctx = node_context<C, experts_split_by<C, std::tuple<P...>>::value>;
+  // check_policy_on_node and check_placements without their errors (which
+  // plan_tables raises, through check_apply, for the node at fault)
+  static constexpr bool ok = ((touches_component<P, C>() && has_backward_duals<P, Ctx>()) && ... && true) &&
+                             placements_conflict_free<Ctx, P...>();
+  static constexpr std::size_t op_count = ok ? (P::template ops<Ctx>().size() + ... + 0) : 0;
+  static constexpr std::array<kind_op, op_count> ops = [] {
+    std::array<kind_op, op_count> out{};
+    std::size_t n = 0;
+    if constexpr (ok)
+      (
+          [&] {
+            for (const auto& o : P::template ops<Ctx>()) {
+              kind_op& k = out[n++];
+              k.spec = o;
+              k.policy = P::name;
+              if (o.target.is_unit) {
+                k.where = o.target.unit == scope::block ? std::string_view{"block"} : std::string_view{"root"};
+                k.repeat = o.target.unit;
+              } else {
+                k.where = C::layers[o.target.layer].name;
+                k.repeat = C::layers[o.target.layer].where;
+              }
+              k.position = op_position<C>(o);
+            }
+          }(),
+          ...);
+    return out;
+  }();
+  static constexpr placement_list placements = [] {
+    placement_list out;
+    if constexpr (ok)
+      (
+          [&] {
+            for (const auto& d : P::template placements<Ctx>()) out.push_back(d);
+          }(),
+          ...);
+    return out;
+  }();
+  static constexpr kind_view view{ops.data(), op_count, &placements, C::layers.data(), C::layers.size(),
+                                  Ctx::experts_split, ok};
+};
+
+// The I-th of a pack of types by overload resolution against indexed bases:
+// one step, where std::tuple_element recurses.
+template <std::size_t I, class T>
+struct indexed {};
+template <class Seq, class... T>
+struct indexed_list;
+template <std::size_t... I, class... T>
+struct indexed_list<std::index_sequence<I...>, T...> : indexed<I, T>... {};
+template <std::size_t I, class T>
+std::type_identity<T> pick(const indexed<I, T>*);
+template <std::size_t I, class L>
+using pick_t = typename decltype(pick<I>(static_cast<const L*>(nullptr)))::type;
+
+// What build_plan needs of a model and recipe: per node, its name and kind,
+// and the topological order.
+template <std::size_t NodeCount>
+struct plan_input {
+  std::array<std::string_view, NodeCount> names{};
+  std::array<kind_view, NodeCount> kinds{};
+  std::array<std::size_t, NodeCount> order{};
+};
+
+// The plan's Size ops, in order (see the top of this file): the nodes' ops and
+// the step's, then a stable sort by phase, node rank and position.
+template <std::size_t Size, std::size_t NodeCount>
+constexpr std::array<plan_op, Size> build_plan(const plan_input<NodeCount>& in) {
+  std::array<plan_op, Size> raw{};
+  std::array<long, Size> pos{};
   std::size_t n = 0;
-  for_each_node<G>([&](auto I) {
-    for (const auto& l : G::template component_at<I.value>::layers) n += l.kind == layer_kind::moe;
-  });
-  return n;
-}
+  // last_block_node(): only its ops honour op_target::skip_last_block
+  std::size_t last_block = NodeCount;
+  for (std::size_t node : in.order)
+    for (std::size_t l = 0; l < in.kinds[node].layer_count; ++l)
+      if (in.kinds[node].layers[l].where == scope::block) last_block = node;
+  for (std::size_t i = 0; i < NodeCount; ++i) {
+    const kind_view& k = in.kinds[i];
+    for (std::size_t j = 0; j < k.op_count; ++j) {
+      const kind_op& o = k.ops[j];
+      plan_op p;
+      p.node = in.names[i];
+      p.node_index = i;
+      p.policy = o.policy;
+      p.target = o.spec.target;
+      p.target.skip_last_block = o.spec.target.skip_last_block && i == last_block;
+      p.where = o.where;
+      p.repeat = o.repeat;
+      p.ph = o.spec.ph;
+      p.coll = o.spec.coll;
+      p.over = o.spec.over;
+      p.tensor = o.spec.tensor;
+      p.pre_sharded = o.spec.pre_sharded;
+      p.dt = o.spec.dt;
+      p.experts_separate = k.experts_split;
+      pos[n] = o.position;
+      raw[n++] = p;
+    }
+  }
 
-template <Model G>
-constexpr std::size_t step_op_count() { return 2 + 2 * moe_layer_count<G>(); }
-
-template <Model G>
-constexpr void step_ops(plan_op* out, std::size_t& n, long* pos) {
-  auto step = [&](phase p, tensor_role t, axis_set over) {
+  // the step's ops (step_policy above)
+  auto step = [&](phase ph, tensor_role t, axis_set over) {
     plan_op o;
     o.node = "step";
-    o.node_index = G::size;
+    o.node_index = NodeCount;
     o.policy = step_policy;
     o.where = "step";
     o.repeat = scope::model;
-    o.ph = p;
+    o.ph = ph;
     o.coll = collective::all_reduce;
     o.over = over;
     o.tensor = t;
     pos[n] = 0;
-    out[n++] = o;
+    raw[n++] = o;
   };
   step(phase::forward, tensor_role::loss_stats, data_axes);
   step(phase::optimizer, tensor_role::grad_norm, shard_axes);
-  for_each_node<G>([&](auto I) {
-    using C = typename G::template component_at<I.value>;
-    for (std::size_t i = 0; i < C::layers.size(); ++i) {
-      if (C::layers[i].kind != layer_kind::moe) continue;
-      for (phase p : {phase::forward, phase::backward}) {
+  for (std::size_t i = 0; i < NodeCount; ++i) {
+    const kind_view& k = in.kinds[i];
+    for (std::size_t li = 0; li < k.layer_count; ++li) {
+      if (k.layers[li].kind != layer_kind::moe) continue;
+      for (phase ph : {phase::forward, phase::backward}) {
         plan_op o;
-        o.node = G::names[I.value];
-        o.node_index = I.value;
+        o.node = in.names[i];
+        o.node_index = i;
         o.policy = step_policy;
-        o.target = {false, scope::block, i};
-        o.where = C::layers[i].name;
-        o.repeat = C::layers[i].where;
-        o.ph = p;
+        o.target = {false, scope::block, li};
+        o.where = k.layers[li].name;
+        o.repeat = k.layers[li].where;
+        o.ph = ph;
         o.coll = collective::all_reduce;
         o.over = data_axes;
         o.tensor = tensor_role::router_stats;
         // forward: before the layer's own collectives (dispatch); backward: after them
-        pos[n] = 4 * static_cast<long>(i) + (p == phase::forward ? 0 : 1);
-        out[n++] = o;
+        pos[n] = 4 * static_cast<long>(li) + (ph == phase::forward ? 0 : 1);
+        raw[n++] = o;
       }
     }
-  });
+  }
+
+  std::array<std::size_t, NodeCount + 1> rank{};  // topological rank of each node; the step comes last
+  for (std::size_t r = 0; r < NodeCount; ++r) rank[in.order[r]] = r;
+  rank[NodeCount] = NodeCount;
+  auto key_less = [&](std::size_t a, std::size_t b) {
+    const plan_op &x = raw[a], &y = raw[b];
+    if (x.ph != y.ph) return x.ph < y.ph;
+    long rx = static_cast<long>(rank[x.node_index]), ry = static_cast<long>(rank[y.node_index]);
+    // the optimizer phase starts with the step's ops (the gradient norm,
+    // which the update needs); the nodes' ops follow the update
+    if (x.ph == phase::optimizer) {
+      if (x.node_index == NodeCount) rx = -1;
+      if (y.node_index == NodeCount) ry = -1;
+    }
+    if (x.ph == phase::backward) {
+      if (rx != ry) return rx > ry;
+      return pos[a] > pos[b];
+    }
+    if (rx != ry) return rx < ry;
+    return pos[a] < pos[b];
+  };
+  // stable bottom-up merge sort of indices
+  std::array<std::size_t, Size> idx{}, tmp{};
+  for (std::size_t i = 0; i < Size; ++i) idx[i] = i;
+  for (std::size_t w = 1; w < Size; w *= 2)
+    for (std::size_t lo = 0; lo < Size; lo += 2 * w) {
+      const std::size_t mid = lo + w < Size ? lo + w : Size, hi = lo + 2 * w < Size ? lo + 2 * w : Size;
+      std::size_t a = lo, b = mid, t = lo;
+      while (a < mid && b < hi) tmp[t++] = key_less(idx[b], idx[a]) ? idx[b++] : idx[a++];
+      while (a < mid) tmp[t++] = idx[a++];
+      while (b < hi) tmp[t++] = idx[b++];
+      for (std::size_t i = lo; i < hi; ++i) idx[i] = tmp[i];
+    }
+  std::array<plan_op, Size> out{};
+  for (std::size_t i = 0; i < Size; ++i) out[i] = raw[idx[i]];
+  return out;
 }
 
+// A (model, recipe) pair's checks and build_plan's input. The recipe is
+// matched to the nodes in one pass; the checks that raise errors
+// (check_apply) are instantiated only for the first apply<> at fault, so a
+// mistake is still one error that names its apply<> and policy.
 template <Model G, Recipe R>
-struct plan_builder {
+struct plan_tables;
+template <class... N, class E, class... A>
+struct plan_tables<graph<nodes<N...>, E>, recipe<A...>> {
+  using G = graph<nodes<N...>, E>;
+  using R = recipe<A...>;
+  static constexpr std::size_t apply_count = sizeof...(A);
+
+  struct match {
+    std::array<std::size_t, G::size> apply_of{};    // the apply<> naming each node (apply_count: none)
+    std::array<std::size_t, apply_count> node_of{};  // the node each apply<> names (G::size: none)
+    std::size_t first_bad = apply_count;             // the first apply<> naming no node, or a node named twice
+  };
+  static constexpr match m = [] {
+    match r;
+    std::array<std::size_t, G::size + 1> times{};
+    for (std::size_t i = 0; i < G::size; ++i) r.apply_of[i] = apply_count;
+    for (std::size_t a = 0; a < apply_count; ++a) {
+      const std::size_t i = G::index_of(R::nodes[a]);
+      r.node_of[a] = i;
+      ++times[i];
+      if (i < G::size && r.apply_of[i] == apply_count) r.apply_of[i] = a;
+    }
+    for (std::size_t a = 0; a < apply_count && r.first_bad == apply_count; ++a)
+      if (r.node_of[a] == G::size || times[r.node_of[a]] != 1) r.first_bad = a;
+    return r;
+  }();
+  template <std::size_t I>
+  using apply_at = std::tuple_element_t<I, std::tuple<A...>>;
+
+  static constexpr bool names_ok = [] {
+    if constexpr (m.first_bad < apply_count)
+      return check_apply<G, R, apply_at<m.first_bad>>::ok;  // false, with its error
+    else
+      return true;
+  }();
+  static constexpr bool policies_ok = [] {
+    if constexpr (names_ok)
+      return (A::policies_ok && ... && true);
+    else
+      return false;
+  }();
+
+  // The policies of node I (an empty tuple when no apply<> names it).
+  using policy_list = indexed_list<std::make_index_sequence<apply_count + 1>, typename A::policies..., std::tuple<>>;
+  template <std::size_t I>
+  using policies_at = pick_t<m.apply_of[I], policy_list>;
+
+  template <class Seq>
+  struct nodes_of;
   template <std::size_t... I>
-  static constexpr std::size_t count_ops(std::index_sequence<I...>) {
-    return (node_ops<G, R, I, typename node_policies<G, R, I>::type>::count + ... + 0);
-  }
-  static constexpr std::size_t size = count_ops(std::make_index_sequence<G::size>{}) + step_op_count<G>();
+  struct nodes_of<std::index_sequence<I...>> {
+    static constexpr plan_input<G::size> input{
+        {N::name...}, {node_kind<typename N::component, policies_at<I>>::view...}, G::order};
+  };
+  using per_node = nodes_of<std::make_index_sequence<G::size>>;
 
-  static constexpr std::array<plan_op, size> build() {
-    std::array<plan_op, size> raw{};
-    std::array<long, size> pos{};
+  static constexpr std::size_t first_bad_node = [] {
+    if constexpr (policies_ok) {
+      for (std::size_t i = 0; i < G::size; ++i)
+        if (!per_node::input.kinds[i].ok) return i;
+    }
+    return G::size;
+  }();
+  // A failed check has stopped compilation with one error.
+  static constexpr bool ok = [] {
+    if constexpr (!policies_ok)
+      return false;
+    else if constexpr (first_bad_node < G::size && m.apply_of[first_bad_node] < apply_count)
+      return check_apply<G, R, apply_at<m.apply_of[first_bad_node]>>::ok;  // false, with its error
+    else
+      return first_bad_node == G::size;
+  }();
+
+  // the nodes' ops and the step's: loss statistics, gradient norm, and the
+  // router statistics of each MoE layer in both directions
+  static constexpr std::size_t size = [] {
     std::size_t n = 0;
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (node_ops<G, R, I, typename node_policies<G, R, I>::type>::collect(raw.data(), n, pos.data()), ...);
-    }(std::make_index_sequence<G::size>{});
-    step_ops<G>(raw.data(), n, pos.data());
-
-    std::array<std::size_t, G::size + 1> rank{};  // topological rank of each node; the step comes last
-    for (std::size_t r = 0; r < G::size; ++r) rank[G::order[r]] = r;
-    rank[G::size] = G::size;
-    auto key_less = [&](std::size_t a, std::size_t b) {
-      const plan_op &x = raw[a], &y = raw[b];
-      if (x.ph != y.ph) return x.ph < y.ph;
-      long rx = static_cast<long>(rank[x.node_index]), ry = static_cast<long>(rank[y.node_index]);
-      // the optimizer phase starts with the step's ops (the gradient norm,
-      // which the update needs); the nodes' ops follow the update
-      if (x.ph == phase::optimizer) {
-        if (x.node_index == G::size) rx = -1;
-        if (y.node_index == G::size) ry = -1;
+    if constexpr (ok) {
+      n = 2;
+      for (const auto& k : per_node::input.kinds) {
+        n += k.op_count;
+        for (std::size_t l = 0; l < k.layer_count; ++l) n += 2 * (k.layers[l].kind == layer_kind::moe);
       }
-      if (x.ph == phase::backward) {
-        if (rx != ry) return rx > ry;
-        return pos[a] > pos[b];
-      }
-      if (rx != ry) return rx < ry;
-      return pos[a] < pos[b];
-    };
-    // stable insertion sort of indices
-    std::array<std::size_t, size> idx{};
-    for (std::size_t i = 0; i < size; ++i) idx[i] = i;
-    for (std::size_t i = 1; i < size; ++i)
-      for (std::size_t j = i; j > 0 && key_less(idx[j], idx[j - 1]); --j) std::swap(idx[j], idx[j - 1]);
-    std::array<plan_op, size> out{};
-    for (std::size_t i = 0; i < size; ++i) out[i] = raw[idx[i]];
-    return out;
-  }
+    }
+    return n;
+  }();
 };
 
 }  // namespace detail
@@ -368,22 +516,19 @@ struct plan {
   using recipe_type = R;
   // A failed check has already stopped compilation with its own message; an
   // invalid (model, recipe) then gets an empty plan instead of more errors.
-  static constexpr bool valid = detail::check_recipe<G, R>::ok;
-  static constexpr std::size_t size = [] {
-    if constexpr (valid) return detail::plan_builder<G, R>::size;
-    else return std::size_t{0};
-  }();
+  static constexpr bool valid = detail::plan_tables<G, R>::ok;
+  static constexpr std::size_t size = detail::plan_tables<G, R>::size;
   static constexpr std::array<plan_op, size> ops = [] {
-    if constexpr (valid) return detail::plan_builder<G, R>::build();
+    if constexpr (valid) return detail::build_plan<size>(detail::plan_tables<G, R>::per_node::input);
     else return std::array<plan_op, 0>{};
   }();
 
   // What the recipe's policies place on each node (indexed like G::names).
   static constexpr std::array<placement_list, G::size> placements = [] {
     std::array<placement_list, G::size> out{};
-    if constexpr (valid) [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (detail::collect_placements<G, R, I, typename detail::node_policies<G, R, I>::type>(out[I]), ...);
-    }(std::make_index_sequence<G::size>{});
+    if constexpr (valid)
+      for (std::size_t i = 0; i < G::size; ++i)
+        out[i] = *detail::plan_tables<G, R>::per_node::input.kinds[i].placements;
     return out;
   }();
 
