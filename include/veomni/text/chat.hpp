@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "jinja.hpp"
+#include "json_file.hpp"
 #include "tokenizer.hpp"
 
 namespace veomni::text {
@@ -70,17 +71,6 @@ inline tokenizer_files find_tokenizer(const std::filesystem::path& file_or_dir) 
 }
 
 namespace detail {
-inline nlohmann::json read_json_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw chat_error(p.string() + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw chat_error(p.string() + ": malformed JSON: " + e.what());
-  }
-}
 // A special token in tokenizer_config.json: "<|im_end|>", or {"content": "<|im_end|>", ...} (older files), or null.
 inline std::optional<std::string> config_token(const nlohmann::json& c, const char* key, const std::string& file) {
   const auto it = c.find(key);
@@ -110,7 +100,7 @@ class chat_template {
  public:
   // tokenizer_config.json's "chat_template" (a string, or a list of {name, template}: "default" or the
   // first), or chat_template.jinja beside it (newer Hugging Face checkpoints).
-  static chat_template from_file(const std::filesystem::path& config) { return from_json(detail::read_json_file(config), config); }
+  static chat_template from_file(const std::filesystem::path& config) { return from_json(read_json_file<chat_error>(config), config); }
   // The same, of tokenizer_config.json's parsed contents `c` (read from `config`).
   static chat_template from_json(const nlohmann::json& c, const std::filesystem::path& config) {
     const std::string file = config.string();

@@ -612,20 +612,22 @@ void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::stri
 }
 
 // The tensors of a Hugging Face export of whole parameters (consolidate's
-// `all`, float32 and contiguous), under hf_layout's names: stacked experts
-// become one tensor per expert. The pointers are into `all`.
+// `all`), under hf_layout's names: stacked experts become one tensor per
+// expert. `tensors` point into `values`, the parameters as float32.
+struct hf_export {
+  std::vector<at::Tensor> values;
+  std::vector<hf_tensor> tensors;
+};
 template <Model G>
-std::vector<hf_tensor> hf_tensors(const typename G::dims& d, const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
-  std::map<std::string, const at::Tensor*> by_name;
-  for (const auto& [s, t] : all) by_name[s.name] = &t;
-  std::vector<hf_tensor> out;
+hf_export hf_tensors(const typename G::dims& d, const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [s, t] : all) by_name[s.name] = t.detach().to(at::kFloat).contiguous();
+  hf_export out;
   for (const auto& [s, src] : hf_layout<G>(d)) {
-    const at::Tensor& t = *by_name.at(s.name);
-    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kFloat, "hf_tensors: float32 contiguous tensors expected");
-    const bool split = src.stacked;
+    const at::Tensor& t = out.values.emplace_back(by_name.at(s.name));
     for (size_t i = 0; i < src.tensors.size(); ++i)
-      out.push_back({src.tensors[i], split ? std::vector<int64_t>(s.shape.begin() + 1, s.shape.end()) : s.shape,
-                     t.data_ptr<float>() + static_cast<int64_t>(i) * src.each});
+      out.tensors.push_back({src.tensors[i], src.stacked ? std::vector<int64_t>(s.shape.begin() + 1, s.shape.end()) : s.shape,
+                             t.data_ptr<float>() + static_cast<int64_t>(i) * src.each});
   }
   return out;
 }

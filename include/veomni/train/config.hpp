@@ -11,7 +11,8 @@
 //   "train.max_step: unknown key (did you mean train.max_steps?)"
 // Nothing here touches the network: the trainer checks the config on every
 // rank before its first collective, so all ranks fail alike (exit 2).
-// Needs yaml-cpp (Debian: libyaml-cpp-dev).
+// Needs yaml-cpp (Debian: libyaml-cpp-dev) and nlohmann-json (hf.hpp: a
+// model.path's config.json says which model it loads into).
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -25,6 +26,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "hf.hpp"
 
 namespace veomni::train {
 
@@ -269,18 +272,15 @@ inline void apply_overrides(config& c, const std::vector<std::string>& args) {
 // its config.json and dense_lm for the rest (whose load names what is wrong);
 // data.tokenizer is the checkpoint's when it holds a tokenizer.json.
 inline void settle_defaults(config& c) {
-  std::error_code ec;
   if (c.model.name.empty()) {
     c.model.name = c.model.path.empty() ? "omni_moe" : "dense_lm";
-    const std::filesystem::path cfg = std::filesystem::path(c.model.path) / "config.json";
-    if (!c.model.path.empty() && std::filesystem::is_regular_file(cfg, ec)) try {
-        const YAML::Node arch = YAML::LoadFile(cfg.string())["architectures"];  // JSON is YAML
-        if (arch.IsSequence() && arch.size() > 0 && arch[0].IsScalar() && arch[0].as<std::string>() == "Qwen3MoeForCausalLM")
-          c.model.name = "moe_lm";
-      } catch (const YAML::Exception&) {
+    if (!c.model.path.empty()) try {
+        c.model.name = hf_model_name(hf_checkpoint::read_config(c.model.path));
+      } catch (const hf_error&) {
         // unreadable: dense_lm's load reports it, naming the file
       }
   }
+  std::error_code ec;
   if (c.data.tokenizer.empty() && !c.model.path.empty() &&
       std::filesystem::is_regular_file(std::filesystem::path(c.model.path) / "tokenizer.json", ec))
     c.data.tokenizer = c.model.path;

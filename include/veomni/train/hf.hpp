@@ -31,12 +31,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../core/components.hpp"
+#include "../text/json_file.hpp"
 
 namespace veomni::train {
 
@@ -120,16 +120,24 @@ class hf_checkpoint {
     }
   };
 
-  explicit hf_checkpoint(const std::filesystem::path& dir) : dir_(dir) {
+  // A checkpoint folder's config.json alone (what the model's dims come from),
+  // without reading any weights file's header.
+  static nlohmann::json read_config(const std::filesystem::path& dir) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec))
+      throw hf_error(dir.string() + ": not a folder (model.path names a Hugging Face checkpoint folder)");
+    nlohmann::json c = text::read_json_file<hf_error>(dir / "config.json");
+    if (!c.is_object()) throw hf_error((dir / "config.json").string() + ": expected a JSON object");
+    return c;
+  }
+
+  explicit hf_checkpoint(const std::filesystem::path& dir) : dir_(dir), config_(read_config(dir)) {
     namespace fs = std::filesystem;
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) throw hf_error(dir.string() + ": not a folder (model.path names a Hugging Face checkpoint folder)");
-    config_ = read_json(dir / "config.json");
-    if (!config_.is_object()) throw hf_error((dir / "config.json").string() + ": expected a JSON object");
     const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
     std::vector<std::string> files;
     if (fs::exists(index, ec)) {
-      const nlohmann::json j = read_json(index);
+      const nlohmann::json j = text::read_json_file<hf_error>(index);
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         throw hf_error(index.string() + ": no \"weight_map\" object");
       std::map<std::string, std::string> where;
@@ -203,18 +211,6 @@ class hf_checkpoint {
   }
 
  private:
-  static nlohmann::json read_json(const std::filesystem::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    if (!in) throw hf_error(p.string() + ": cannot open");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    try {
-      return nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      throw hf_error(p.string() + ": malformed JSON: " + e.what());
-    }
-  }
-
   void add_file(const std::string& path) {
     const detail::fd_file f(path);
     const uint64_t size = f.size();

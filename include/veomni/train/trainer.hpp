@@ -109,7 +109,7 @@ typename G::dims model_dims(const config& c) {
     if constexpr (hf_family<G>) {
       constexpr bool moe = std::is_same_v<G, models::moe_lm>;
       try {
-        const hf_model m = read_hf_model(hf_checkpoint(c.model.path).config(), c.model.path + "/config.json");
+        const hf_model m = read_hf_model(hf_checkpoint::read_config(c.model.path), c.model.path + "/config.json");
         if (m.moe != moe)
           throw hf_error(c.model.path + "/config.json: architectures[0] = " + m.architecture + " loads into model.name: " +
                          (m.moe ? "moe_lm" : "dense_lm") + ", not " + c.model.name);
@@ -346,9 +346,7 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
   constexpr bool hf = hf_family<G>;
   (void)model_name;
   if constexpr (hf) {
-    std::vector<std::pair<nn::param_spec, at::Tensor>> whole;
-    for (const auto& [s, t] : all) whole.emplace_back(s, t.detach().to(at::kFloat).contiguous());
-    write_hf_safetensors(dir + "/model.safetensors", hf_tensors<G>(d, whole), "F32");
+    write_hf_safetensors(dir + "/model.safetensors", hf_tensors<G>(d, all).tensors, "F32");
   } else {
     std::vector<std::pair<std::string, at::Tensor>> ts;
     for (const auto& [s, t] : all) ts.emplace_back(s.name, t);
@@ -848,12 +846,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         ro.log("veomni-train: exported " + out.file("hf/model.safetensors").string());
       } else {  // as the checkpoint came: its files, names, index and config.json; train.export_dtype or its dtype
         const hf_checkpoint& like = *prep.hf;
-        std::vector<std::pair<nn::param_spec, at::Tensor>> whole;
-        for (const auto& [spec, t] : all) whole.emplace_back(spec, t.detach().to(at::kFloat).contiguous());
-        const std::vector<hf_tensor> ts = hf_tensors<G>(prep.dims, whole);
+        const hf_export ex = hf_tensors<G>(prep.dims, all);
         const std::string dtype = c.train.export_dtype.empty() ? ""
                                   : c.train.export_dtype == "float32" ? "F32" : c.train.export_dtype == "bfloat16" ? "BF16" : "F16";
-        write_hf_like(out.file("hf"), like, ts, dtype);
+        write_hf_like(out.file("hf"), like, ex.tensors, dtype);
         for (const std::string& f : prep.vocab.files)
           std::filesystem::copy_file(f, out.file("hf") / std::filesystem::path(f).filename(), std::filesystem::copy_options::overwrite_existing);
         ro.log("veomni-train: exported " + out.file("hf").string() + " in the layout of " + c.model.path);

@@ -85,7 +85,7 @@ inline text_vocabulary load_text(const std::string& path) {
   nlohmann::json config = nlohmann::json::object();
   if (!files.config.empty()) {
     v.files.push_back(files.config.string());
-    config = text::detail::read_json_file(files.config);
+    config = text::read_json_file<text::chat_error>(files.config);
     if (!config.is_object()) throw text::chat_error(config_name + ": expected a JSON object");
     std::error_code ec;
     const fs::path jinja = files.config.parent_path() / "chat_template.jinja";
