@@ -68,10 +68,12 @@ constexpr collective dual(collective c) {
 //   loss_stats                     (loss sum, target count) per loss head
 //   router_stats                   a MoE layer's expert counts and probability sums, and its token count: 2E+1
 //   grad_norm                      the squared norm of this rank's gradient shards
+//   adapter_grads                  the gradient of a unit's adapters (LoRA): rank x the sum of
+//                                  (in + out) over the linear maps it adapts (geometry::adapter_width)
 enum class tensor_role {
   params, grads, expert_params, expert_grads,
   q, k, v, attn_out, dispatch, combine, kv_block, scalar,
-  loss_stats, router_stats, grad_norm,
+  loss_stats, router_stats, grad_norm, adapter_grads,
 };
 
 constexpr std::string_view to_string(tensor_role t) {
@@ -91,6 +93,7 @@ constexpr std::string_view to_string(tensor_role t) {
     case tensor_role::loss_stats: return "loss_stats";
     case tensor_role::router_stats: return "router_stats";
     case tensor_role::grad_norm: return "grad_norm";
+    case tensor_role::adapter_grads: return "adapter_grads";
   }
   return "?";
 }
@@ -119,7 +122,9 @@ struct placement {
 // Tensors a policy places, the unit of the "one tensor dim, one axis" rule.
 // Gradients and optimizer state follow the parameters' placement unless a
 // policy places them itself (ZeRO-1/2 shard them while parameters stay whole).
-enum class placed_tensor { params, expert_params, grads, optimizer_state, activations };
+// adapters: trainable low-rank factors beside frozen parameters (Adapt<LoRA>);
+// a node with them trains only them.
+enum class placed_tensor { params, expert_params, grads, optimizer_state, activations, adapters };
 
 constexpr std::string_view to_string(placed_tensor t) {
   switch (t) {
@@ -128,6 +133,7 @@ constexpr std::string_view to_string(placed_tensor t) {
     case placed_tensor::grads: return "grads";
     case placed_tensor::optimizer_state: return "optimizer_state";
     case placed_tensor::activations: return "activations";
+    case placed_tensor::adapters: return "adapters";
   }
   return "?";
 }

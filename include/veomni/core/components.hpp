@@ -36,6 +36,7 @@ constexpr geometry attention(long hidden, long heads, long kv_heads, long head_d
   g.saved_fp32_per_token = heads;                                  // the softmax's log-sum-exp per head
   // backward: the block's output gradient (held by the residual), d(out), dq, dk, dv
   g.grad_working_per_token = hidden + 2 * g.q_width + 2 * g.kv_width;
+  g.adapter_width = 4 * hidden + 2 * g.q_width + 2 * g.kv_width;  // q, k, v: hidden in; o: q_width in
   return g;
 }
 // SwiGLU: gate and up (hidden -> ffn), down (ffn -> hidden).
@@ -48,6 +49,7 @@ constexpr geometry swiglu(long hidden, long ffn) {
   // backward at its peak: the output gradient (held by the residual), then
   // d(silu(gate)*up), d(gate), d(up), less silu(gate)*up, freed by then
   g.grad_working_per_token = hidden + 2 * ffn;
+  g.adapter_width = 3 * (hidden + ffn);
   return g;
 }
 // Two-matrix MLP with an elementwise activation (ViT: fc1, GELU, fc2).
@@ -58,6 +60,7 @@ constexpr geometry gelu_mlp(long hidden, long ffn, bool bias = false) {
   g.flops_per_token = 4 * hidden * ffn;
   g.saved_per_token = hidden + 2 * ffn;  // input, fc1 output, activation output
   g.grad_working_per_token = hidden + ffn;  // as SwiGLU's, with one branch
+  g.adapter_width = 2 * (hidden + ffn);
   return g;
 }
 // RMSNorm (weight) or LayerNorm (weight and bias).

@@ -56,6 +56,9 @@ struct workload {
   long default_tokens = 0;
   std::array<node_tokens, capacity> per_node{};  // filled from the front
   long micro_batches = 1;
+  // The rank of the recipe's adapters (Adapt<LoRA>) when set at run time
+  // (parallel::options::adapters.rank); 0: the policy's own.
+  long adapter_rank = 0;
 
   constexpr workload& with(std::string_view node, long tokens) {
     for (auto& e : per_node)
@@ -83,9 +86,21 @@ struct op_cost {
 
 constexpr long ceil_div(long a, long b) { return b <= 0 ? 0 : (a + b - 1) / b; }
 
+// Elements of a unit's adapters: rank (rank_override if set) x the
+// adapter_width of its layers of the adapted kinds.
+template <Component C>
+constexpr long adapter_elements(const adapter_shape& a, const typename C::dims& d, scope s, long rank_override = 0) {
+  long width = 0;
+  for (std::size_t i = 0; i < C::layers.size(); ++i)
+    if (C::layers[i].where == s && has_kind(a.kinds, C::layers[i].kind)) width += C::shape(i, d).adapter_width;
+  return (rank_override > 0 ? rank_override : a.rank) * width;
+}
+
 namespace detail {
 template <Component C>
-constexpr long op_elements(const plan_op& o, const typename C::dims& d, const mesh_shape& m, long tokens) {
+constexpr long op_elements(const plan_op& o, const typename C::dims& d, const mesh_shape& m, long tokens,
+                           long adapter_rank) {
+  if (o.tensor == tensor_role::adapter_grads) return adapter_elements<C>(o.adapter, d, o.target.unit, adapter_rank);
   if (o.target.is_unit) {
     const bool experts = o.tensor == tensor_role::expert_params || o.tensor == tensor_role::expert_grads;
     long s = experts ? unit_expert_params<C>(d, o.target.unit) / m[axis::ep::name]
@@ -149,7 +164,8 @@ constexpr long element_bytes(tensor_role t, const precision& p) {
     case tensor_role::params:
     case tensor_role::expert_params: return p.param_bytes;
     case tensor_role::grads:
-    case tensor_role::expert_grads: return p.grad_bytes;
+    case tensor_role::expert_grads:
+    case tensor_role::adapter_grads: return p.grad_bytes;
     case tensor_role::scalar:
     case tensor_role::loss_stats:
     case tensor_role::router_stats:
@@ -176,7 +192,7 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
     detail::comps_info<typename G::components>::one(o.node_index, d, [&](auto component, const auto& nd) {
       using C = typename decltype(component)::type;
       c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
-      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node));
+      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapter_rank);
     });
   const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);
   const long n = c.group;
@@ -254,7 +270,11 @@ struct memory_per_rank {
   constexpr long total() const { return params + grads + optimizer; }
 };
 
-// Parameter, gradient and optimizer-state bytes one rank holds. A unit's
+// Parameter, gradient and optimizer-state bytes one rank holds. An adapted
+// node (Adapt<LoRA>) holds its frozen parameters as its Shard policy places
+// them but no gradient or optimizer state of theirs; its adapters are whole
+// on every rank, with their gradients and optimizer state, in fp32 (the
+// optimizer's moments at optimizer_state_bytes). A unit's
 // dense params are divided (with padding) by the group of the axes its
 // policies shard them over; experts first by ep (whole experts), then by the
 // axes that shard expert_params' flat dim (ep_dp). Gradients and optimizer
@@ -264,15 +284,21 @@ struct memory_per_rank {
 // gradients (ZeRO-1):
 //   P = 10, n = 4:  ZeRO-2 params 12, grads 3, optimizer 3;  ZeRO-1 params 12, grads 12, optimizer 3.
 template <class P>
-constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {}) {
+constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {},
+                                 long adapter_rank = 0) {
   using G = typename P::model;
-  long param_el = 0, grad_el = 0, opt_el = 0;
+  long param_el = 0, grad_el = 0, opt_el = 0, adapter_el = 0;
   detail::comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
     using C = typename decltype(component)::type;
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
-    bool experts_separate = false;
+    bool experts_separate = false, frozen = false;
+    for (const auto& o : P::ops)
+      if (o.node_index == node && o.tensor == tensor_role::adapter_grads)
+        adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
+                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapter_rank);
     for (const auto& pl : P::placements[node]) {
       experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
+      frozen = frozen || pl.tensor == placed_tensor::adapters;
       if (pl.how.kind != placement_kind::shard) continue;
       const long g = m.size(pl.over);
       switch (pl.tensor) {
@@ -294,14 +320,15 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
       const long e = experts_separate ? ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat) : 0;
       const long whole = ceil_div(p, pad) * pad;
       param_el += reps * ((dense > 1 ? ceil_div(p, dense) : whole) + e);
+      if (frozen) continue;
       grad_el += reps * ((grads > 1 ? ceil_div(p, grads) : whole) + e);
       opt_el += reps * (ceil_div(p, opt) + e);
     }
   });
   memory_per_rank r;
-  r.params = param_el * prec.param_bytes;
-  r.grads = grad_el * prec.grad_bytes;
-  r.optimizer = opt_el * (prec.optimizer_state_bytes + prec.master_bytes);
+  r.params = param_el * prec.param_bytes + adapter_el * 4;
+  r.grads = grad_el * prec.grad_bytes + adapter_el * 4;
+  r.optimizer = opt_el * (prec.optimizer_state_bytes + prec.master_bytes) + adapter_el * prec.optimizer_state_bytes;
   return r;
 }
 

@@ -37,6 +37,7 @@ struct plan_op {
   axis_set pre_sharded{};
   dtype dt = dtype::unspecified;
   bool experts_separate = false;  // the node's experts are placed by an Experts<> policy
+  adapter_shape adapter{};        // adapter_grads: the adapters' rank and layer kinds
 };
 
 // The node whose blocks forward runs last, so that backward starts with its
@@ -81,24 +82,35 @@ struct experts_split_by<C, std::tuple<P...>> {
       if (d.tensor == placed_tensor::expert_params && d.how.kind == placement_kind::shard) return true;
     return false;
   }
+  template <class Q>
+  static constexpr bool adapts() {
+    for (const auto& d : Q::template placements<node_context<C, false>>())
+      if (d.tensor == placed_tensor::adapters) return true;
+    return false;
+  }
   static constexpr bool value = (splits<P>() || ... || false);
+  static constexpr bool frozen = (adapts<P>() || ... || false);
+  using context = node_context<C, value, frozen>;
 };
 
 template <Model G, Recipe R, std::size_t I>
 struct node_ctx {
   using C = typename G::template component_at<I>;
   using policies = typename node_policies<G, R, I>::type;
-  using type = node_context<C, experts_split_by<C, policies>::value>;
+  using type = typename experts_split_by<C, policies>::context;
 };
 
 // Whether every forward collective of policy P has its backward dual: the
 // reduce_scatter of its gradient for an all_gather, the inverse all_to_all
-// for an all_to_all (same target and axes).
+// for an all_to_all (same target and axes). Frozen parameters (an adapted
+// node's) have no gradient: their all_gather needs no dual.
 template <class P, class Ctx>
 constexpr bool has_backward_duals() {
   const auto ops = P::template ops<Ctx>();
   for (const auto& f : ops) {
     if (f.ph != phase::forward) continue;
+    if (Ctx::frozen && f.target.is_unit && (f.tensor == tensor_role::params || f.tensor == tensor_role::expert_params))
+      continue;
     bool found = false;
     for (const auto& b : ops)
       found = found || (b.ph == phase::backward && b.coll == dual(f.coll) && b.tensor == grad_of(f.tensor) &&
@@ -127,12 +139,17 @@ template <class A, class P, class C, class Ctx>
 struct check_policy_on_node {
   static_assert(touches_component<P, C>(),
                 "veomni::recipe: the policy touches no layer of its node "
-                "(for example Experts<EP> on a node that has no moe layer)");
-  static constexpr bool has_duals = has_backward_duals<P, Ctx>();
+                "(for example Experts<EP> on a node that has no moe layer, or Adapt<LoRA> on a node with no "
+                "attention or MLP layer to adapt)");
+  static constexpr bool every_kind = !touches_component<P, C>() || has_every_touched_kind<P, C>();
+  static_assert(every_kind,
+                "veomni::recipe: the policy targets a layer kind that its node does not have "
+                "(for example Adapt<LoRA> targeting mlp on a node whose component has no mlp layer)");
+  static constexpr bool has_duals = !touches_component<P, C>() || !every_kind || has_backward_duals<P, Ctx>();
   static_assert(has_duals,
                 "veomni::recipe: a forward collective of the policy has no backward dual "
                 "(all_gather needs reduce_scatter of its gradient, all_to_all its inverse all_to_all)");
-  static constexpr bool ok = touches_component<P, C>() && has_duals;
+  static constexpr bool ok = touches_component<P, C>() && every_kind && has_duals;
 };
 
 template <class A, class C, class Ctx, class Tuple>
@@ -237,11 +254,13 @@ template <Component C, class Tuple>
 struct node_kind;
 template <Component C, class... P>
 struct node_kind<C, std::tuple<P...>> {
-  using Ctx = node_context<C, experts_split_by<C, std::tuple<P...>>::value>;
+  using Ctx = typename experts_split_by<C, std::tuple<P...>>::context;
   // check_policy_on_node and check_placements without their errors (which
   // plan_tables raises, through check_apply, for the node at fault)
-  static constexpr bool ok = ((touches_component<P, C>() && has_backward_duals<P, Ctx>()) && ... && true) &&
-                             placements_conflict_free<Ctx, P...>();
+  static constexpr bool ok =
+      ((touches_component<P, C>() && has_every_touched_kind<P, C>() && has_backward_duals<P, Ctx>()) && ... &&
+       true) &&
+      placements_conflict_free<Ctx, P...>();
   static constexpr std::size_t op_count = ok ? (P::template ops<Ctx>().size() + ... + 0) : 0;
   static constexpr std::array<kind_op, op_count> ops = [] {
     std::array<kind_op, op_count> out{};
@@ -332,6 +351,7 @@ constexpr std::array<plan_op, Size> build_plan(const plan_input<NodeCount>& in) 
       p.tensor = o.spec.tensor;
       p.pre_sharded = o.spec.pre_sharded;
       p.dt = o.spec.dt;
+      p.adapter = o.spec.adapter;
       p.experts_separate = k.experts_split;
       pos[n] = o.position;
       raw[n++] = p;

@@ -25,6 +25,9 @@
 
 namespace veomni {
 
+// Where adapter gradients are summed: every axis over which ranks see other data.
+inline constexpr axis_set data_axes_of_adapters = axes<axis::dp_replicate, axis::dp_shard, axis::sp>;
+
 struct fsdp_options {
   // Free a block's gathered parameters after its forward and gather them
   // again in backward (ZeRO-3). The last block keeps them: backward starts
@@ -72,6 +75,7 @@ struct fsdp_impl {
       out.push_back(unit_op(s, phase::forward, collective::all_gather, over, p, {}, pd));
       if (O.reshard_after_forward && s == scope::block)
         out.push_back(skip_last_block(unit_op(s, phase::backward, collective::all_gather, over, p, {}, pd)));
+      if (Ctx::frozen) return;  // an adapted node: no gradient of its parameters to reduce
       out.push_back(unit_op(s, phase::backward, collective::reduce_scatter, over, grad_of(p), {}, rd));
       if (Hybrid)
         out.push_back(unit_op(s, phase::backward, collective::all_reduce, replicate_axes, grad_of(p), over, rd));
@@ -110,6 +114,7 @@ struct DDP {
   static constexpr op_list ops() {
     using C = typename Ctx::component;
     op_list out;
+    if (Ctx::frozen) return out;  // an adapted node: its parameters have no gradient
     for_each_unit<C>([&](scope s) {
       out.push_back(unit_op(s, phase::backward, collective::all_reduce, dense_axes, tensor_role::grads));
       if (Ctx::experts_split && scope_has_kind<C>(s, layer_kind::moe))
@@ -182,5 +187,76 @@ struct EP {
   template <class Node>
   struct runtime;
 };
+
+// LoRA (Hu et al. 2021): each linear map W [out, in] of the targeted layers
+// gains trainable factors A [rank, in] and B [out, rank], and computes
+//   y = x W^T + (alpha / rank) * dropout(x) A^T B^T
+// while W and every other parameter of the node stay frozen. B starts at
+// zero, so training starts from the base model. The adapters are
+// replicated; their gradients are all-reduced over the data axes, once per
+// unit (a block, or the root) that has targeted layers:
+//   backward  all_reduce(adapter_grads)   over dp_replicate x dp_shard x sp
+// and, frozen, the node's Shard policy gathers its parameters as before and
+// reduces none of their gradients; only the adapters have optimizer state.
+// rank, alpha and dropout may be overridden at run time
+// (parallel::options::adapters; the trainer's train.lora).
+struct lora_options {
+  long rank = 8;
+  long alpha = 16;
+  double dropout = 0;  // on the adapters' input, in training
+  unsigned targets = layer_kinds({layer_kind::attention, layer_kind::mlp});
+};
+
+namespace detail {
+constexpr std::size_t kind_count(unsigned m) {
+  std::size_t n = 0;
+  for (unsigned i = 0; i < 32; ++i) n += (m >> i) & 1u;
+  return n;
+}
+template <unsigned M>
+constexpr auto kinds_of() {
+  std::array<layer_kind, kind_count(M)> out{};
+  std::size_t n = 0;
+  for (unsigned i = 0; i < 32; ++i)
+    if ((M >> i) & 1u) out[n++] = static_cast<layer_kind>(i);
+  return out;
+}
+}  // namespace detail
+
+template <lora_options O = lora_options{}>
+struct lora {
+  static_assert(O.rank > 0, "veomni::lora: rank must be positive");
+  static_assert(O.targets != 0, "veomni::lora: targets must name at least one layer kind (layer_kinds({...}))");
+  static_assert((O.targets & ~layer_kinds({layer_kind::attention, layer_kind::mlp})) == 0,
+                "veomni::lora: LoRA adapts attention and mlp layers (their linear maps); experts (moe), "
+                "embeddings, heads and norms are not adapted");
+  static constexpr std::string_view name = "LoRA";
+  static constexpr lora_options options = O;
+  static constexpr auto touches = detail::kinds_of<O.targets>();
+  static constexpr bool touches_all = true;  // each target must be a layer kind of the node
+  static constexpr axis_set over = data_axes_of_adapters;
+
+  template <class Ctx>
+  static constexpr placement_list placements() {
+    placement_list out;
+    out.push_back({placed_tensor::adapters, placement::replicate(), over});
+    return out;
+  }
+  template <class Ctx>
+  static constexpr op_list ops() {
+    using C = typename Ctx::component;
+    op_list out;
+    for_each_unit<C>([&](scope s) {
+      bool any = false;
+      for (const auto& l : C::layers) any = any || (l.where == s && has_kind(O.targets, l.kind));
+      if (any) out.push_back(adapter_op(s, over, {O.rank, O.targets}));
+    });
+    return out;
+  }
+  // The runtime half: the adapters on the node's linear maps (parallel/policies/lora.hpp).
+  template <class Node>
+  struct runtime;
+};
+using LoRA = lora<>;
 
 }  // namespace veomni

@@ -41,6 +41,24 @@ struct op_target {
   friend constexpr bool operator==(const op_target&, const op_target&) = default;
 };
 
+// A set of layer kinds as bits (one per layer_kind), for compile-time settings:
+//   layer_kinds({layer_kind::attention, layer_kind::mlp})
+constexpr unsigned layer_kinds(std::initializer_list<layer_kind> ks) {
+  unsigned m = 0;
+  for (layer_kind k : ks) m |= 1u << static_cast<unsigned>(k);
+  return m;
+}
+constexpr bool has_kind(unsigned kinds, layer_kind k) { return (kinds >> static_cast<unsigned>(k)) & 1u; }
+
+// What an op on adapters moves: rank-`rank` factors on every linear map of
+// the unit's layers whose kind is in `kinds` (layer_kinds bits); its size is
+// rank x the sum of those layers' geometry::adapter_width.
+struct adapter_shape {
+  long rank = 0;
+  unsigned kinds = 0;
+  friend constexpr bool operator==(const adapter_shape&, const adapter_shape&) = default;
+};
+
 struct op_spec {
   op_target target;
   phase ph = phase::forward;
@@ -51,6 +69,7 @@ struct op_spec {
   // gradient shards): its size is divided by their group size.
   axis_set pre_sharded{};
   dtype dt = dtype::unspecified;  // element type moved (a policy setting)
+  adapter_shape adapter{};        // tensor_role::adapter_grads: whose adapters
 };
 
 constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_role t, axis_set pre = {},
@@ -60,6 +79,12 @@ constexpr op_spec unit_op(scope s, phase p, collective c, axis_set over, tensor_
 constexpr op_spec layer_op(std::size_t layer, phase p, collective c, axis_set over, tensor_role t,
                            dtype dt = dtype::unspecified) {
   return {{false, scope::block, layer}, p, c, over, t, {}, dt};
+}
+// The backward all_reduce of a unit's adapter gradients over `over` (adapters stay fp32).
+constexpr op_spec adapter_op(scope s, axis_set over, adapter_shape a) {
+  op_spec o = unit_op(s, phase::backward, collective::all_reduce, over, tensor_role::adapter_grads, {}, dtype::f32);
+  o.adapter = a;
+  return o;
 }
 // The same op for every block but the last.
 constexpr op_spec skip_last_block(op_spec o) {
@@ -73,12 +98,16 @@ using op_list = static_vector<op_spec, max_ops_per_policy>;
 using placement_list = static_vector<placement_decl, max_placements_per_policy>;
 
 // What a policy sees of the node it is applied to.
-template <Component C, bool ExpertsSplit = false>
+template <Component C, bool ExpertsSplit = false, bool Frozen = false>
 struct node_context {
   using component = C;
   // Another policy on this node shards the experts (Experts<EP>): parameter
   // sharding then treats expert weights separately, over ep_dp.
   static constexpr bool experts_split = ExpertsSplit;
+  // A policy on this node places adapters (Adapt<LoRA>): its parameters are
+  // frozen (no gradient, no optimizer state), so a Shard policy gathers them
+  // as before but reduces no gradient of theirs.
+  static constexpr bool frozen = Frozen;
 };
 
 namespace detail {
@@ -121,6 +150,28 @@ concept Policy = requires {
   { P::template placements<node_context<detail::probe_component>>() } -> std::same_as<placement_list>;
   { P::template ops<node_context<detail::probe_component>>() } -> std::same_as<op_list>;
 };
+
+namespace detail {
+template <class P>
+constexpr bool wants_every_kind() {
+  if constexpr (requires { P::touches_all; })
+    return P::touches_all;
+  else
+    return false;
+}
+}  // namespace detail
+
+// Does component C have every layer kind policy P touches? Asked only of a
+// policy that declares `static constexpr bool touches_all = true` (LoRA: each
+// target must exist); true for the others.
+template <class P, Component C>
+constexpr bool has_every_touched_kind() {
+  if constexpr (detail::wants_every_kind<P>()) {
+    for (layer_kind k : P::touches)
+      if (!has_layer_kind<C>(k)) return false;
+  }
+  return true;
+}
 
 // Does policy P act on at least one layer of component C?
 template <class P, Component C>
@@ -165,6 +216,7 @@ struct category_base {
 inline constexpr std::string_view shard_name = "Shard";
 inline constexpr std::string_view split_name = "Split";
 inline constexpr std::string_view experts_name = "Experts";
+inline constexpr std::string_view adapt_name = "Adapt";
 }  // namespace detail
 
 // Shard<Impl>: shards or replicates parameters (FSDP, HSDP, DDP).
@@ -188,6 +240,14 @@ template <class Impl>
 struct Experts : detail::category_base<Impl, detail::experts_name> {
   static_assert(detail::places_only<Impl>({placed_tensor::expert_params}),
                 "veomni::Experts<Impl>: an Experts policy may place only expert_params");
+};
+
+// Adapt<Impl>: trains adapters beside the node's frozen parameters (LoRA).
+template <class Impl>
+struct Adapt : detail::category_base<Impl, detail::adapt_name> {
+  static_assert(detail::places_only<Impl>({placed_tensor::adapters}),
+                "veomni::Adapt<Impl>: an Adapt policy may place only adapters");
+  static constexpr bool touches_all = detail::wants_every_kind<Impl>();
 };
 
 // Helpers for policy authors: visit layers of a kind / scopes present.

@@ -64,9 +64,14 @@ enum class unit_op_kind {
 };
 
 constexpr bool is_param_role(tensor_role t) { return t == tensor_role::params || t == tensor_role::expert_params; }
-constexpr bool is_grad_role(tensor_role t) { return t == tensor_role::grads || t == tensor_role::expert_grads; }
-// Which of a unit's two parameter groups an op moves: 0 dense, 1 its local experts.
+constexpr bool is_grad_role(tensor_role t) {
+  return t == tensor_role::grads || t == tensor_role::expert_grads || t == tensor_role::adapter_grads;
+}
+// A unit's parameter groups: its dense parameters, its local experts, its adapters.
+inline constexpr int unit_groups = 3;
+// Which group an op moves: 0 dense, 1 its local experts, 2 its adapters.
 constexpr int group_of(tensor_role t) {
+  if (t == tensor_role::adapter_grads) return 2;
   return t == tensor_role::expert_params || t == tensor_role::expert_grads ? 1 : 0;
 }
 
@@ -116,7 +121,7 @@ struct trigger {
   trigger_kind kind = trigger_kind::request;
   std::size_t node = 0;  // G::size: the step
   long block = -1;       // -1: the node's root
-  int group = 0;         // grads_ready: 0 dense, 1 experts
+  int group = 0;         // grads_ready: 0 dense, 1 experts, 2 adapters
   friend constexpr bool operator==(const trigger&, const trigger&) = default;
 };
 
@@ -249,7 +254,7 @@ struct schedule_builder {
          {trigger_kind::request, node, block}, recompute);
   }
   void reductions(std::size_t node, long block) {
-    for (int g : {0, 1})
+    for (int g = 0; g < unit_groups; ++g)
       each(node, block, phase::backward,
            [&](const plan_op& o) {
              return o.target.is_unit && classify(o) != unit_op_kind::regather && group_of(o.tensor) == g;

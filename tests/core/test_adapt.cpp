@@ -1,0 +1,122 @@
+// Adapt<LoRA> in the plan: the base frozen (gathered as before, no gradient
+// reduced), the adapters' gradients all-reduced over the data axes once per
+// unit that has adapted layers, optimizer state only for the adapters; the
+// cost model and describe() say so before anything runs.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include <veomni/core.hpp>
+#include <veomni/models/zoo.hpp>
+
+using namespace veomni;
+
+namespace {
+using models::dense_lm;
+using models::omni_moe;
+
+constexpr workload tokens(long t) {
+  workload w;
+  w.default_tokens = t;
+  return w;
+}
+template <class P>
+constexpr std::size_t count_role(tensor_role t) {
+  return P::count_if([t](const plan_op& o) { return o.tensor == t; });
+}
+using attention_only = lora<lora_options{.rank = 4, .targets = layer_kinds({layer_kind::attention})}>;
+}  // namespace
+
+TEST_CASE("plan: LoRA under FSDP gathers the frozen base and reduces only the adapters' gradients") {
+  using F = plan<dense_lm, recipe<apply<"lm", Shard<FSDP>>>>;
+  using L = plan<dense_lm, recipe<apply<"lm", Shard<FSDP>, Adapt<LoRA>>>>;
+  // the gathers are FSDP's as before, forward and backward
+  static_assert(L::count(phase::forward, collective::all_gather) == F::count(phase::forward, collective::all_gather));
+  static_assert(L::count(phase::backward, collective::all_gather) == F::count(phase::backward, collective::all_gather));
+  // no gradient of the base is reduced; the block's adapters are (the root has no attention or mlp)
+  static_assert(F::count(phase::backward, collective::reduce_scatter) == 2);
+  static_assert(L::count(phase::backward, collective::reduce_scatter) == 0);
+  static_assert(count_role<L>(tensor_role::grads) == 0);
+  static_assert(count_role<L>(tensor_role::adapter_grads) == 1);
+  constexpr auto op = [] {
+    for (const auto& o : L::ops)
+      if (o.tensor == tensor_role::adapter_grads) return o;
+    return plan_op{};
+  }();
+  static_assert(op.policy == "Adapt<LoRA>" && op.ph == phase::backward && op.coll == collective::all_reduce);
+  static_assert(op.where == "block" && op.repeat == scope::block && op.dt == dtype::f32);
+  static_assert(op.over == axes<axis::dp_replicate, axis::dp_shard, axis::sp>);
+  static_assert(op.adapter.rank == 8 && has_kind(op.adapter.kinds, layer_kind::attention) &&
+                has_kind(op.adapter.kinds, layer_kind::mlp));
+
+  // its size: rank x (q, k, v, o and gate, up, down: in + out each), per block
+  const auto d = models::dense_lm_tiny();
+  const auto& lm = d.at<"lm">();
+  const long q = lm.heads * lm.head_dim, kv = lm.kv_heads * lm.head_dim;
+  const long per_block = 8 * ((lm.hidden + q) + 2 * (lm.hidden + kv) + (q + lm.hidden) + 3 * (lm.hidden + lm.ffn));
+  const mesh_shape m{.dp_replicate = 2, .dp_shard = 2};
+  const op_cost c = cost_of<L>(op, d, m, tokens(64));
+  CHECK(c.elements == per_block);
+  CHECK(c.group == 4);
+  CHECK(c.calls == lm.layers);
+  CHECK(c.payload_bytes == per_block * 4);
+  // a rank set at run time
+  workload w = tokens(64);
+  w.adapter_rank = 2;
+  CHECK(cost_of<L>(op, d, m, w).elements == per_block / 4);
+
+  // memory: the base as FSDP shards it, no gradient or moments of it; the
+  // adapters whole on every rank with their gradient and two fp32 moments
+  const memory_per_rank full = memory<F>(d, m, precisions::fp32), adapted = memory<L>(d, m, precisions::fp32);
+  const long adapters = lm.layers * per_block;
+  CHECK(adapted.params == full.params + 4 * adapters);
+  CHECK(adapted.grads == 4 * adapters);
+  CHECK(adapted.optimizer == 8 * adapters);
+  CHECK(memory<L>(d, m, precisions::fp32, 2).optimizer == 8 * adapters / 4);
+  // and the step moves far fewer bytes than full fine-tuning
+  CHECK(traffic<L>(d, m, tokens(64)).payload_bytes < traffic<F>(d, m, tokens(64)).payload_bytes);
+}
+
+TEST_CASE("plan: LoRA under DDP reduces nothing but the adapters") {
+  using L = plan<dense_lm, recipe<apply<"lm", Shard<DDP>, Adapt<LoRA>>>>;
+  static_assert(L::count(phase::backward, collective::all_reduce) == 1);  // the block's adapters
+  static_assert(count_role<L>(tensor_role::grads) == 0);
+  static_assert(L::placements[0].size() == 2);
+  static_assert(L::placements[0][1].tensor == placed_tensor::adapters);
+}
+
+TEST_CASE("plan: LoRA on attention composes with FSDP, Ulysses and EP on an MoE node") {
+  using R = recipe<apply<"vision", Shard<FSDP>>, apply<"vision_proj", Shard<FSDP>>, apply<"audio", Shard<FSDP>>,
+                   apply<"audio_proj", Shard<FSDP>>,
+                   apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>, Adapt<attention_only>>,
+                   apply<"image_out", Shard<FSDP>>>;
+  using P = plan<omni_moe, R>;
+  constexpr std::size_t lm = omni_moe::index_of("lm");
+  // the frozen language model: no reduce_scatter of its dense or expert gradients
+  static_assert(P::count_if([](const plan_op& o) {
+                  return o.node_index == lm && o.coll == collective::reduce_scatter;
+                }) == 0);
+  // its activations still move: Ulysses' and EP's all_to_alls, forward and backward
+  static_assert(P::count_if([](const plan_op& o) { return o.node_index == lm && o.coll == collective::all_to_all; }) ==
+                8 + 4);
+  // the other nodes train fully
+  static_assert(P::count_if([](const plan_op& o) {
+                  return o.node_index != lm && o.coll == collective::reduce_scatter;
+                }) > 0);
+  static_assert(count_role<P>(tensor_role::adapter_grads) == 1);
+  const auto d = models::omni_moe_tiny();
+  const auto& l = d.at<"lm">();
+  const long q = l.heads * l.head_dim, kv = l.kv_heads * l.head_dim;
+  for (const auto& o : P::ops)
+    if (o.tensor == tensor_role::adapter_grads)
+      CHECK(cost_of<P>(o, d, mesh_shape{.dp_shard = 2, .ep = 2}, tokens(64)).elements ==
+            4 * (4 * l.hidden + 2 * q + 2 * kv));
+}
+
+TEST_CASE("describe: an adapted node's plan shows the adapters' all_reduce and no reduction of the base") {
+  using L = plan<dense_lm, recipe<apply<"lm", Shard<FSDP>, Adapt<LoRA>>>>;
+  const std::string s = describe<L>(models::dense_lm_tiny(), mesh_shape{.dp_shard = 2}, tokens(64));
+  CHECK(s.find("Adapt<LoRA>") != std::string::npos);
+  CHECK(s.find("adapter_grads") != std::string::npos);
+  CHECK(s.find("reduce_scatter") == std::string::npos);
+}
