@@ -9,7 +9,9 @@
 //     bytes summed over the ranks, their positions exact;
 //   - the counters: bytes per (collective, axes) equal the cost model's;
 //   - memory (after the first step): the parameter, gradient and optimizer
-//     bytes this rank holds equal the cost model's memory<P>.
+//     bytes this rank holds equal the cost model's memory<P>;
+//   - an adapted node's frozen parameters (Adapt<LoRA>) are bit-identical
+//     after the last step to what they were before the first (exit 4).
 // With --micro=N each step's global batch is cut into N micro-batches
 // (contiguous runs of samples), whose gradients accumulate. The trace is
 // also written to OUT.trace.rank<R>.csv.
@@ -158,6 +160,14 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
   const double lr = std::getenv("VEOMNI_PARITY_LR") ? std::atof(std::getenv("VEOMNI_PARITY_LR")) : 1e-3;
   const double eps = std::getenv("VEOMNI_PARITY_EPS") ? std::atof(std::getenv("VEOMNI_PARITY_EPS")) : 1e-6;
   train::adamw optim(model.parameters(), model.decay_masks(), {.lr = lr, .eps = eps, .weight_decay = 0.1});
+  std::vector<at::Tensor> frozen_before;
+  for (auto& u : model.exec().units())
+    for (auto& g : u.groups)
+      if (!g.empty() && g.frozen) frozen_before.push_back(g.master.detach().clone());
+  if (a.recipe.rfind("lora", 0) == 0 && frozen_before.empty()) {
+    std::fprintf(stderr, "parity_worker: recipe %s freezes no parameters\n", a.recipe.c_str());
+    return 4;
+  }
   std::ofstream out;
   if (env.rank == 0) out.open(a.out);
   using P = plan<G, R>;
@@ -248,6 +258,17 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
       out << line;
     }
   }
+  std::size_t changed = 0, i = 0;
+  for (auto& u : model.exec().units())
+    for (auto& g : u.groups)
+      if (!g.empty() && g.frozen) changed += !at::equal(frozen_before[i++], g.master.detach());
+  if (changed) {
+    std::fprintf(stderr, "parity_worker: %zu of %zu frozen parameter groups changed in training\n", changed,
+                 frozen_before.size());
+    return 4;
+  }
+  if (env.rank == 0 && !frozen_before.empty())
+    std::printf("parity_worker: %zu frozen parameter groups bit-identical after %d steps\n", frozen_before.size(), a.steps);
   if (env.rank == 0)
     std::printf("parity_worker: %s %s world %ld: %d steps, local params %lld of %lld\n", a.model.c_str(),
                 a.recipe.c_str(), a.mesh.world(), a.steps, static_cast<long long>(model.local_numel()),
@@ -319,17 +340,23 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    static const char* const dense_names[] = {"ddp",      "fsdp",      "hsdp",      "fsdp_sp", "fsdp_bf16",
-                                              "ring_ddp", "ring_fsdp", "fsdp_keep", "zero2",   "zero1"};
+    static const char* const dense_names[] = {"ddp",       "fsdp",      "hsdp",      "fsdp_sp",  "fsdp_bf16",
+                                              "ring_ddp",  "ring_fsdp", "fsdp_keep", "zero2",    "zero1",
+                                              "lora_ddp",  "lora_fsdp", "lora_fsdp_sp"};
+    using attention_lora = lora<lora_options{.rank = 4, .alpha = 8, .targets = layer_kinds({layer_kind::attention})}>;
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     using keep_fsdp = fsdp<fsdp_options{.reshard_after_forward = false}>;
-    static const char* const omni_names[] = {"ddp", "fsdp", "hsdp", "fsdp_sp", "fsdp_ep", "fsdp_sp_ep"};
+    static const char* const omni_names[] = {"ddp",       "fsdp",         "hsdp",         "fsdp_sp",
+                                             "fsdp_ep",   "fsdp_sp_ep",   "lora_fsdp",    "lora_fsdp_sp",
+                                             "lora_fsdp_ep", "lora_fsdp_sp_ep"};
     if (a.model == "dense_lm" || a.model == "dense_lm_hf")
       return dispatch<dense_lm, recipe<apply<"lm", Shard<DDP>>>, recipe<apply<"lm", Shard<FSDP>>>,
                       recipe<apply<"lm", Shard<HSDP>>>, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>>>,
                       recipe<apply<"lm", Shard<bf16_fsdp>>>, recipe<apply<"lm", Shard<DDP>, Split<user::Ring>>>,
                       recipe<apply<"lm", Shard<FSDP>, Split<user::Ring>>>, recipe<apply<"lm", Shard<keep_fsdp>>>,
-                      recipe<apply<"lm", Shard<user::ZeRO2>>>, recipe<apply<"lm", Shard<user::ZeRO1>>>>(
+                      recipe<apply<"lm", Shard<user::ZeRO2>>>, recipe<apply<"lm", Shard<user::ZeRO1>>>,
+                      recipe<apply<"lm", Shard<DDP>, Adapt<LoRA>>>, recipe<apply<"lm", Shard<FSDP>, Adapt<LoRA>>>,
+                      recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>, Adapt<LoRA>>>>(
           a, a.model == "dense_lm" ? models::dense_lm_tiny() : dense_lm_hf(), testing::kind::text, dense_names);
     if (a.model == "tiny_vl")
       return dispatch<tiny_vl,
@@ -354,7 +381,22 @@ int main(int argc, char** argv) {
           recipe<fsdp_on<"vision">, fsdp_on<"vision_proj">, fsdp_on<"audio">, fsdp_on<"audio_proj">,
                  apply<"lm", Shard<FSDP>, Experts<EP>>, fsdp_on<"image_out">>,
           recipe<fsdp_on<"vision">, fsdp_on<"vision_proj">, fsdp_on<"audio">, fsdp_on<"audio_proj">,
-                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>>, fsdp_on<"image_out">>>(
+                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>>, fsdp_on<"image_out">>,
+          // LoRA: the encoders' attention and MLPs and the language model's
+          // attention adapted, the projectors and the image head trained
+          recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
+                 apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
+                 apply<"lm", Shard<FSDP>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+          recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
+                 apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
+                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+          recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
+                 apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
+                 apply<"lm", Shard<FSDP>, Experts<EP>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+          recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
+                 apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
+                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>, Adapt<attention_lora>>,
+                 fsdp_on<"image_out">>>(
           a, a.model == "omni_moe" ? models::omni_moe_tiny() : omni_moe_hf(), testing::kind::omni, omni_names);
     }
     std::fprintf(stderr, "parity_worker: unknown model '%s'\n", a.model.c_str());

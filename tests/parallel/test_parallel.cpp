@@ -66,12 +66,15 @@ std::string run_job(const std::string& tag, const std::string& model, const std:
 }
 
 // `micro` > 1: both runs cut each step into that many micro-batches.
+// `reference`: the recipe of the one-process run (FSDP on one rank is the
+// plain single-process model; a LoRA recipe compares with itself on one rank).
 void check_parity(const std::string& model, const std::string& recipe, int rep, int shard, int sp, int ep,
-                  const std::string& extra = "", double tolerance = 1e-5, int micro = 1) {
+                  const std::string& extra = "", double tolerance = 1e-5, int micro = 1,
+                  const std::string& reference = "fsdp") {
   const std::string split = micro > 1 ? " --micro=" + std::to_string(micro) : "";
   const std::string tag = recipe + std::to_string(rep) + std::to_string(shard) + std::to_string(sp) +
                           std::to_string(ep) + alnum(extra + split);
-  const auto ref = read_rows(run_job(tag, model, "fsdp", 1, 1, 1, 1, split));
+  const auto ref = read_rows(run_job(tag, model, reference, 1, 1, 1, 1, split));
   const auto got = read_rows(run_job(tag, model, recipe, rep, shard, sp, ep, extra + split));
   REQUIRE(ref.size() == 20);
   REQUIRE(got.size() == 20);
@@ -270,3 +273,23 @@ TEST_CASE("long context: a step's peak memory grows linearly with the sample's l
   CHECK(first > 0);
   CHECK(second <= 2.3 * first);
 }
+
+// LoRA (Adapt<LoRA>): against the same recipe on one process; the worker
+// also fails if a frozen parameter changed by a single bit in 20 steps.
+namespace {
+void check_lora_parity(const std::string& model, const std::string& recipe, int rep, int shard, int sp, int ep) {
+  check_parity(model, recipe, rep, shard, sp, ep, "", 1e-5, 1, recipe);
+}
+}  // namespace
+TEST_CASE("parity dense_lm LoRA ddp world 2") { check_lora_parity("dense_lm", "lora_ddp", 2, 1, 1, 1); }
+TEST_CASE("parity dense_lm LoRA fsdp world 2") { check_lora_parity("dense_lm", "lora_fsdp", 1, 2, 1, 1); }
+TEST_CASE("parity dense_lm LoRA fsdp world 4") { check_lora_parity("dense_lm", "lora_fsdp", 1, 4, 1, 1); }
+TEST_CASE("parity dense_lm LoRA fsdp_sp world 2") { check_lora_parity("dense_lm", "lora_fsdp_sp", 1, 1, 2, 1); }
+TEST_CASE("parity dense_lm LoRA fsdp_sp world 4") { check_lora_parity("dense_lm", "lora_fsdp_sp", 1, 2, 2, 1); }
+TEST_CASE("parity omni_moe LoRA fsdp world 2") { check_lora_parity("omni_moe", "lora_fsdp", 1, 2, 1, 1); }
+TEST_CASE("parity omni_moe LoRA fsdp world 4") { check_lora_parity("omni_moe", "lora_fsdp", 1, 4, 1, 1); }
+TEST_CASE("parity omni_moe LoRA fsdp_sp world 2") { check_lora_parity("omni_moe", "lora_fsdp_sp", 1, 1, 2, 1); }
+TEST_CASE("parity omni_moe LoRA fsdp_sp world 4") { check_lora_parity("omni_moe", "lora_fsdp_sp", 1, 2, 2, 1); }
+TEST_CASE("parity omni_moe LoRA fsdp_ep world 2") { check_lora_parity("omni_moe", "lora_fsdp_ep", 1, 2, 1, 2); }
+TEST_CASE("parity omni_moe LoRA fsdp_ep world 4") { check_lora_parity("omni_moe", "lora_fsdp_ep", 1, 4, 1, 4); }
+TEST_CASE("parity omni_moe LoRA fsdp_sp_ep world 4") { check_lora_parity("omni_moe", "lora_fsdp_sp_ep", 1, 2, 2, 2); }

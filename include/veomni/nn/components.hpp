@@ -79,6 +79,11 @@ struct hooks {
       };
   // sums router statistics over the ranks that share a batch (identity alone)
   std::function<at::Tensor(const at::Tensor&)> reduce_router_stats = [](const at::Tensor& t) { return t; };
+  // a linear map of the unit's tensor w[i] (a spec marked `linear`) on x: x w[i]^T.
+  // Adapters (Adapt<LoRA>) add their low-rank term here; w is the unit's
+  // whole list, the adapters after its own tensors.
+  std::function<at::Tensor(const at::Tensor&, const tensors&, std::size_t)> linear =
+      [](const at::Tensor& x, const tensors& w, std::size_t i) { return project(x, w[i]); };
 };
 
 // A loss as (sum, count) so that the global mean divides by the global count.
@@ -104,6 +109,17 @@ inline std::string block_name(const std::string& prefix, int64_t i, const char* 
 }
 inline param_spec weight(std::string name, std::vector<int64_t> shape) {
   return {std::move(name), std::move(shape), init_kind::normal, 0.02, true, false};
+}
+// A weight [out, in] that the component applies through hooks::linear.
+inline param_spec linear_weight(std::string name, std::vector<int64_t> shape, layer_kind kind) {
+  param_spec s = weight(std::move(name), std::move(shape));
+  s.linear = true;
+  s.kind = kind;
+  return s;
+}
+// x w[i]^T through the hooks (adapters), or plainly without them (generation).
+inline at::Tensor linear(const hooks* h, const at::Tensor& x, const tensors& w, std::size_t i) {
+  return h ? h->linear(x, w, i) : project(x, w[i]);
 }
 inline param_spec norm_weight(std::string name, int64_t n) {
   return {std::move(name), {n}, init_kind::ones, 0.0, false, false};
@@ -136,10 +152,10 @@ struct attention_inputs {
   at::Tensor q, k, v;
 };
 inline attention_inputs project_qkv(const at::Tensor& h, const tensors& w, const attention_geometry& a,
-                                    const rope_table& table) {
+                                    const rope_table& table, const hooks* hk = nullptr) {
   const int64_t t = h.size(0);
   auto heads_of = [&](int64_t i, int64_t heads) {
-    at::Tensor y = project(h, w[static_cast<size_t>(i)]);
+    at::Tensor y = linear(hk, h, w, static_cast<size_t>(i));
     if (a.qkv_bias) y = y + w[static_cast<size_t>(a.bias_at() + i - 1)];
     return y.view({t, heads, a.head_dim});
   };
@@ -158,18 +174,25 @@ inline at::Tensor attention_sublayer(const at::Tensor& x, const tensors& w, cons
                                      const seq_layout& s, context& ctx) {
   const int64_t t = x.size(0);
   const at::Tensor h = rms_norm(x, w[0], a.rms_norm_eps);
-  const attention_inputs in = project_qkv(h, w, a, s.rope_for(a.head_dim, x.scalar_type(), a.rope_theta));
+  const attention_inputs in = project_qkv(h, w, a, s.rope_for(a.head_dim, x.scalar_type(), a.rope_theta), &ctx.h);
   const at::Tensor o = ctx.h.attention(in.q, in.k, in.v, s).reshape({t, a.heads * a.head_dim});
-  return x + project(o, w[4]);
+  return x + ctx.h.linear(o, w, 4);
+}
+
+// SwiGLU with w[g] gate, w[g + 1] up, w[g + 2] down, through the hooks
+// (plainly without them): nn::swiglu's math.
+inline at::Tensor swiglu_sublayer(const at::Tensor& h, const tensors& w, std::size_t g, const hooks* hk) {
+  return linear(hk, kernels::silu_mul(linear(hk, h, w, g), linear(hk, h, w, g + 1)), w, g + 2);
 }
 
 inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hidden, const attention_geometry& a,
                                                const char* norm) {
   const int64_t q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
-  std::vector<param_spec> s{norm_weight(p + norm, hidden), weight(p + "self_attn.q_proj.weight", {q, hidden}),
-                            weight(p + "self_attn.k_proj.weight", {kv, hidden}),
-                            weight(p + "self_attn.v_proj.weight", {kv, hidden}),
-                            weight(p + "self_attn.o_proj.weight", {hidden, q})};
+  constexpr layer_kind at = layer_kind::attention;
+  std::vector<param_spec> s{norm_weight(p + norm, hidden), linear_weight(p + "self_attn.q_proj.weight", {q, hidden}, at),
+                            linear_weight(p + "self_attn.k_proj.weight", {kv, hidden}, at),
+                            linear_weight(p + "self_attn.v_proj.weight", {kv, hidden}, at),
+                            linear_weight(p + "self_attn.o_proj.weight", {hidden, q}, at)};
   if (a.qkv_bias) {
     s.push_back(bias(p + "self_attn.q_proj.bias", q));
     s.push_back(bias(p + "self_attn.k_proj.bias", kv));
@@ -182,8 +205,10 @@ inline std::vector<param_spec> attention_specs(const std::string& p, int64_t hid
   return s;
 }
 inline std::vector<param_spec> mlp_specs(const std::string& p, int64_t hidden, int64_t ffn, const char* norm) {
-  return {norm_weight(p + norm, hidden), weight(p + "mlp.gate_proj.weight", {ffn, hidden}),
-          weight(p + "mlp.up_proj.weight", {ffn, hidden}), weight(p + "mlp.down_proj.weight", {hidden, ffn})};
+  constexpr layer_kind k = layer_kind::mlp;
+  return {norm_weight(p + norm, hidden), linear_weight(p + "mlp.gate_proj.weight", {ffn, hidden}, k),
+          linear_weight(p + "mlp.up_proj.weight", {ffn, hidden}, k),
+          linear_weight(p + "mlp.down_proj.weight", {hidden, ffn}, k)};
 }
 inline void append(std::vector<param_spec>& a, std::vector<param_spec> b) {
   for (auto& s : b) a.push_back(std::move(s));
@@ -277,7 +302,7 @@ struct impl<text_decoder> {
     const auto att = attention(d);
     const auto m = static_cast<size_t>(att.tensors());  // the MLP's tensors follow the attention's
     const at::Tensor a = detail::attention_sublayer(x, w, att, s, ctx);
-    return a + swiglu(rms_norm(a, w[m], d.rms_norm_eps), w[m + 1], w[m + 2], w[m + 3]);
+    return a + detail::swiglu_sublayer(rms_norm(a, w[m], d.rms_norm_eps), w, m + 1, &ctx.h);
   }
   static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map&) {
     const at::Tensor h = rms_norm(x, root[1], d.rms_norm_eps);
@@ -364,7 +389,7 @@ inline std::vector<param_spec> encoder_block_specs(const std::string& b, int64_t
 inline at::Tensor encoder_block(int64_t hidden, int64_t heads, const tensors& w, const at::Tensor& x, context& ctx,
                                 const seq_layout& s) {
   const at::Tensor a = attention_sublayer(x, w, encoder_attention(hidden, heads), s, ctx);
-  return a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
+  return a + swiglu_sublayer(rms_norm(a, w[5]), w, 6, &ctx.h);
 }
 }  // namespace detail
 

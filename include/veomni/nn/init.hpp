@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "../core/layer.hpp"
+
 namespace veomni::nn {
 
 enum class init_kind { normal, zeros, ones };
@@ -27,6 +29,10 @@ struct param_spec {
   double stddev = 0.02;
   bool decay = true;    // weight decay applies (not to norms and biases)
   bool expert = false;  // an expert weight [E, ...], placed by Experts<> policies
+  // A linear map [out, in] of a layer of kind `kind`, which the component
+  // applies through hooks::linear: adapters (Adapt<LoRA>) may attach to it.
+  bool linear = false;
+  layer_kind kind = layer_kind::norm;
 
   int64_t numel() const {
     return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());

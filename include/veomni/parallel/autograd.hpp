@@ -21,6 +21,7 @@
 // units outlive every graph; they are referred to, not owned.
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <utility>
@@ -59,13 +60,17 @@ at::Tensor compute_buffer(Host* h, typename Host::unit_type& u, int g) {
 template <class Host>
 struct gather_fn : torch::autograd::Function<gather_fn<Host>> {
   using unit_type = typename Host::unit_type;
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor&, Host* h, unit_type* u) {
-    detail::save_unit(ctx, h, u);
-    at::Tensor dense = detail::compute_buffer(h, *u, 0), experts = detail::compute_buffer(h, *u, 1);
+  // The unit's dense and expert parameters as one flat buffer.
+  static at::Tensor flat(Host* h, unit_type& u) {
+    at::Tensor dense = detail::compute_buffer(h, u, 0), experts = detail::compute_buffer(h, u, 1);
     // no experts: the gathered buffer itself (padded), so that backward's
     // flat gradient is the reduce_scatter's input as it is
-    if (u->groups[1].empty()) return dense;
-    return at::cat({dense.narrow(0, 0, u->groups[0].numel), experts.narrow(0, 0, u->groups[1].numel).to(dense.scalar_type())});
+    if (u.groups[1].empty()) return dense;
+    return at::cat({dense.narrow(0, 0, u.groups[0].numel), experts.narrow(0, 0, u.groups[1].numel).to(dense.scalar_type())});
+  }
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor&, Host* h, unit_type* u) {
+    detail::save_unit(ctx, h, u);
+    return flat(h, *u);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
     const auto r = detail::load_unit<Host>(ctx);
@@ -80,11 +85,13 @@ struct gather_fn : torch::autograd::Function<gather_fn<Host>> {
     }
     return {at::Tensor(), at::Tensor(), at::Tensor()};
   }
+  // The unit's parameters (dense, then experts); frozen (an adapted node's),
+  // outside autograd: no gradient of them is computed.
   static nn::tensors apply(const at::Tensor& dummy, Host* h, unit_type* u) {
-    const at::Tensor flat = torch::autograd::Function<gather_fn>::apply(dummy, h, u);
+    const at::Tensor all = u->base_frozen() ? flat(h, *u) : torch::autograd::Function<gather_fn>::apply(dummy, h, u);
     std::vector<std::vector<int64_t>> shapes = u->groups[0].shapes;
     shapes.insert(shapes.end(), u->groups[1].shapes.begin(), u->groups[1].shapes.end());
-    return nn::split_flat(flat, shapes, true);
+    return nn::split_flat(all, shapes, !u->base_frozen());
   }
 };
 
@@ -107,7 +114,7 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
   using unit_type = typename Host::unit_type;
   using body_t = std::function<at::Tensor(const at::Tensor&)>;
   struct inner {
-    at::Tensor x, dense, experts, y, aux;
+    at::Tensor x, dense, experts, adapters, y, aux;
   };
   // What forward leaves for backward.
   struct state : torch::CustomClassHolder {
@@ -119,15 +126,17 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
   };
 
   // The body on the unit's compute buffers: the parameters as views of them,
-  // aux losses of the block collected as one output.
+  // aux losses of the block collected as one output. Frozen parameters need
+  // no gradient; the adapters (whole, fp32) do.
   static inner run(Host* h, unit_type& u, const body_t& body, const at::Tensor& x, const at::Tensor& dense,
                    const at::Tensor& experts) {
     inner in;
     // the block computes in its parameters' dtype (mixed precision)
     in.x = x.detach().to(dense.scalar_type()).requires_grad_(x.requires_grad());
-    in.dense = dense.detach().requires_grad_(true);
-    in.experts = experts.detach().requires_grad_(true);
-    std::tie(in.y, in.aux) = h->run_block(u, body, in.x, in.dense, in.experts);
+    in.dense = dense.detach().requires_grad_(!u.base_frozen());
+    in.experts = experts.detach().requires_grad_(!u.base_frozen());
+    in.adapters = detail::compute_buffer(h, u, 2).detach().requires_grad_(!u.groups[2].empty());
+    std::tie(in.y, in.aux) = h->run_block(u, body, in.x, in.dense, in.experts, in.adapters);
     return in;
   }
 
@@ -197,16 +206,25 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
       outs.push_back(in.aux);
       grads_out.push_back(g[1]);
     }
+    // d(x), then the gradients of what requires one: the parameters, or an
+    // adapted node's adapters alone
     std::vector<at::Tensor> wrt;
+    std::array<int, unit_type::groups_n> at_index{-1, -1, -1};
     const bool x_grad = in.x.requires_grad();
     if (x_grad) wrt.push_back(in.x);
-    wrt.push_back(in.dense);
-    wrt.push_back(in.experts);
-    auto grads = torch::autograd::grad(outs, wrt, grads_out, false, false, /*allow_unused=*/true);
-    const std::size_t o = x_grad ? 1 : 0;
+    for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi) {
+      const at::Tensor& t = gi == 0 ? in.dense : gi == 1 ? in.experts : in.adapters;
+      if (!t.requires_grad()) continue;
+      at_index[gi] = static_cast<int>(wrt.size());
+      wrt.push_back(t);
+    }
+    std::vector<at::Tensor> grads;
+    if (!wrt.empty() && in.y.requires_grad())
+      grads = torch::autograd::grad(outs, wrt, grads_out, false, false, /*allow_unused=*/true);
+    grads.resize(wrt.size());
     at::Tensor dx = x_grad ? std::move(grads[0]) : at::Tensor();
-    h->exec().grads_ready(u, 0, std::move(grads[o]));
-    h->exec().grads_ready(u, 1, std::move(grads[o + 1]));
+    for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi)
+      h->exec().grads_ready(u, static_cast<int>(gi), at_index[gi] >= 0 ? std::move(grads[static_cast<std::size_t>(at_index[gi])]) : at::Tensor());
     if (!h->checkpointing()) h->exec().free_gathered(u, in.dense, in.experts);
     u.saved = {};
     st->in = inner{};

@@ -163,6 +163,29 @@ class node_handle {
   std::string_view policy() const { return policy_; }
   // The node's hooks (parallel/../nn/components.hpp): wrap or replace them.
   nn::hooks& hooks() const { return *hooks_; }
+  // The runtime options (parallel/executor.hpp), e.g. adapters' settings.
+  const auto& run_options() const { return exec_->opts(); }
+
+  // The adapters the runtime holds for this node's units of scope s (its
+  // root, or any of its blocks: all alike), where its Adapt<> placements put
+  // them: at the end of the unit's tensor list, lora_A then lora_B of each
+  // adapted linear map. slot[i] = k for the list's k-th adapted tensor i
+  // (its factors at base + 2k and base + 2k + 1), else -1; size: the list's
+  // length. No adapters: an empty slot list.
+  struct unit_adapters {
+    std::vector<int> slot;
+    std::size_t base = 0, size = 0;
+  };
+  unit_adapters adapters(scope s) const {
+    const long units = exec_->unit_count(node_);
+    if (s == scope::block && units < 2) return {};
+    const auto& u = exec_->unit(node_, s == scope::block ? 0 : -1);
+    unit_adapters a;
+    a.slot = u.adapter_slot;
+    a.base = u.groups[0].shapes.size() + u.groups[1].shapes.size();
+    a.size = a.base + u.groups[2].shapes.size();
+    return a;
+  }
 
   // This policy's op on this node's layer `layer` (index into the component's layers).
   op_type op(std::size_t layer, phase ph, tensor_role t) const { return find(ph, t, [&](const plan_op& o) {

@@ -52,6 +52,16 @@ struct options {
   int max_reduces_in_flight = 1;
   double aux_weight = 0.01;  // MoE load-balancing loss weight
   uint64_t seed = 0;
+  // Adapt<LoRA>'s settings at run time, over the policy's own (lora_options):
+  // rank (0: the policy's; it sizes the adapters, and the cost model's
+  // workload::adapter_rank must say the same), alpha (0: the policy's),
+  // dropout on the adapters' input (negative: the policy's).
+  struct adapter_settings {
+    long rank = 0;
+    double alpha = 0;
+    double dropout = -1;
+  };
+  adapter_settings adapters{};
 };
 
 template <class P, class Mesh>
@@ -75,7 +85,7 @@ class executor {
       labels_[i] = {static_cast<std::int64_t>(i), o.node, o.where, o.policy, to_string(o.ph), to_string(o.tensor),
                     to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt), to_string(o.coll), comm::axis_key(o.over)};
     }
-    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed).build(first_unit_);
+    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed, opt.adapters.rank).build(first_unit_);
     index(sched_.micro, micro_);
     index(sched_.optimizer, optim_);
   }
@@ -90,6 +100,8 @@ class executor {
   std::vector<unit_type>& units() { return units_; }
   const std::vector<unit_type>& units() const { return units_; }
   unit_type& unit(std::size_t node, long block) { return units_[first_unit_[node] + static_cast<std::size_t>(block + 1)]; }
+  // Units of a node: its root and its blocks.
+  long unit_count(std::size_t node) const { return static_cast<long>(first_unit_[node + 1] - first_unit_[node]); }
   static layer_kind layer_kind_of(const plan_op& o) {
     layer_kind k = layer_kind::norm;
     for_each_node<G>([&](auto I) {
@@ -165,7 +177,7 @@ class executor {
                              std::to_string(u.id.block) + ": its gradient arrived twice in one backward");
     u.grad_arrived[g] = true;
     param_group<comm_type>& grp = u.groups[g];
-    if (grp.empty()) return reach({trigger_kind::grads_ready, u.id.node, u.id.block, gi});
+    if (grp.empty() || grp.frozen) return reach({trigger_kind::grads_ready, u.id.node, u.id.block, gi});
     if (grp.leaf) {  // nothing reduces it: straight into .grad
       if (grad.defined()) accumulate(grp, grad, sole_owner(grad));
     } else {
@@ -215,7 +227,7 @@ class executor {
       }
       u.clear_micro_batch();
       for (auto& g : u.groups)
-        if (!g.empty() && !g.master.grad().defined()) g.master.mutable_grad() = at::zeros_like(g.master);
+        if (!g.empty() && !g.frozen && !g.master.grad().defined()) g.master.mutable_grad() = at::zeros_like(g.master);
     }
     current_block_ = -1;
   }

@@ -131,15 +131,16 @@ class parallel_model : public nn::unit_source {
   nn::tensors unit(const nn::unit_id& u) override {
     unit_type& s = exec_.unit(u.node, u.block);
     if (u.block >= 0 && s.wrapped) return current_block_params_;  // inside block_fn
-    if (s.flat_sharded()) return gather_fn<parallel_model>::apply(dummy_, this, &s);
     nn::tensors out;
-    for (int g = 0; g < 2; ++g) {
+    if (s.flat_sharded()) out = gather_fn<parallel_model>::apply(dummy_, this, &s);
+    for (int g = s.flat_sharded() ? 2 : 0; g < static_cast<int>(unit_type::groups_n); ++g) {
       auto& grp = s.groups[static_cast<std::size_t>(g)];
       if (grp.empty()) continue;
-      // whole: the leaf itself when nothing reduces it, else through
-      // capture_fn (its backward hands this micro-batch's gradient over)
-      const at::Tensor flat = grp.leaf ? grp.master : capture_fn<parallel_model>::apply(dummy_, this, &s, g);
-      for (auto& t : nn::split_flat(flat, grp.shapes, true)) out.push_back(std::move(t));
+      // whole: the leaf itself when nothing reduces it (or frozen), else
+      // through capture_fn (its backward hands this micro-batch's gradient over)
+      const at::Tensor flat =
+          grp.leaf || grp.frozen ? grp.master : capture_fn<parallel_model>::apply(dummy_, this, &s, g);
+      for (auto& t : nn::split_flat(flat, grp.shapes, !grp.frozen)) out.push_back(std::move(t));
     }
     return out;
   }
@@ -247,28 +248,62 @@ class parallel_model : public nn::unit_source {
   void after_load() { exec_.refresh_from_masters(); }
 
   // ---- what the rank holds ----------------------------------------------------------------
-  // The tensors the optimizer updates (masters), and their weight-decay masks.
+  // The tensors the optimizer updates (masters: all but an adapted node's
+  // frozen parameters), and their weight-decay masks.
   std::vector<at::Tensor> parameters() {
     std::vector<at::Tensor> out;
     for (auto& u : exec_.units())
       for (auto& g : u.groups)
-        if (!g.empty()) out.push_back(g.master);
+        if (!g.empty() && !g.frozen) out.push_back(g.master);
     return out;
   }
   std::vector<at::Tensor> decay_masks() {
     std::vector<at::Tensor> out;
     for (auto& u : exec_.units())
       for (auto& g : u.groups)
-        if (!g.empty()) out.push_back(g.decay);
+        if (!g.empty() && !g.frozen) out.push_back(g.decay);
     return out;
   }
-  // Which parameter elements each master holds (checkpoints).
+  // Which parameter elements each of parameters() holds (checkpoints).
   std::vector<piece> held_pieces() const {
     std::vector<piece> out;
     size_t i = 0;
     for (const auto& u : exec_.units())
       for (const auto& g : u.groups)
-        if (!g.empty()) add_pieces(out, g, i++);
+        if (!g.empty() && !g.frozen) add_pieces(out, g, i++);
+    return out;
+  }
+  // Every master this rank holds, frozen ones too (loading a base model,
+  // exporting it), and which elements of the model's parameters
+  // (nn::unit_specs: not the adapters) each holds.
+  std::vector<at::Tensor> masters() {
+    std::vector<at::Tensor> out;
+    for (auto& u : exec_.units())
+      for (auto& g : u.groups)
+        if (!g.empty()) out.push_back(g.master);
+    return out;
+  }
+  std::vector<piece> base_pieces() const {
+    std::vector<piece> out;
+    size_t i = 0;
+    for (const auto& u : exec_.units())
+      for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi) {
+        if (u.groups[gi].empty()) continue;
+        if (gi < 2) add_pieces(out, u.groups[gi], i);
+        ++i;
+      }
+    return out;
+  }
+  // The adapters (Adapt<LoRA>) this rank holds, whole, by name in model order:
+  // views of their masters.
+  std::vector<std::pair<std::string, at::Tensor>> adapters() {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (auto& u : exec_.units()) {
+      const auto& g = u.groups[2];
+      if (g.empty()) continue;
+      const auto views = nn::split_flat(g.master.detach(), g.shapes, false);
+      for (std::size_t i = 0; i < g.segs.size(); ++i) out.emplace_back(g.segs[i].spec.name, views[i]);
+    }
     return out;
   }
   // Drops the gradients: the next backward assigns each group's reduced
@@ -316,8 +351,9 @@ class parallel_model : public nn::unit_source {
   // ---- for the autograd functions (autograd.hpp) ---------------------------------------------
   bool checkpointing() const { return exec_.opts().checkpoint; }
   std::pair<at::Tensor, at::Tensor> run_block(unit_type& u, const std::function<at::Tensor(const at::Tensor&)>& body,
-                                              const at::Tensor& x, const at::Tensor& dense, const at::Tensor& experts) {
-    current_block_params_ = views(u, dense, experts);
+                                              const at::Tensor& x, const at::Tensor& dense, const at::Tensor& experts,
+                                              const at::Tensor& adapters) {
+    current_block_params_ = views(u, dense, experts, adapters);
     const std::size_t aux_before = ctx_->aux_losses.size();
     at::Tensor y = body(x), aux;
     block_had_aux_ = ctx_->aux_losses.size() > aux_before;
@@ -367,10 +403,12 @@ class parallel_model : public nn::unit_source {
     throw std::logic_error("veomni::parallel: the plan has no step op on " + std::string(to_string(t)));
   }
 
-  // A unit's parameters as views of its flat buffers (dense, then experts).
-  static nn::tensors views(const unit_type& s, const at::Tensor& dense, const at::Tensor& experts) {
+  // A unit's parameters as views of its flat buffers (dense, experts, then adapters).
+  static nn::tensors views(const unit_type& s, const at::Tensor& dense, const at::Tensor& experts,
+                           const at::Tensor& adapters) {
     nn::tensors out = nn::split_flat(dense, s.groups[0].shapes, true);
     for (auto& t : nn::split_flat(experts, s.groups[1].shapes, true)) out.push_back(std::move(t));
+    for (auto& t : nn::split_flat(adapters, s.groups[2].shapes, true)) out.push_back(std::move(t));
     return out;
   }
 

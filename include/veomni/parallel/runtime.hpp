@@ -9,7 +9,8 @@
 //   autograd.hpp    the autograd functions around units and blocks
 //   collectives.hpp collectives on activations, each with its backward dual
 //   model.hpp       parallel_model: nn::forward over all of it
-//   policies/       Ulysses's and EP's runtime halves
+//   policies/       Ulysses's, EP's and LoRA's runtime halves
 #include "model.hpp"
 #include "policies/ep.hpp"
+#include "policies/lora.hpp"
 #include "policies/ulysses.hpp"

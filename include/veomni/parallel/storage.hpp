@@ -3,11 +3,14 @@
 // from the placements of the node's policies (core/policy.hpp), never from
 // which policy placed them.
 //
-// A unit (a node's root, or one block) has two groups: its dense parameters
-// and, when an Experts<> policy places expert_params Shard(0) over E, its
-// local experts (the rows [r E/|E|, (r+1) E/|E|) of every expert tensor, r
-// this rank's place in E). Each group is one flat buffer, in spec order,
-// held one of three ways:
+// A unit (a node's root, or one block) has three groups: its dense parameters;
+// when an Experts<> policy places expert_params Shard(0) over E, its local
+// experts (the rows [r E/|E|, (r+1) E/|E|) of every expert tensor, r this
+// rank's place in E); and when an Adapt<> policy places adapters, its
+// adapters (LoRA: lora_A [rank, in] and lora_B [out, rank] for each linear
+// map of the adapted layer kinds, whole on every rank), which are then all it
+// trains: the other two groups are frozen (no gradient, no optimizer state).
+// Each group is one flat buffer, in spec order, held one of three ways:
 //
 //   flat_shard   params Shard(0) / expert_params Shard(1) over A (FSDP, HSDP):
 //                this rank keeps elements [r per, (r+1) per) of the flat
@@ -32,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -94,6 +98,7 @@ enum class holding { whole, flat_shard, whole_split };
 // How a node's placements hold its two groups: the axes a group is split
 // over for each role (empty: not split).
 struct node_layout {
+  bool adapted = false;      // adapters placed (Adapt<LoRA>): the parameters are frozen
   axis_set expert_rows;      // expert_params Shard(0): local experts (EP)
   axis_set dense_flat;       // params Shard(0): flat shard (FSDP)
   axis_set expert_flat;      // expert_params Shard(1): flat shard of the local experts
@@ -106,6 +111,7 @@ template <class P>
 constexpr node_layout layout_of(std::size_t node) {
   node_layout l;
   for (const auto& d : P::placements[node]) {
+    if (d.tensor == placed_tensor::adapters) l.adapted = true;
     if (d.how.kind != placement_kind::shard) continue;
     switch (d.tensor) {
       case placed_tensor::expert_params: (d.how.dim == 0 ? l.expert_rows : l.expert_flat) = d.over; break;
@@ -135,6 +141,7 @@ struct param_group {
   at::ScalarType compute = at::kFloat;      // gathered / computed in (mixed precision)
   at::ScalarType reduce_type = at::kFloat;  // gradients reduced in
   bool leaf = false;  // whole, and nothing reduces it: autograd accumulates into the master itself
+  bool frozen = false;  // an adapted node's parameters: no gradient, not updated
   bool replica_reduce = false;  // flat_shard: its reduce_scatter's output is all-reduced over replicas (HSDP)
 
   bool empty() const { return numel == 0; }
@@ -151,23 +158,29 @@ struct param_group {
 // One unit: its groups, and what a micro-batch leaves on it.
 template <class Comm>
 struct unit_state {
+  static constexpr std::size_t groups_n = unit_groups;
   nn::unit_id id;
-  std::array<param_group<Comm>, 2> groups;  // [0] dense, [1] local experts
+  std::array<param_group<Comm>, groups_n> groups;  // [0] dense, [1] local experts, [2] adapters
+  // The adapters of the unit's tensor list (what nn::forward hands its
+  // component: groups 0 and 1 in spec order, then lora_A, lora_B of each
+  // adapted linear map): adapter_slot[i] = k for the k-th adapted tensor i, else -1.
+  std::vector<int> adapter_slot;
   bool wrapped = false;                     // its block runs inside block_fn (flat-sharded or checkpointed)
-  std::array<bool, 2> regathers{};          // forward frees the gathered copy, backward gathers it again
+  std::array<bool, groups_n> regathers{};   // forward frees the gathered copy, backward gathers it again
   // per micro-batch
-  std::array<at::Tensor, 2> gathered;  // an issued (or finished) gather's result
-  std::array<comm::work, 2> gathering;
-  std::array<at::Tensor, 2> saved;     // the gathered storage autograd saved, freed after forward
-  std::array<at::Tensor, 2> grad;      // this micro-batch's gradient (for the reductions)
-  std::array<bool, 2> grad_arrived{};
-  std::array<bool, 2> regathered{};    // its backward gather has arrived
+  std::array<at::Tensor, groups_n> gathered;  // an issued (or finished) gather's result
+  std::array<comm::work, groups_n> gathering;
+  std::array<at::Tensor, groups_n> saved;     // the gathered storage autograd saved, freed after forward
+  std::array<at::Tensor, groups_n> grad;      // this micro-batch's gradient (for the reductions)
+  std::array<bool, groups_n> grad_arrived{};
+  std::array<bool, groups_n> regathered{};    // its backward gather has arrived
 
   bool flat_sharded() const {
     return groups[0].how == holding::flat_shard || groups[1].how == holding::flat_shard;
   }
+  bool base_frozen() const { return groups[0].frozen; }
   void clear_micro_batch() {
-    for (int g = 0; g < 2; ++g) {
+    for (std::size_t g = 0; g < groups_n; ++g) {
       gathered[g] = saved[g] = grad[g] = at::Tensor();
       gathering[g] = comm::work();
       grad_arrived[g] = regathered[g] = false;
@@ -215,8 +228,9 @@ class storage_builder {
   using comm_type = typename Mesh::communicator;
   using unit_type = unit_state<comm_type>;
 
-  storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, bool checkpoint, uint64_t seed)
-      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed) {}
+  storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, bool checkpoint, uint64_t seed,
+                  long adapter_rank = 0)
+      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed), adapter_rank_(adapter_rank) {}
 
   // Units in model order (each node's root, then its blocks); first[node]:
   // the index of the node's root.
@@ -291,11 +305,16 @@ class storage_builder {
         g.shapes.push_back(spec.shape);
       }
     }
+    // the adapters of this unit's adapted linear maps (the Adapt policy's op on it)
+    for (const auto& o : P::ops)
+      if (o.node_index == I && o.tensor == tensor_role::adapter_grads && (o.target.unit == scope::block) == (block >= 0))
+        add_adapters(u, o.adapter, nn::unit_specs<G, I>(d_, block));
     const long ss = m.dp_shard * m.sp;
-    for (int gi = 0; gi < 2; ++gi) {
+    for (int gi = 0; gi < unit_groups; ++gi) {
       param_group<comm_type>& g = u.groups[static_cast<std::size_t>(gi)];
       g.numel = segments_numel(g.segs);
-      const axis_set& flat = gi == 0 ? L.dense_flat : L.expert_flat;
+      g.frozen = L.adapted && gi < 2;
+      const axis_set& flat = gi == 0 ? L.dense_flat : gi == 1 ? L.expert_flat : axis_set{};
       if (!flat.empty()) {
         g.how = holding::flat_shard;
         g.split = &mesh_[flat];
@@ -322,7 +341,7 @@ class storage_builder {
       if (g.how == holding::whole_split && !has_entry(I, block, gi, unit_op_kind::update_gather) && !g.empty())
         throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements split the optimizer over " +
                                     g.split->axis_key() + " but no op gathers the updated parameters");
-      g.leaf = g.how == holding::whole && !reduces(I, block, gi);
+      g.leaf = g.how == holding::whole && !g.frozen && !reduces(I, block, gi);
       u.regathers[static_cast<std::size_t>(gi)] = has_entry(I, block, gi, unit_op_kind::regather);
       const long split = (gi == 1 && rows ? rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
       g.replicas = static_cast<double>(ss) / static_cast<double>(split);
@@ -331,16 +350,41 @@ class storage_builder {
       if (g.how == holding::whole_split) {
         g.whole = materialize_segments(g.segs, seed_, 0, g.padded());
         g.master = g.whole.narrow(0, a, g.per());
-        g.master.set_requires_grad(true);
+        g.master.set_requires_grad(!g.frozen);
       } else {
         g.master = materialize_segments(g.segs, seed_, a, a + (g.how == holding::whole ? g.numel : g.per()))
-                       .set_requires_grad(true);
+                       .set_requires_grad(!g.frozen);
         if (g.how == holding::whole) g.whole = g.master;
       }
       g.decay = decay_mask(g.segs, a, a + g.master.numel());
     }
     u.wrapped = block >= 0 && (checkpoint_ || u.flat_sharded());
     return u;
+  }
+
+  // lora_A [rank, in] (normal, std 1/sqrt(3 in): the variance of PEFT's
+  // Kaiming-uniform init) and lora_B [out, rank] (zeros: training starts
+  // from the base model) for each linear map of an adapted kind, named as
+  // PEFT names them (".../q_proj.lora_A.weight").
+  void add_adapters(unit_type& u, const adapter_shape& a, const std::vector<nn::param_spec>& base) {
+    const long rank = adapter_rank_ > 0 ? adapter_rank_ : a.rank;
+    u.adapter_slot.assign(base.size(), -1);
+    int k = 0;
+    for (std::size_t i = 0; i < base.size(); ++i) {
+      const nn::param_spec& s = base[i];
+      if (!s.linear || !has_kind(a.kinds, s.kind)) continue;
+      const std::string stem = s.name.size() > 7 && s.name.compare(s.name.size() - 7, 7, ".weight") == 0
+                                   ? s.name.substr(0, s.name.size() - 7)
+                                   : s.name;
+      const int64_t out = s.shape.at(0), in = s.shape.at(1);
+      nn::param_spec A{stem + ".lora_A.weight", {rank, in}, nn::init_kind::normal, 1.0 / std::sqrt(3.0 * double(in)), true, false};
+      nn::param_spec B{stem + ".lora_B.weight", {out, rank}, nn::init_kind::zeros, 0.0, true, false};
+      for (auto& spec : {A, B}) {
+        u.groups[2].segs.push_back({spec, 0, spec.numel()});
+        u.groups[2].shapes.push_back(spec.shape);
+      }
+      u.adapter_slot[i] = k++;
+    }
   }
 
   bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {
@@ -367,6 +411,7 @@ class storage_builder {
   const step_schedule& sched_;
   bool checkpoint_;
   uint64_t seed_;
+  long adapter_rank_;
   std::vector<unit_type> out_;
   std::array<std::size_t, G::size + 1>* first_ = nullptr;
 };

@@ -1,0 +1,54 @@
+#pragma once
+// Adapt<LoRA>'s runtime half: each adapted linear map computes
+//   y = x W^T + (alpha / rank) * dropout(x) A^T B^T
+// through the node's linear hook, with A and B the unit's adapters, which the
+// runtime holds and hands in at the end of the unit's tensor list (their
+// gradients are all-reduced by the plan's adapter_grads op, their storage is
+// parallel/storage.hpp's). Its compile-time half is in core/policies.hpp; it
+// uses only the public contract (parallel/contract.hpp).
+#include <torch/torch.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "../../core/policies.hpp"
+#include "../contract.hpp"
+
+namespace veomni {
+
+template <lora_options O>
+template <class Node>
+struct lora<O>::runtime {
+  explicit runtime(Node& node) {
+    const auto& run = node.run_options();
+    const double rank = static_cast<double>(run.adapters.rank > 0 ? run.adapters.rank : O.rank);
+    const double alpha = run.adapters.alpha > 0 ? run.adapters.alpha : static_cast<double>(O.alpha);
+    const double dropout = run.adapters.dropout >= 0 ? run.adapters.dropout : O.dropout;
+    if (dropout >= 1)
+      throw std::invalid_argument("veomni::LoRA: dropout " + std::to_string(dropout) + " on node '" +
+                                  std::string(node.name()) + "' must be below 1");
+    if (dropout > 0 && run.checkpoint)
+      throw std::invalid_argument("veomni::LoRA: dropout with activation checkpointing is not supported (the "
+                                  "recompute would draw another mask); set dropout to 0 or turn checkpointing off");
+    const auto root = node.adapters(scope::model), block = node.adapters(scope::block);
+    if (!root.slot.empty() && !block.slot.empty() && root.size == block.size && root.slot != block.slot)
+      throw std::logic_error("veomni::LoRA: node '" + std::string(node.name()) +
+                             "' has adapters in its root and its blocks with tensor lists of one length");
+    const double scale = alpha / rank;
+    node.hooks().linear = [base = node.hooks().linear, root, block, scale, dropout](
+                              const at::Tensor& x, const nn::tensors& w, std::size_t i) {
+      at::Tensor y = base(x, w, i);
+      const auto* a = !block.slot.empty() && w.size() == block.size ? &block
+                      : !root.slot.empty() && w.size() == root.size ? &root
+                                                                      : nullptr;
+      if (!a || i >= a->slot.size() || a->slot[i] < 0) return y;
+      const std::size_t k = a->base + 2 * static_cast<std::size_t>(a->slot[i]);
+      const at::Tensor &A = w[k], &B = w[k + 1];
+      at::Tensor in = x.to(A.scalar_type());
+      if (dropout > 0 && at::GradMode::is_enabled()) in = at::dropout(in, dropout, /*train=*/true);
+      return y + (nn::project(nn::project(in, A), B) * scale).to(y.scalar_type());
+    };
+  }
+};
+
+}  // namespace veomni
