@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
 #include <torch/csrc/autograd/profiler.h>
 
 #include <veomni/comm.hpp>
@@ -157,6 +158,33 @@ int run_ab(const std::string& name, int steps, int warmup, int threads, const ch
   return mismatches ? 4 : 0;
 }
 
+// BENCH_PEER_SHAPE=qwen2_0.5b: the model of Qwen2-0.5B's shape (vocabulary
+// 151,936, hidden 896, 24 layers, 14 heads over 2 KV heads of 64, MLP 4,864,
+// q/k/v biases, tied embeddings: 494 M parameters) on the same synthetic
+// batch, for the LoRA against full fine-tuning comparison (issue 21);
+// otherwise dense_peer.
+bool qwen2_shape() {
+  const char* s = std::getenv("BENCH_PEER_SHAPE");
+  return s && std::string(s) == "qwen2_0.5b";
+}
+bench::peer_config shape_config() {
+  bench::peer_config c;
+  if (qwen2_shape()) c.vocab = 151936;
+  return c;
+}
+dense_lm::dims shape_dims() {
+  if (!qwen2_shape()) return bench::peer_dims();
+  dense_lm::dims d;
+  d.at<"lm">() = {.vocab = 151936, .hidden = 896, .layers = 24, .heads = 14, .kv_heads = 2, .head_dim = 64, .ffn = 4864,
+                  .qkv_bias = true, .tie_word_embeddings = true};
+  return d;
+}
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
 template <class R>
 int run_training(const std::string& name, int steps, int warmup, int threads, long data_world, long data_rank) {
   using P = plan<dense_lm, R>;
@@ -168,7 +196,7 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
   const mesh_shape data_mesh{.dp_shard = solo ? data_world : m.dp_shard};
   const long data_index = solo ? data_rank : env.rank;
   comm::gloo_mesh mesh(m, env);
-  const dense_lm::dims d = bench::peer_dims();
+  const dense_lm::dims d = shape_dims();
   parallel::options opt = overlap_options(std::getenv("BENCH_PEER_OVERLAP"));
   parallel::parallel_model<dense_lm, R, comm::gloo_mesh> model(d, mesh, opt);
   train::adamw optim(model.parameters(), model.decay_masks(), {.lr = 1e-3, .eps = 1e-8, .weight_decay = 0.1});
@@ -183,7 +211,7 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
   for (int step = 0; step < warmup + steps; ++step) {
     if (step == warmup && profile_path && env.rank == 0)
       profile = std::make_unique<torch::autograd::profiler::RecordProfile>(std::string(profile_path));
-    const nn::batch b = parallel::local_batch(bench::peer_batch(step), data_mesh, data_index, -1, -1);
+    const nn::batch b = parallel::local_batch(bench::peer_batch(step, shape_config()), data_mesh, data_index, -1, -1);
     tokens = b.tokens.size(0);
     const auto before = mesh.counters().snapshot();
     const auto t0 = clock_type::now();
@@ -212,20 +240,34 @@ int run_training(const std::string& name, int steps, int warmup, int threads, lo
     if (step >= warmup) t_step.push_back(total), t_fb.push_back(fb), t_norm.push_back(gn), t_opt.push_back(op);
   }
   profile.reset();  // writes the trace
-  if (env.rank != 0) return 0;
+  // what the rank holds against the cost model: parameters, gradients, AdamW's moments
+  const parallel::held_memory held = model.held_bytes();
+  long opt_bytes = 0;
+  for (const auto* v : {&optim.exp_avg(), &optim.exp_avg_sq()})
+    for (const auto& t : *v) opt_bytes += static_cast<long>(t.numel() * t.element_size());
   const auto mem = memory<P>(d, m);
+  const bool memory_match = held.params == mem.params && held.grads == mem.grads && opt_bytes == mem.optimizer;
+  if (!memory_match) {
+    std::fprintf(stderr, "bench_peer: rank %d holds params %ld, grads %ld, optimizer %ld B; cost model %ld, %ld, %ld B\n",
+                 env.rank, held.params, held.grads, opt_bytes, mem.params, mem.grads, mem.optimizer);
+    return 3;
+  }
+  std::printf("RSS rank=%d peak_rss_mib=%.1f\n", env.rank, peak_rss_mib());
+  if (env.rank != 0) return 0;
   const int64_t local = model.local_numel();
-  const double global_tokens = static_cast<double>(bench::peer_config{}.global_batch * bench::peer_config{}.seq);
+  const double global_tokens = static_cast<double>(shape_config().global_batch * shape_config().seq);
   const double step_s = median(t_step);
   std::printf(
       "RESULT side=veomni recipe=%s world=%d threads=%d solo=%d data_world=%ld steps=%d step_s=%.6f fb_s=%.6f "
       "norm_s=%.6f opt_s=%.6f step_min_s=%.6f tokens_per_rank=%lld global_tokens_per_s=%.1f loss0=%.6f loss_last=%.6f "
       "comm_bytes_step=%lld plan_bytes_step=%lld bytes_match=1 local_param_bytes=%lld plan_param_bytes=%ld "
-      "plan_grad_bytes=%ld plan_optimizer_bytes=%ld\n",
+      "plan_grad_bytes=%ld plan_optimizer_bytes=%ld held_param_bytes=%ld held_grad_bytes=%ld held_optimizer_bytes=%ld "
+      "memory_match=1 trainable=%lld peak_rss_mib=%.1f\n",
       name.c_str(), env.world_size, threads, solo ? 1 : 0, solo ? data_world : m.dp_shard, steps, step_s, median(t_fb),
       median(t_norm), median(t_opt), *std::min_element(t_step.begin(), t_step.end()), static_cast<long long>(tokens),
       global_tokens / step_s, first_loss, last_loss, static_cast<long long>(step_bytes),
-      static_cast<long long>(plan_bytes), static_cast<long long>(local * 4), mem.params, mem.grads, mem.optimizer);
+      static_cast<long long>(plan_bytes), static_cast<long long>(local * 4), mem.params, mem.grads, mem.optimizer,
+      held.params, held.grads, opt_bytes, static_cast<long long>(local), peak_rss_mib());
   return 0;
 }
 
@@ -356,6 +398,9 @@ using ddp_recipe = recipe<apply<"lm", Shard<DDP>>>;
 // SHARD_GRAD_OP, ZeRO-2-like): no backward all-gather; shards, gradients and
 // optimizer state still 1/N per rank.
 using fsdp_keep_recipe = recipe<apply<"lm", Shard<fsdp<fsdp_options{.reshard_after_forward = false}>>>>;
+// LoRA of rank 8 (alpha 16) on every attention and MLP projection, the model frozen
+using lora_fsdp_recipe = recipe<apply<"lm", Shard<FSDP>, Adapt<LoRA>>>;
+using lora_ddp_recipe = recipe<apply<"lm", Shard<DDP>, Adapt<LoRA>>>;
 
 }  // namespace
 
@@ -372,6 +417,8 @@ int main(int argc, char** argv) {
       if (a[1] == "fsdp") return run_training<fsdp_recipe>(a[1], steps, warmup, threads, dw, dr);
       if (a[1] == "ddp") return run_training<ddp_recipe>(a[1], steps, warmup, threads, dw, dr);
       if (a[1] == "fsdp_keep") return run_training<fsdp_keep_recipe>(a[1], steps, warmup, threads, dw, dr);
+      if (a[1] == "lora_fsdp") return run_training<lora_fsdp_recipe>(a[1], steps, warmup, threads, dw, dr);
+      if (a[1] == "lora_ddp") return run_training<lora_ddp_recipe>(a[1], steps, warmup, threads, dw, dr);
     } else if (a.size() >= 7 && a[0] == "ab") {
       // bench_peer ab RECIPE STEPS WARMUP THREADS OVERLAP_A OVERLAP_B
       const int steps = static_cast<int>(arg(2, 50)), warmup = static_cast<int>(arg(3, 5)),
@@ -389,7 +436,8 @@ int main(int argc, char** argv) {
       return flops();
     }
     std::fprintf(stderr,
-                 "usage: bench_peer train fsdp|fsdp_keep|ddp STEPS WARMUP THREADS [DATA_WORLD DATA_RANK]\n"
+                 "usage: bench_peer train fsdp|fsdp_keep|ddp|lora_fsdp|lora_ddp STEPS WARMUP THREADS [DATA_WORLD DATA_RANK]\n"
+                 "       (BENCH_PEER_SHAPE=qwen2_0.5b: the Qwen2-0.5B shape instead of dense_peer)\n"
                  "       bench_peer comm fsdp|fsdp_keep|ddp STEPS WARMUP\n       bench_peer peak THREADS\n       bench_peer flops\n");
     return 2;
   } catch (const std::exception& e) {

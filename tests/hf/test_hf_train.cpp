@@ -164,6 +164,17 @@ TEST_CASE("model.path: a checkpoint that does not fit its config is refused on e
 }
 
 namespace {
+// each tensor's name in a safetensors file
+std::vector<std::pair<std::string, int>> tensor_bytes_of_file(const std::string& path) {
+  const std::string bytes = slurp(path);
+  uint64_t len = 0;
+  for (int i = 0; i < 8; ++i) len |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[static_cast<size_t>(i)])) << (8 * i);
+  std::vector<std::pair<std::string, int>> out;
+  const auto header = nlohmann::json::parse(bytes.substr(8, len));
+  for (const auto& [k, v] : header.items())
+    if (k != "__metadata__") out.emplace_back(k, 0);
+  return out;
+}
 // each tensor's raw bytes in a Hugging Face folder: name -> (file name, dtype, bytes)
 std::map<std::string, std::tuple<std::string, std::string, std::string>> tensor_bytes(const std::string& dir) {
   std::map<std::string, std::tuple<std::string, std::string, std::string>> out;
@@ -265,4 +276,108 @@ TEST_CASE("dense_lm and moe_lm export Hugging Face checkpoints that load back as
     MESSAGE(model, ": loss before the export ", first[0]["loss"].get<double>(), ", from it ", again[0]["loss"].get<double>());
     CHECK(rel(again[0]["loss"].get<double>(), first[0]["loss"].get<double>()) <= 1e-6);
   }
+}
+
+// LoRA fine-tuning of a Hugging Face checkpoint (train.lora): FSDP-2 trains
+// the adapters alone and writes them in PEFT's format (adapter/) and the
+// merged model in the checkpoint's layout (hf/). Then, on the same tokens at
+// lr 0: the base with the PEFT adapters loaded back (train.lora.path) has the
+// loss of the merged model loaded as model.path (<= 1e-5 relative), and both
+// differ from the base's own loss (the adapters trained).
+TEST_CASE("train.lora: PEFT adapters out and back in, and the merged export has the loss of base + adapters" *
+          doctest::timeout(240)) {
+  const std::string f = "qwen3_f32_sharded_tied", tag = "hf_lora_train";
+  const job j = train(tag, 2, config(tag, f, 6),
+                      "--train.accelerator.dp_shard_size=2 --train.lora.rank=4 --train.lora.alpha=8 --train.lr=0.02 "
+                      "--train.lora.merge_on_export=true --train.export_safetensors=true");
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  CHECK(contains(j.output, "LoRA rank 4, alpha 8"));
+  const std::string out = tmp_root + "/" + tag + "/out";
+  const auto m = metrics(out);
+  REQUIRE(m.size() == 6);
+  CHECK(m.back()["loss"].get<double>() < m.front()["loss"].get<double>());
+  // PEFT's files: config and tensor names, shapes [r, in] and [out, r]
+  const auto cfg = nlohmann::json::parse(slurp(out + "/adapter/adapter_config.json"));
+  CHECK(cfg["peft_type"] == "LORA");
+  CHECK(cfg["r"] == 4);
+  CHECK(cfg["lora_alpha"].get<double>() == 8.0);
+  CHECK(cfg["target_modules"] ==
+        nlohmann::json{"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"});
+  CHECK(cfg["base_model_name_or_path"] == fixtures + "/" + f);
+  const auto hdr = tensor_bytes(out + "/adapter");
+  CHECK(hdr.count("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight") == 1);
+  CHECK(hdr.count("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight") == 1);
+  CHECK(std::filesystem::exists(out + "/hf/config.json"));
+
+  // lr 0, one step on the same first batch: base + adapters, the merged model, the base
+  const std::string zero = " --train.lr=0 --train.weight_decay=0";
+  const std::string back = "hf_lora_back";
+  const auto with_adapters =
+      ok_metrics(train(back, 2, config(back, f, 1), "--train.accelerator.dp_shard_size=2 --train.lora.path=" + out + "/adapter" + zero),
+                 back, 1);
+  const std::string merged = "hf_lora_merged";
+  const auto from_merged = ok_metrics(train(merged, 1, config_at(merged, out + "/hf", 1), zero), merged, 1);
+  const std::string base = "hf_lora_base";
+  const auto from_base = ok_metrics(train(base, 1, config(base, f, 1), zero), base, 1);
+  const double a = with_adapters[0]["loss"].get<double>(), b = from_merged[0]["loss"].get<double>(),
+               c = from_base[0]["loss"].get<double>();
+  MESSAGE("base + PEFT adapters ", a, ", merged export ", b, " (rel ", rel(a, b), "), base alone ", c);
+  CHECK(rel(a, b) <= 1e-5);
+  CHECK(rel(a, c) > 1e-3);
+  // the first step of training saw the base (lora_B starts at zero)
+  CHECK(rel(m.front()["loss"].get<double>(), c) <= 1e-5);
+}
+
+TEST_CASE("train.lora: what cannot run is refused before any collective, naming the key or the tensor") {
+  const std::string f = "qwen3_f32_sharded_tied", tag = "hf_lora_bad", dir = case_dir(tag);
+  (void)train(tag, 1, config(tag, f, 1), "--train.max_steps=0");  // writes config.in.yaml; the job itself fails
+  // LoRA on a model it is not built for
+  expect_error_on_each_rank(tag, "--model.name=omni_moe --model.path='' --train.lora.rank=4",
+                            "train.lora: LoRA fine-tuning is built for model.name dense_lm");
+  expect_error_on_each_rank(tag, "--train.lora.alpha=8", "train.lora: set train.lora.rank (> 0) or train.lora.path");
+  expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.dropout=1", "train.lora.dropout: must be in [0, 1)");
+  // an adapter folder that does not fit
+  expect_error_on_each_rank(tag, "--train.lora.path=" + dir + "/nothing", "train.lora.path: " + dir +
+                                                                            "/nothing/adapter_config.json: no such file");
+  std::filesystem::create_directories(dir + "/adapter");
+  write_file(dir + "/adapter/adapter_config.json", R"({"peft_type": "PREFIX_TUNING", "r": 4, "lora_alpha": 8})");
+  write_file(dir + "/adapter/adapter_model.safetensors", "");
+  expect_error_on_each_rank(tag, "--train.lora.path=" + dir + "/adapter",
+                            "train.lora.path: " + dir + "/adapter/adapter_config.json: peft_type \"PREFIX_TUNING\" (LORA is read)");
+  write_file(dir + "/adapter/adapter_config.json", R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8})");
+  expect_error_on_each_rank(tag, "--train.lora.rank=8 --train.lora.path=" + dir + "/adapter",
+                            "train.lora.path: " + dir + "/adapter/adapter_model.safetensors: too short for safetensors");
+}
+
+// LoRA on a zoo model (no model.path: the base is the seed's): a run stopped
+// after 2 steps and resumed from its checkpoint (which holds the adapters and
+// their moments alone) trains exactly as the run that did not stop.
+TEST_CASE("train.lora: dense_lm from its seed resumes exactly from a checkpoint of the adapters" * doctest::timeout(180)) {
+  auto yaml = [](const std::string& tag, int steps, bool fresh = true) {  // fresh: a new folder (else the run's, to resume)
+    const std::string dir = fresh ? case_dir(tag) : tmp_root + "/" + tag;
+    return "model:\n  name: dense_lm\ndata:\n  manifest: " + manifest(dir) + "\n  eval_manifest: ''\ntrain:\n  output_dir: " +
+           dir + "/out\n  max_steps: " + std::to_string(steps) +
+           "\n  global_batch_size: 8\n  lr: 0.01\n  lr_decay_style: constant\n  log_steps: 100\n  save_checkpoints: true\n  export_safetensors: true\n"
+           "  lora:\n    rank: 4\n    merge_on_export: true\n";
+  };
+  const std::string mesh = "--train.accelerator.dp_shard_size=2";
+  const auto whole = ok_metrics(train("lora_zoo_whole", 2, yaml("lora_zoo_whole", 4), mesh), "lora_zoo_whole", 4);
+  (void)ok_metrics(train("lora_zoo_part", 2, yaml("lora_zoo_part", 2), mesh), "lora_zoo_part", 2);
+  const job resumed = train("lora_zoo_part", 2, yaml("lora_zoo_part", 4, false), mesh + " --train.load_checkpoint_path=auto");
+  INFO(resumed.output);
+  REQUIRE(resumed.rc == 0);
+  CHECK(contains(resumed.output, "resumed from"));
+  const auto part = metrics(tmp_root + "/lora_zoo_part/out");
+  REQUIRE(part.size() == 4);
+  double worst = 0;
+  for (size_t i = 0; i < 4; ++i) worst = std::max(worst, rel(part[i]["loss"].get<double>(), whole[i]["loss"].get<double>()));
+  MESSAGE("LoRA resumed at step 2: max rel loss difference over 4 steps ", worst);
+  CHECK(worst <= 1e-6);
+  // a checkpoint holds the adapters, not the frozen model
+  const std::string ck = tmp_root + "/lora_zoo_whole/out/checkpoints/step_000004";
+  for (const auto& e : std::filesystem::directory_iterator(ck))
+    if (e.path().extension() == ".safetensors")
+      for (const auto& [name, t] : tensor_bytes_of_file(e.path().string()))
+        CHECK_MESSAGE(name.find("lora_") != std::string::npos, name);
 }

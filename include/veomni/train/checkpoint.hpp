@@ -200,8 +200,13 @@ class safetensors_file {
     auto it = entries_.find(name);
     if (it == entries_.end()) throw checkpoint_error(path_ + ": no tensor '" + name + "'");
     const entry& e = it->second;
-    const at::ScalarType st = e.dtype == "F32" ? at::kFloat : e.dtype == "I64" ? at::kLong : at::kByte;
-    if (st == at::kByte) throw checkpoint_error(path_ + ": '" + name + "' has dtype " + e.dtype + " (F32 and I64 read)");
+    const at::ScalarType st = e.dtype == "F32"    ? at::kFloat
+                              : e.dtype == "I64"  ? at::kLong
+                              : e.dtype == "BF16" ? at::kBFloat16
+                              : e.dtype == "F16"  ? at::kHalf
+                                                  : at::kByte;
+    if (st == at::kByte)
+      throw checkpoint_error(path_ + ": '" + name + "' has dtype " + e.dtype + " (F32, BF16, F16 and I64 read)");
     at::Tensor t = at::empty(e.shape, st);
     const uint64_t n = e.end - e.begin;
     if (n != static_cast<uint64_t>(t.numel() * t.element_size()))
@@ -601,9 +606,9 @@ std::map<std::string, hf_source> hf_names(const hf_checkpoint& ck, const typenam
 // `names`: hf_names' map.
 template <class M>
 void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::string, hf_source>& names) {
-  auto params = model.parameters();
+  auto params = model.masters();  // frozen ones too (LoRA's base)
   torch::NoGradGuard no_grad;
-  for (const piece& p : held_pieces(model)) {
+  for (const piece& p : model.base_pieces()) {
     at::Tensor dst = params[p.tensor].detach().narrow(0, p.offset, p.end - p.begin);
     TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat, "load_hf_weights: float32 masters expected");
     names.at(p.name).read(ck, p.begin, p.end, dst.data_ptr<float>());
@@ -649,8 +654,8 @@ std::vector<std::pair<nn::param_spec, at::Tensor>> consolidate(const typename G:
       out.push_back({s, at::Tensor()});
     }
   at::Tensor values = at::zeros({total}), owner = at::zeros({total});
-  const auto params = model.parameters();
-  const auto pieces = held_pieces(model);
+  const auto params = model.masters();  // frozen ones too (LoRA's base)
+  const auto pieces = model.base_pieces();
   const float me = static_cast<float>(mesh.rank() + 1);
   for (const piece& p : pieces) owner.narrow(0, offset.at(p.name) + p.begin, p.end - p.begin).fill_(me);
   mesh.world().all_reduce(owner, comm::reduce_op::max).wait();
@@ -662,6 +667,35 @@ std::vector<std::pair<nn::param_spec, at::Tensor>> consolidate(const typename G:
   mesh.world().all_reduce(values, comm::reduce_op::sum).wait();
   for (auto& [s, t] : out) t = values.narrow(0, offset.at(s.name), s.numel()).view(s.shape);
   return out;
+}
+
+// LoRA merged into whole parameters: W += scale * B A for each adapter pair
+// (".../q_proj.lora_A.weight", ".../q_proj.lora_B.weight") of `adapters`
+// (parallel_model::adapters()), in place. An adapter without its weight in
+// `all`, or a lone factor, is an error naming it.
+inline void merge_adapters(std::vector<std::pair<nn::param_spec, at::Tensor>>& all,
+                           const std::vector<std::pair<std::string, at::Tensor>>& adapters, double scale) {
+  std::map<std::string, at::Tensor> by_name;
+  for (auto& [s, t] : all) by_name[s.name] = t;
+  std::map<std::string, at::Tensor> a_of, b_of;
+  const std::string ka = ".lora_A.weight", kb = ".lora_B.weight";
+  auto ends = [](const std::string& n, const std::string& suffix) {
+    return n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const auto& [name, t] : adapters) {
+    if (ends(name, ka)) a_of[name.substr(0, name.size() - ka.size())] = t;
+    else if (ends(name, kb)) b_of[name.substr(0, name.size() - kb.size())] = t;
+    else throw checkpoint_error("merge_adapters: '" + name + "' is neither a lora_A nor a lora_B weight");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [stem, a] : a_of) {
+    auto b = b_of.find(stem);
+    auto w = by_name.find(stem + ".weight");
+    if (b == b_of.end()) throw checkpoint_error("merge_adapters: '" + stem + ka + "' has no lora_B");
+    if (w == by_name.end()) throw checkpoint_error("merge_adapters: no weight '" + stem + ".weight' for its adapters");
+    w->second.add_(at::mm(b->second.to(at::kFloat), a.to(at::kFloat)), scale);
+  }
+  if (b_of.size() != a_of.size()) throw checkpoint_error("merge_adapters: a lora_B weight has no lora_A");
 }
 
 // Whole parameters by name as a unit source for nn::forward (evaluation).

@@ -87,6 +87,16 @@ struct config {
     long threads = 0;                        // intra-op threads per rank; 0: OMP_NUM_THREADS if the user set it, else
                                              // the CPUs of the rank's affinity mask over the local ranks sharing them
     accelerator_config accelerator;
+    // LoRA fine-tuning (Adapt<LoRA> on the language model; dense_lm): only
+    // the adapters train, the model stays as loaded. Outputs adapter/ (PEFT's
+    // format) and, with merge_on_export, hf/ holds the merged model.
+    struct {
+      long rank = 0;                         // > 0: LoRA of this rank on attention and MLP projections; 0: off
+      double alpha = 0;                      // scale alpha / rank; 0: 16, or the adapter's (path)
+      double dropout = 0;                    // on the adapters' input, in training
+      bool merge_on_export = false;          // hf/: base + adapters merged, in the base checkpoint's layout
+      std::string path;                      // a PEFT adapter folder to start from (adapter_config.json, adapter_model.safetensors)
+    } lora;
   } train;
 };
 
@@ -169,6 +179,11 @@ inline std::vector<field> schema(config& c) {
       make_field("train.accelerator.dp_shard_size", K::integer, c.train.accelerator.dp_shard_size),
       make_field("train.accelerator.ulysses_size", K::integer, c.train.accelerator.ulysses_size),
       make_field("train.accelerator.ep_size", K::integer, c.train.accelerator.ep_size),
+      make_field("train.lora.rank", K::integer, c.train.lora.rank),
+      make_field("train.lora.alpha", K::number, c.train.lora.alpha),
+      make_field("train.lora.dropout", K::number, c.train.lora.dropout),
+      make_field("train.lora.merge_on_export", K::boolean, c.train.lora.merge_on_export),
+      make_field("train.lora.path", K::string, c.train.lora.path),
   };
   for (const auto& k : dim_keys())
     f.push_back({"model." + k, K::integer, [&c, k](const YAML::Node& n) { c.model.dims[k] = n.as<long>(); },
@@ -403,6 +418,18 @@ inline void resolve(config& c, long world) {
   if (c.data.token_budget % a.ulysses_size != 0)
     throw config_error("data.token_budget: " + std::to_string(c.data.token_budget) + " is not a multiple of train.accelerator.ulysses_size = " +
                        std::to_string(a.ulysses_size) + " (each sequence-parallel rank holds token_budget / ulysses_size tokens)");
+  const auto& l = c.train.lora;
+  if (l.rank < 0) throw config_error("train.lora.rank: must be >= 0 (0: no LoRA)");
+  if (!std::isfinite(l.alpha) || l.alpha < 0) throw config_error("train.lora.alpha: must be a finite number >= 0");
+  if (!(l.dropout >= 0 && l.dropout < 1)) throw config_error("train.lora.dropout: must be in [0, 1)");
+  const bool lora_keys = l.alpha > 0 || l.dropout > 0 || l.merge_on_export || !l.path.empty();
+  if (l.rank == 0 && l.path.empty() && lora_keys)
+    throw config_error("train.lora: set train.lora.rank (> 0) or train.lora.path to fine-tune with LoRA");
+  if ((l.rank > 0 || !l.path.empty()) && c.model.name != "dense_lm")
+    throw config_error("train.lora: LoRA fine-tuning is built for model.name dense_lm (Llama, Qwen2, Qwen3 checkpoints); "
+                       "model.name is " + c.model.name);
+  if (l.dropout > 0 && c.train.activation_checkpointing)
+    throw config_error("train.lora.dropout: must be 0 with train.activation_checkpointing (the recompute would draw another mask)");
 }
 
 }  // namespace veomni::train

@@ -9,7 +9,8 @@
 //   omni_moe   encoders, projectors, image_out: Shard<HSDP>;
 //              lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
 //   moe_lm     lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
-// (HSDP with dp_replicate_size = 1 is FSDP.)
+// (HSDP with dp_replicate_size = 1 is FSDP.) With train.lora (dense_lm):
+//   dense_lm   lm: Shard<HSDP> + Split<Ulysses> + Adapt<LoRA>
 //
 // One step: the next train.global_batch_size samples of the stream; this
 // rank's share cut into micro-batches; forward_backward on each with the
@@ -42,6 +43,7 @@
 #include "metrics.hpp"
 #include "optimizer.hpp"
 #include "paths.hpp"
+#include "peft.hpp"
 #include "plot.hpp"
 #include "schedule.hpp"
 #include "threads.hpp"
@@ -55,6 +57,8 @@ template <fixed_string N>
 using sharded = apply<N, Shard<HSDP>>;
 
 using dense_lm_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
+// LoRA fine-tuning (train.lora): rank, alpha and dropout from the config
+using dense_lm_lora_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>, Adapt<LoRA>>>;
 using tiny_vl_recipe = recipe<sharded<"vision">, sharded<"proj">, apply<"lm", Shard<HSDP>, Split<Ulysses>>>;
 using omni_moe_recipe = recipe<sharded<"vision">, sharded<"vision_proj">, sharded<"audio">, sharded<"audio_proj">,
                                apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>, sharded<"image_out">>;
@@ -333,6 +337,31 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
   return r;
 }
 
+// ---- LoRA adapters in PEFT's files ------------------------------------------------------------------
+
+// An adapter's name in PEFT's files (less the base_model.model. prefix): its
+// weight's Hugging Face name with the adapter's suffix,
+//   lm.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj.lora_A.weight
+template <Model G>
+std::function<std::string(const std::string&)> peft_naming(const typename G::dims& d) {
+  std::map<std::string, std::string> stem;  // our weight's name less ".weight" -> its Hugging Face name's
+  const std::string w = ".weight";
+  auto cut = [&](const std::string& n) {
+    return n.size() > w.size() && n.compare(n.size() - w.size(), w.size(), w) == 0 ? n.substr(0, n.size() - w.size())
+                                                                                     : std::string();
+  };
+  if constexpr (hf_family<G>)
+    for (const auto& [spec, src] : hf_layout<G>(d))
+      if (src.tensors.size() == 1 && !cut(spec.name).empty() && !cut(src.tensors[0]).empty())
+        stem[cut(spec.name)] = cut(src.tensors[0]);
+  return [stem](const std::string& n) {
+    const auto at = n.rfind(".lora_");
+    const auto it = at == std::string::npos ? stem.end() : stem.find(n.substr(0, at));
+    if (it == stem.end()) throw checkpoint_error("LoRA: the adapter '" + n + "' adapts no weight with a Hugging Face name");
+    return it->second + n.substr(at);
+  };
+}
+
 // ---- export --------------------------------------------------------------------------------------
 
 // output_dir/hf/model.safetensors (+ config.json). dense_lm and moe_lm are
@@ -476,6 +505,7 @@ struct prepared {
   vocabulary vocab;  // bytes, or data.tokenizer's (vocabulary.hpp)
   std::shared_ptr<const hf_checkpoint> hf;      // model.path, its headers read once (hf.hpp)
   std::map<std::string, hf_source> hf_names;    // model.path: each parameter's tensor(s) in the checkpoint (checkpoint.hpp)
+  std::optional<peft_adapter> peft;             // train.lora.path, read (peft.hpp)
   dataset train, eval;
   double load_seconds = 0;  // reading, tokenizing and laying out both manifests (media included)
   bool synthetic = false;
@@ -485,7 +515,8 @@ struct prepared {
 // What the trainer writes, all inside train.output_dir (paths.hpp).
 inline const std::vector<std::string>& output_names() {
   static const std::vector<std::string> names{"config.yaml", "metrics.jsonl", "loss_curve.png", "loss_curve.svg", "summary.json", "checkpoints",
-                                              "checkpoints/latest", "hf", "hf/model.safetensors", "hf/config.json"};
+                                              "checkpoints/latest", "hf", "hf/model.safetensors", "hf/config.json", "adapter",
+                                              "adapter/adapter_model.safetensors", "adapter/adapter_config.json"};
   return names;
 }
 
@@ -528,6 +559,19 @@ prepared<G> prepare(config& c, long world) {
       }
     }
   }
+  if (!c.train.lora.path.empty()) {  // read on every rank before any collective; r and alpha unless the config sets them
+    try {
+      p.peft = read_peft_adapter(c.train.lora.path);
+    } catch (const std::exception& e) {
+      throw config_error(std::string("train.lora.path: ") + e.what());
+    }
+    if (c.train.lora.rank == 0) c.train.lora.rank = p.peft->config.r;
+    if (c.train.lora.alpha == 0) c.train.lora.alpha = p.peft->config.lora_alpha;
+    if (c.train.lora.rank != p.peft->config.r)
+      throw config_error("train.lora.rank: " + std::to_string(c.train.lora.rank) + ", but the adapter at " + c.train.lora.path +
+                         " has r = " + std::to_string(p.peft->config.r));
+  }
+  if (c.train.lora.rank > 0 && c.train.lora.alpha == 0) c.train.lora.alpha = 16;
   p.media = media_of<G>(p.dims, c);
   const long vocab = vocab_of<G>(p.dims);
   if (!c.data.tokenizer.empty()) {
@@ -582,13 +626,21 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.checkpoint = c.train.activation_checkpointing;
   popt.aux_weight = c.train.aux_weight;
   popt.seed = static_cast<uint64_t>(c.train.seed);
+  // LoRA (a recipe with Adapt<LoRA>): the base frozen, only the adapters train
+  constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) { return o.tensor == tensor_role::adapter_grads; }) > 0;
+  if (lora != (c.train.lora.rank > 0))
+    throw config_error(lora ? "train.lora.rank: this recipe adapts the model (Adapt<LoRA>): set train.lora.rank > 0"
+                            : "train.lora: this model's recipe has no Adapt<LoRA>");
+  popt.adapters = {.rank = c.train.lora.rank, .alpha = c.train.lora.alpha, .dropout = c.train.lora.dropout};
+  const double lora_scale = lora ? c.train.lora.alpha / static_cast<double>(c.train.lora.rank) : 0.0;
   const double rss_before_model = resident_mib();
   parallel::parallel_model<G, R, comm::gloo_mesh> model(prep.dims, mesh, popt);
   adamw optim(model.parameters(), model.decay_masks(), {.lr = c.train.lr, .weight_decay = c.train.weight_decay});
   const lr_schedule sched{c.train.lr, c.train.lr_min, c.train.lr_warmup_steps, c.train.max_steps, c.train.lr_decay_style};
 
   train_state st;
-  if (resume.empty() && !c.model.path.empty()) {  // a fresh start from a Hugging Face checkpoint
+  // a fresh start from a Hugging Face checkpoint; with LoRA also a resume (a checkpoint holds the adapters alone)
+  if ((resume.empty() || lora) && !c.model.path.empty()) {
     const auto t0 = clock::now();
     load_hf_weights(*prep.hf, model, prep.hf_names);
     char b[512];
@@ -596,6 +648,16 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     std::snprintf(b, sizeof b, "veomni-train: rank %d loaded its shard of %s in %.2f s (resident %.1f MiB before the model, %.1f MiB now, peak %.1f MiB)",
                   env.rank, c.model.path.c_str(), std::chrono::duration<double>(clock::now() - t0).count(), rss_before_model,
                   resident_mib(), peak_resident_mib());
+    ro.log(b);
+  }
+  if (resume.empty() && prep.peft) {  // train.lora.path: the adapters to start from
+    load_peft_adapter(*prep.peft, model, c.train.lora.path, peft_naming<G>(prep.dims));
+    ro.log("veomni-train: rank " + std::to_string(env.rank) + " loaded the LoRA adapters of " + c.train.lora.path);
+  }
+  if (lora && lead) {
+    char b[200];
+    std::snprintf(b, sizeof b, "veomni-train: LoRA rank %ld, alpha %g, dropout %g: %lld trainable elements, the model frozen",
+                  c.train.lora.rank, c.train.lora.alpha, c.train.lora.dropout, static_cast<long long>(model.local_numel()));
     ro.log(b);
   }
   if (!resume.empty()) {
@@ -699,9 +761,15 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     }
     mesh.world().barrier().wait();
   };
+  // whole parameters on every rank, LoRA's adapters merged in
+  auto whole_model = [&] {
+    auto all = consolidate<G>(prep.dims, model, mesh);
+    if (lora) merge_adapters(all, model.adapters(), lora_scale);
+    return all;
+  };
   auto run_eval = [&]() -> std::optional<eval_result> {
     if (prep.eval.samples.empty()) return std::nullopt;
-    const auto all = consolidate<G>(prep.dims, model, mesh);
+    const auto all = whole_model();
     if (!lead) return std::nullopt;
     named_params<G> whole(prep.dims, all);
     return evaluate<G>(prep.dims, whole, prep.eval, prep.vocab);
@@ -838,8 +906,18 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     summary["eval"] = {{"loss", e->loss},           {"token_accuracy", e->token_accuracy}, {"exact_match", e->exact_match},
                        {"code_accuracy", e->code_accuracy}, {"samples", e->samples},     {"by_kind", by_kind}};
   }
-  if (c.train.export_safetensors) {
-    const auto all = consolidate<G>(prep.dims, model, mesh);
+  if (lora && lead) {  // the adapters in PEFT's format
+    const auto name = peft_naming<G>(prep.dims);
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (const auto& [n, t] : model.adapters()) named.emplace_back(name(n), t);
+    write_peft_adapter(out.file("adapter"), named,
+                       {.r = c.train.lora.rank, .lora_alpha = c.train.lora.alpha, .lora_dropout = c.train.lora.dropout,
+                        .target_modules = {}, .base_model = c.model.path});
+    ro.log("veomni-train: exported the LoRA adapters to " + out.file("adapter").string() + " (PEFT's format)");
+  }
+  // the model: with LoRA only when train.lora.merge_on_export asks (the base did not change)
+  if (c.train.export_safetensors && (!lora || c.train.lora.merge_on_export)) {
+    const auto all = whole_model();
     if (lead) {
       if (c.model.path.empty()) {
         export_model<G>(out.file("hf").string(), prep.dims, c.model.name, all, prep.vocab);
@@ -866,7 +944,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
       drawn.clear();
     }
     ro.log("veomni-train: outputs in " + out.dir().string() + " (metrics.jsonl, " + drawn + "config.yaml, summary.json" +
-           (c.train.save_checkpoints ? ", checkpoints/" : "") + (c.train.export_safetensors ? ", hf/" : "") + ")");
+           (c.train.save_checkpoints ? ", checkpoints/" : "") + (lora ? ", adapter/" : "") +
+           (c.train.export_safetensors && (!lora || c.train.lora.merge_on_export) ? ", hf/" : "") + ")");
   }
   {  // each rank's high-water mark of resident memory over the whole run (loading, steps, export)
     char b[160];
