@@ -293,3 +293,6 @@ TEST_CASE("parity omni_moe LoRA fsdp_sp world 4") { check_lora_parity("omni_moe"
 TEST_CASE("parity omni_moe LoRA fsdp_ep world 2") { check_lora_parity("omni_moe", "lora_fsdp_ep", 1, 2, 1, 2); }
 TEST_CASE("parity omni_moe LoRA fsdp_ep world 4") { check_lora_parity("omni_moe", "lora_fsdp_ep", 1, 4, 1, 4); }
 TEST_CASE("parity omni_moe LoRA fsdp_sp_ep world 4") { check_lora_parity("omni_moe", "lora_fsdp_sp_ep", 1, 2, 2, 2); }
+TEST_CASE("parity dense_lm LoRA fsdp world 2 with activation checkpointing") {
+  check_parity("dense_lm", "lora_fsdp", 1, 2, 1, 1, "--checkpoint", 1e-5, 1, "lora_fsdp");
+}
