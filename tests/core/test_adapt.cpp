@@ -62,8 +62,11 @@ TEST_CASE("plan: LoRA under FSDP gathers the frozen base and reduces only the ad
   CHECK(c.payload_bytes == per_block * 4);
   // a rank set at run time
   workload w = tokens(64);
-  w.adapter_rank = 2;
+  w.adapters.rank = 2;
   CHECK(cost_of<L>(op, d, m, w).elements == per_block / 4);
+  // and its targets narrowed to attention: q, k, v, o alone
+  w.adapters.targets = layer_kinds({layer_kind::attention});
+  CHECK(cost_of<L>(op, d, m, w).elements == 2 * ((lm.hidden + q) + 2 * (lm.hidden + kv) + (q + lm.hidden)));
 
   // memory: the base as FSDP shards it, no gradient or moments of it; the
   // adapters whole on every rank with their gradient and two fp32 moments
@@ -72,7 +75,7 @@ TEST_CASE("plan: LoRA under FSDP gathers the frozen base and reduces only the ad
   CHECK(adapted.params == full.params + 4 * adapters);
   CHECK(adapted.grads == 4 * adapters);
   CHECK(adapted.optimizer == 8 * adapters);
-  CHECK(memory<L>(d, m, precisions::fp32, 2).optimizer == 8 * adapters / 4);
+  CHECK(memory<L>(d, m, precisions::fp32, {.rank = 2}).optimizer == 8 * adapters / 4);
   // and the step moves far fewer bytes than full fine-tuning
   CHECK(traffic<L>(d, m, tokens(64)).payload_bytes < traffic<F>(d, m, tokens(64)).payload_bytes);
 }

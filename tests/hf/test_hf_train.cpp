@@ -327,6 +327,13 @@ TEST_CASE("train.lora: PEFT adapters out and back in, and the merged export has 
   CHECK(rel(a, c) > 1e-3);
   // the first step of training saw the base (lora_B starts at zero)
   CHECK(rel(m.front()["loss"].get<double>(), c) <= 1e-5);
+  // train.lora.targets narrows the adapted layers at run time
+  const std::string att = "hf_lora_attention";
+  const job ja = train(att, 1, config(att, f, 1), "--train.lora.rank=2 --train.lora.targets=attention");
+  INFO(ja.output);
+  REQUIRE(ja.rc == 0);
+  const auto acfg = nlohmann::json::parse(slurp(tmp_root + "/" + att + "/out/adapter/adapter_config.json"));
+  CHECK(acfg["target_modules"] == nlohmann::json{"k_proj", "o_proj", "q_proj", "v_proj"});
 }
 
 TEST_CASE("train.lora: what cannot run is refused before any collective, naming the key or the tensor") {
@@ -337,6 +344,8 @@ TEST_CASE("train.lora: what cannot run is refused before any collective, naming 
                             "train.lora: LoRA fine-tuning is built for model.name dense_lm");
   expect_error_on_each_rank(tag, "--train.lora.alpha=8", "train.lora: set train.lora.rank (> 0) or train.lora.path");
   expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.dropout=1", "train.lora.dropout: must be in [0, 1)");
+  expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.targets=attention,experts",
+                            "train.lora.targets: 'experts' is not a layer kind LoRA adapts (attention, mlp; comma-separated)");
   // an adapter folder that does not fit
   expect_error_on_each_rank(tag, "--train.lora.path=" + dir + "/nothing", "train.lora.path: " + dir +
                                                                             "/nothing/adapter_config.json: no such file");

@@ -16,6 +16,8 @@
 // (contiguous runs of samples), whose gradients accumulate. The trace is
 // also written to OUT.trace.rank<R>.csv.
 //   parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint] [--micro=N]
+// VEOMNI_PARITY_LORA_TARGETS=attention|mlp narrows a LoRA recipe's targets at
+// run time (parallel::options::adapters), the cost model told the same.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -49,6 +51,14 @@ struct args {
 
 using byte_map = std::map<std::pair<std::string, std::string>, int64_t>;
 
+// The adapters' settings at run time (VEOMNI_PARITY_LORA_TARGETS), for the runtime and the cost model alike.
+adapter_settings lora_run() {
+  adapter_settings a;
+  if (const char* t = std::getenv("VEOMNI_PARITY_LORA_TARGETS"))
+    a.targets = layer_kinds({std::string(t) == "mlp" ? layer_kind::mlp : layer_kind::attention});
+  return a;
+}
+
 // The plan's payload bytes, by (collective, axis key), added to `out`: of
 // one micro-batch of lm_tokens (forward and backward), or of the optimizer
 // (once a step).
@@ -58,6 +68,7 @@ void predicted(byte_map& out, const typename P::model::dims& d, const mesh_shape
   workload w;
   w.default_tokens = 0;
   w.with("lm", lm_tokens);
+  w.adapters = lora_run();
   for (const auto& o : P::ops) {
     if ((o.ph == phase::optimizer) != optimizer) continue;
     op_cost c = cost_of<P>(o, d, m, w);
@@ -95,11 +106,14 @@ void check_trace(const std::vector<comm::trace_event_ptr>& rows, const step_sche
     workload w;
     w.default_tokens = 0;
     w.with("lm", tokens);
+    w.adapters = lora_run();
     for (const auto& s : sched.micro)
       if (s.issued) want.push_back({s, instance_bytes<P>(s, d, m, w)});
   }
+  workload none;
+  none.adapters = lora_run();
   for (const auto& s : sched.optimizer)
-    if (s.issued) want.push_back({s, instance_bytes<P>(s, d, m, workload{})});
+    if (s.issued) want.push_back({s, instance_bytes<P>(s, d, m, none)});
   std::size_t r = 0;
   auto fail = [&](std::size_t j, const std::string& why) {
     if (failures.size() < 2000)
@@ -156,6 +170,7 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
   parallel::options opt;
   opt.seed = 1234;
   opt.checkpoint = a.checkpoint;
+  opt.adapters.targets = lora_run().targets;
   parallel::parallel_model<G, R, comm::gloo_mesh> model(d, mesh, opt);
   const double lr = std::getenv("VEOMNI_PARITY_LR") ? std::atof(std::getenv("VEOMNI_PARITY_LR")) : 1e-3;
   const double eps = std::getenv("VEOMNI_PARITY_EPS") ? std::atof(std::getenv("VEOMNI_PARITY_EPS")) : 1e-6;
@@ -207,7 +222,7 @@ int run(const args& a, const typename G::dims& d, testing::kind k) {
       long opt_bytes = 0;
       for (const auto* v : {&optim.exp_avg(), &optim.exp_avg_sq()})
         for (const auto& t : *v) opt_bytes += static_cast<long>(t.numel() * t.element_size());
-      const memory_per_rank plan_mem = memory<P>(d, a.mesh, precisions::fp32);
+      const memory_per_rank plan_mem = memory<P>(d, a.mesh, precisions::fp32, lora_run());
       if (held.params != plan_mem.params || held.grads != plan_mem.grads || opt_bytes != plan_mem.optimizer)
         failures += " memory held: params " + std::to_string(held.params) + " B, grads " + std::to_string(held.grads) +
                     " B, optimizer " + std::to_string(opt_bytes) + " B; cost model " + std::to_string(plan_mem.params) +

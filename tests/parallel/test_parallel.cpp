@@ -72,8 +72,9 @@ void check_parity(const std::string& model, const std::string& recipe, int rep, 
                   const std::string& extra = "", double tolerance = 1e-5, int micro = 1,
                   const std::string& reference = "fsdp") {
   const std::string split = micro > 1 ? " --micro=" + std::to_string(micro) : "";
+  const char* targets = std::getenv("VEOMNI_PARITY_LORA_TARGETS");  // set by a case for both runs
   const std::string tag = recipe + std::to_string(rep) + std::to_string(shard) + std::to_string(sp) +
-                          std::to_string(ep) + alnum(extra + split);
+                          std::to_string(ep) + alnum(extra + split) + (targets ? targets : "");
   const auto ref = read_rows(run_job(tag, model, reference, 1, 1, 1, 1, split));
   const auto got = read_rows(run_job(tag, model, recipe, rep, shard, sp, ep, extra + split));
   REQUIRE(ref.size() == 20);
@@ -295,4 +296,10 @@ TEST_CASE("parity omni_moe LoRA fsdp_ep world 4") { check_lora_parity("omni_moe"
 TEST_CASE("parity omni_moe LoRA fsdp_sp_ep world 4") { check_lora_parity("omni_moe", "lora_fsdp_sp_ep", 1, 2, 2, 2); }
 TEST_CASE("parity dense_lm LoRA fsdp world 2 with activation checkpointing") {
   check_parity("dense_lm", "lora_fsdp", 1, 2, 1, 1, "--checkpoint", 1e-5, 1, "lora_fsdp");
+}
+// train.lora.targets at run time: the dense_lm recipe's LoRA (attention and
+// MLP) narrowed to the MLP alone, in the runtime and in the cost model.
+TEST_CASE("parity dense_lm LoRA fsdp_sp world 4 with its targets narrowed to the MLP at run time") {
+  setenv("VEOMNI_PARITY_LORA_TARGETS", "mlp", 1);
+  check_lora_parity("dense_lm", "lora_fsdp_sp", 1, 2, 2, 1);
 }

@@ -56,9 +56,9 @@ struct workload {
   long default_tokens = 0;
   std::array<node_tokens, capacity> per_node{};  // filled from the front
   long micro_batches = 1;
-  // The rank of the recipe's adapters (Adapt<LoRA>) when set at run time
-  // (parallel::options::adapters.rank); 0: the policy's own.
-  long adapter_rank = 0;
+  // The recipe's adapters (Adapt<LoRA>) as set at run time
+  // (parallel::options::adapters): their rank, their layer kinds.
+  adapter_settings adapters{};
 
   constexpr workload& with(std::string_view node, long tokens) {
     for (auto& e : per_node)
@@ -86,21 +86,23 @@ struct op_cost {
 
 constexpr long ceil_div(long a, long b) { return b <= 0 ? 0 : (a + b - 1) / b; }
 
-// Elements of a unit's adapters: rank (rank_override if set) x the
-// adapter_width of its layers of the adapted kinds.
+// Elements of a unit's adapters: the rank x the adapter_width of its layers
+// of the adapted kinds, as the run sets them (adapter_settings) or the policy.
 template <Component C>
-constexpr long adapter_elements(const adapter_shape& a, const typename C::dims& d, scope s, long rank_override = 0) {
+constexpr long adapter_elements(const adapter_shape& a, const typename C::dims& d, scope s,
+                                const adapter_settings& run = {}) {
+  const adapter_shape e = run.applied_to(a);
   long width = 0;
   for (std::size_t i = 0; i < C::layers.size(); ++i)
-    if (C::layers[i].where == s && has_kind(a.kinds, C::layers[i].kind)) width += C::shape(i, d).adapter_width;
-  return (rank_override > 0 ? rank_override : a.rank) * width;
+    if (C::layers[i].where == s && has_kind(e.kinds, C::layers[i].kind)) width += C::shape(i, d).adapter_width;
+  return e.rank * width;
 }
 
 namespace detail {
 template <Component C>
 constexpr long op_elements(const plan_op& o, const typename C::dims& d, const mesh_shape& m, long tokens,
-                           long adapter_rank) {
-  if (o.tensor == tensor_role::adapter_grads) return adapter_elements<C>(o.adapter, d, o.target.unit, adapter_rank);
+                           const adapter_settings& adapters) {
+  if (o.tensor == tensor_role::adapter_grads) return adapter_elements<C>(o.adapter, d, o.target.unit, adapters);
   if (o.target.is_unit) {
     const bool experts = o.tensor == tensor_role::expert_params || o.tensor == tensor_role::expert_grads;
     long s = experts ? unit_expert_params<C>(d, o.target.unit) / m[axis::ep::name]
@@ -192,7 +194,7 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
     detail::comps_info<typename G::components>::one(o.node_index, d, [&](auto component, const auto& nd) {
       using C = typename decltype(component)::type;
       c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
-      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapter_rank);
+      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapters);
     });
   const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);
   const long n = c.group;
@@ -285,7 +287,7 @@ struct memory_per_rank {
 //   P = 10, n = 4:  ZeRO-2 params 12, grads 3, optimizer 3;  ZeRO-1 params 12, grads 12, optimizer 3.
 template <class P>
 constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {},
-                                 long adapter_rank = 0) {
+                                 const adapter_settings& adapters = {}) {
   using G = typename P::model;
   long param_el = 0, grad_el = 0, opt_el = 0, adapter_el = 0;
   detail::comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
@@ -295,7 +297,7 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
     for (const auto& o : P::ops)
       if (o.node_index == node && o.tensor == tensor_role::adapter_grads)
         adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
-                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapter_rank);
+                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapters);
     for (const auto& pl : P::placements[node]) {
       experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
       frozen = frozen || pl.tensor == placed_tensor::adapters;

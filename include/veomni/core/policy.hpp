@@ -59,6 +59,16 @@ struct adapter_shape {
   friend constexpr bool operator==(const adapter_shape&, const adapter_shape&) = default;
 };
 
+// An Adapt policy's settings at run time (the trainer's train.lora): the
+// rank, and the layer kinds, a subset of the policy's; 0: the policy's.
+struct adapter_settings {
+  long rank = 0;
+  unsigned targets = 0;
+  constexpr adapter_shape applied_to(const adapter_shape& a) const {
+    return {rank > 0 ? rank : a.rank, targets != 0 ? (a.kinds & targets) : a.kinds};
+  }
+};
+
 struct op_spec {
   op_target target;
   phase ph = phase::forward;

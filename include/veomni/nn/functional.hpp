@@ -683,15 +683,16 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& targets, int64_t chunk, int64_t ignore_index) {
-    const bool grads = hidden.requires_grad() || weight.requires_grad();
+    // what needs a gradient: a frozen head (LoRA) needs none, and its [V, H]
+    // gradient would cost a vocabulary-sized buffer and a GEMM per chunk
+    const bool want_hidden = hidden.requires_grad(), want_weight = weight.requires_grad();
+    const bool grads = want_hidden || want_weight;
     at::Tensor total = at::zeros({}, hidden.options());
     at::Tensor d_hidden, d_weight;
-    if (grads) {
-      d_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-      // the first chunk sets it, the others add (no rows: zero)
+    if (want_hidden) d_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+    if (want_weight)  // the first chunk sets it, the others add (no rows: zero)
       d_weight = hidden.size(0) > 0 ? at::empty_like(weight, at::MemoryFormat::Contiguous)
                                      : at::zeros_like(weight, at::MemoryFormat::Contiguous);
-    }
     for (int64_t b = 0; b < hidden.size(0); b += chunk) {
       const int64_t n = std::min(chunk, hidden.size(0) - b);
       const at::Tensor h = hidden.narrow(0, b, n), t = targets.narrow(0, b, n);
@@ -711,8 +712,11 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
         }
       }
       if (!grads) continue;
-      at::Tensor rows = d_hidden.narrow(0, b, n);  // contiguous rows: written in place
-      at::mm_out(rows, logits, weight);
+      if (want_hidden) {
+        at::Tensor rows = d_hidden.narrow(0, b, n);  // contiguous rows: written in place
+        at::mm_out(rows, logits, weight);
+      }
+      if (!want_weight) continue;
       if (b == 0)
         at::mm_out(d_weight, logits.t(), h);
       else
@@ -727,11 +731,13 @@ class chunked_lm_loss : public torch::autograd::Function<chunked_lm_loss> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor g = grads[0];
     at::Tensor d_weight;
-    if (grad_slot slot = grad_slot::load(ctx, "weight"))
+    if (!saved[1].defined())
+      ;  // a frozen head
+    else if (grad_slot slot = grad_slot::load(ctx, "weight"))
       slot.scaled(saved[1], g);  // straight into the flat gradient
     else
       d_weight = saved[1] * g;
-    return {saved[0] * g, d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {saved[0].defined() ? saved[0] * g : at::Tensor(), d_weight, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

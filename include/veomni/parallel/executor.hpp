@@ -53,15 +53,18 @@ struct options {
   double aux_weight = 0.01;  // MoE load-balancing loss weight
   uint64_t seed = 0;
   // Adapt<LoRA>'s settings at run time, over the policy's own (lora_options):
-  // rank (0: the policy's; it sizes the adapters, and the cost model's
-  // workload::adapter_rank must say the same), alpha (0: the policy's),
-  // dropout on the adapters' input (negative: the policy's).
-  struct adapter_settings {
+  // rank (0: the policy's) and targets (layer_kinds bits narrowing the
+  // policy's; 0: its own), which size the adapters (the cost model's
+  // workload::adapters and memory<P>'s must say the same: adapter()); alpha
+  // (0: the policy's); dropout on the adapters' input (negative: the policy's).
+  struct adapter_options {
     long rank = 0;
+    unsigned targets = 0;
     double alpha = 0;
     double dropout = -1;
+    constexpr adapter_settings sizes() const { return {rank, targets}; }
   };
-  adapter_settings adapters{};
+  adapter_options adapters{};
 };
 
 template <class P, class Mesh>
@@ -85,7 +88,7 @@ class executor {
       labels_[i] = {static_cast<std::int64_t>(i), o.node, o.where, o.policy, to_string(o.ph), to_string(o.tensor),
                     to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt), to_string(o.coll), comm::axis_key(o.over)};
     }
-    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed, opt.adapters.rank).build(first_unit_);
+    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed, opt.adapters.sizes()).build(first_unit_);
     index(sched_.micro, micro_);
     index(sched_.optimizer, optim_);
   }

@@ -418,8 +418,13 @@ class parallel_model : public nn::unit_source {
       unit_type& s = exec_.unit(u.node, u.block);
       exec_.set_current(u.block, false);
       exec_.reach({trigger_kind::block_begin, u.node, u.block});
-      if (!s.wrapped) return body(x);
-      auto out = block_fn<parallel_model>::apply(x, dummy_, this, &s, &body);
+      // a frozen node's first block may see an input that needs no gradient
+      // (a frozen embedding): differentiate it anyway, so that backward runs
+      // through every block and issues the plan's backward layer ops there
+      // (Ulysses' all_to_alls around an attention without adapters)
+      const at::Tensor in = s.base_frozen() && !x.requires_grad() ? x.detach().requires_grad_(true) : x;
+      if (!s.wrapped) return body(in);
+      auto out = block_fn<parallel_model>::apply(in, dummy_, this, &s, &body);
       if (out[1].defined() && block_had_aux_) ctx_->aux_losses.push_back(out[1]);
       return out[0];
     };

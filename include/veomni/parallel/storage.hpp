@@ -229,8 +229,8 @@ class storage_builder {
   using unit_type = unit_state<comm_type>;
 
   storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, bool checkpoint, uint64_t seed,
-                  long adapter_rank = 0)
-      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed), adapter_rank_(adapter_rank) {}
+                  adapter_settings adapters = {})
+      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed), adapters_(adapters) {}
 
   // Units in model order (each node's root, then its blocks); first[node]:
   // the index of the node's root.
@@ -366,8 +366,13 @@ class storage_builder {
   // Kaiming-uniform init) and lora_B [out, rank] (zeros: training starts
   // from the base model) for each linear map of an adapted kind, named as
   // PEFT names them (".../q_proj.lora_A.weight").
-  void add_adapters(unit_type& u, const adapter_shape& a, const std::vector<nn::param_spec>& base) {
-    const long rank = adapter_rank_ > 0 ? adapter_rank_ : a.rank;
+  void add_adapters(unit_type& u, const adapter_shape& policy, const std::vector<nn::param_spec>& base) {
+    const std::string node(G::names[u.id.node]);
+    if ((adapters_.targets & ~policy.kinds) != 0)
+      throw std::invalid_argument("veomni::parallel: node '" + node + "': the adapters' targets at run time name a layer "
+                                  "kind that its Adapt policy does not adapt (they may only narrow the policy's)");
+    const adapter_shape a = adapters_.applied_to(policy);
+    const long rank = a.rank;
     u.adapter_slot.assign(base.size(), -1);
     int k = 0;
     for (std::size_t i = 0; i < base.size(); ++i) {
@@ -385,6 +390,10 @@ class storage_builder {
       }
       u.adapter_slot[i] = k++;
     }
+    if (k == 0)
+      throw std::invalid_argument("veomni::parallel: node '" + node + "' unit " + std::to_string(u.id.block) +
+                                  ": the adapters' targets at run time leave it no layer to adapt, but the plan reduces "
+                                  "its adapters' gradients");
   }
 
   bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {
@@ -411,7 +420,7 @@ class storage_builder {
   const step_schedule& sched_;
   bool checkpoint_;
   uint64_t seed_;
-  long adapter_rank_;
+  adapter_settings adapters_;
   std::vector<unit_type> out_;
   std::array<std::size_t, G::size + 1>* first_ = nullptr;
 };

@@ -94,6 +94,7 @@ struct config {
       long rank = 0;                         // > 0: LoRA of this rank on attention and MLP projections; 0: off
       double alpha = 0;                      // scale alpha / rank; 0: 16, or the adapter's (path)
       double dropout = 0;                    // on the adapters' input, in training
+      std::string targets;                   // "attention", "mlp" or "attention,mlp"; "": both
       bool merge_on_export = false;          // hf/: base + adapters merged, in the base checkpoint's layout
       std::string path;                      // a PEFT adapter folder to start from (adapter_config.json, adapter_model.safetensors)
     } lora;
@@ -182,6 +183,7 @@ inline std::vector<field> schema(config& c) {
       make_field("train.lora.rank", K::integer, c.train.lora.rank),
       make_field("train.lora.alpha", K::number, c.train.lora.alpha),
       make_field("train.lora.dropout", K::number, c.train.lora.dropout),
+      make_field("train.lora.targets", K::string, c.train.lora.targets),
       make_field("train.lora.merge_on_export", K::boolean, c.train.lora.merge_on_export),
       make_field("train.lora.path", K::string, c.train.lora.path),
   };
@@ -357,6 +359,21 @@ inline std::string to_yaml(config c) {
   return std::string(out.c_str()) + "\n";
 }
 
+// train.lora.targets as names: "attention, mlp" -> {attention, mlp}.
+inline std::vector<std::string> lora_target_names(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : s + ",") {
+    if (ch == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else if (ch != ' ') {
+      cur += ch;
+    }
+  }
+  return out;
+}
+
 // Checks of values against each other and the launch: mesh sizes, batch sizes.
 // world: WORLD_SIZE. Fills dp_shard_size when it is 0. Throws config_error naming the key.
 inline void resolve(config& c, long world) {
@@ -422,7 +439,10 @@ inline void resolve(config& c, long world) {
   if (l.rank < 0) throw config_error("train.lora.rank: must be >= 0 (0: no LoRA)");
   if (!std::isfinite(l.alpha) || l.alpha < 0) throw config_error("train.lora.alpha: must be a finite number >= 0");
   if (!(l.dropout >= 0 && l.dropout < 1)) throw config_error("train.lora.dropout: must be in [0, 1)");
-  const bool lora_keys = l.alpha > 0 || l.dropout > 0 || l.merge_on_export || !l.path.empty();
+  for (const auto& t : lora_target_names(l.targets))
+    if (t != "attention" && t != "mlp")
+      throw config_error("train.lora.targets: '" + t + "' is not a layer kind LoRA adapts (attention, mlp; comma-separated)");
+  const bool lora_keys = l.alpha > 0 || l.dropout > 0 || l.merge_on_export || !l.path.empty() || !l.targets.empty();
   if (l.rank == 0 && l.path.empty() && lora_keys)
     throw config_error("train.lora: set train.lora.rank (> 0) or train.lora.path to fine-tune with LoRA");
   if ((l.rank > 0 || !l.path.empty()) && c.model.name != "dense_lm")

@@ -631,7 +631,10 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   if (lora != (c.train.lora.rank > 0))
     throw config_error(lora ? "train.lora.rank: this recipe adapts the model (Adapt<LoRA>): set train.lora.rank > 0"
                             : "train.lora: this model's recipe has no Adapt<LoRA>");
-  popt.adapters = {.rank = c.train.lora.rank, .alpha = c.train.lora.alpha, .dropout = c.train.lora.dropout};
+  unsigned targets = 0;  // train.lora.targets (resolve checked the names); 0: the recipe's
+  for (const auto& t : lora_target_names(c.train.lora.targets))
+    targets |= layer_kinds({t == "mlp" ? layer_kind::mlp : layer_kind::attention});
+  popt.adapters = {.rank = c.train.lora.rank, .targets = targets, .alpha = c.train.lora.alpha, .dropout = c.train.lora.dropout};
   const double lora_scale = lora ? c.train.lora.alpha / static_cast<double>(c.train.lora.rank) : 0.0;
   const double rss_before_model = resident_mib();
   parallel::parallel_model<G, R, comm::gloo_mesh> model(prep.dims, mesh, popt);

@@ -46,7 +46,12 @@ struct lora<O>::runtime {
       const at::Tensor &A = w[k], &B = w[k + 1];
       at::Tensor in = x.to(A.scalar_type());
       if (dropout > 0 && at::GradMode::is_enabled()) in = at::dropout(in, dropout, /*train=*/true);
-      return y + (nn::project(nn::project(in, A), B) * scale).to(y.scalar_type());
+      const at::Tensor xa = nn::project(in, A);  // [T, rank]
+      if (y.scalar_type() != xa.scalar_type())    // mixed precision: the adapters' term in fp32, added in y's dtype
+        return y + (nn::project(xa, B) * scale).to(y.scalar_type());
+      // y + scale * xa B^T in one op: no [T, out] term of its own, in forward or backward
+      // (measured on dense_peer: 517 MiB peak against 649 MiB for y + (xa B^T) * scale)
+      return at::addmm(y.reshape({-1, y.size(-1)}), xa.reshape({-1, xa.size(-1)}), B.t(), 1.0, scale).view(y.sizes());
     };
   }
 };
