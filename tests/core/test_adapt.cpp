@@ -116,6 +116,69 @@ TEST_CASE("plan: LoRA on attention composes with FSDP, Ulysses and EP on an MoE 
             4 * (4 * l.hidden + 2 * q + 2 * kv));
 }
 
+TEST_CASE("plan: LoRA on experts: whole with the other adapters, or split with the experts under EP") {
+  using on_experts = lora<lora_options{.rank = 4, .targets = layer_kinds({layer_kind::attention, layer_kind::moe})}>;
+  using NoEP = plan<omni_moe, recipe<apply<"lm", Shard<FSDP>, Adapt<on_experts>>>>;
+  using EPSplit = plan<omni_moe, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>, Adapt<on_experts>>>>;
+  constexpr std::size_t lm = omni_moe::index_of("lm");
+  auto lm_role = [](tensor_role t) { return [t](const plan_op& o) { return o.node_index == lm && o.tensor == t; }; };
+  // without EP: the experts' adapters are whole, reduced with the attention's in one op per block
+  static_assert(NoEP::count_if(lm_role(tensor_role::adapter_grads)) == 1);
+  static_assert(NoEP::count_if(lm_role(tensor_role::expert_adapter_grads)) == 0);
+  // with EP: split with the experts (Shard(0) over ep), summed over the ranks holding the same experts
+  static_assert(EPSplit::count_if(lm_role(tensor_role::adapter_grads)) == 1);
+  static_assert(EPSplit::count_if(lm_role(tensor_role::expert_adapter_grads)) == 1);
+  constexpr auto expert_op = [] {
+    for (const auto& o : EPSplit::ops)
+      if (o.tensor == tensor_role::expert_adapter_grads) return o;
+    return plan_op{};
+  }();
+  static_assert(expert_op.coll == collective::all_reduce && expert_op.ph == phase::backward);
+  static_assert(expert_op.over == axes<axis::dp_replicate, axis::ep_dp> && expert_op.dt == dtype::f32);
+  static_assert(expert_op.adapter.kinds == layer_kinds({layer_kind::moe}));
+  static_assert([] {
+    for (const auto& pl : EPSplit::placements[lm])
+      if (pl.tensor == placed_tensor::expert_adapters)
+        return pl.how == placement::shard(0) && pl.over == axes<axis::ep>;
+    return false;
+  }());
+  // no gradient of the base is reduced on either
+  static_assert(EPSplit::count_if([](const plan_op& o) {
+                  return o.node_index == lm && (o.tensor == tensor_role::grads || o.tensor == tensor_role::expert_grads);
+                }) == 0);
+
+  const auto d = models::omni_moe_tiny();
+  const auto& l = d.at<"lm">();
+  const long q = l.heads * l.head_dim, kv = l.kv_heads * l.head_dim;
+  const long attention = 4 * (4 * l.hidden + 2 * q + 2 * kv);
+  const long experts = 4 * l.experts * 3 * (l.hidden + l.expert_ffn);  // every expert's gate, up, down
+  const mesh_shape m{.dp_shard = 4, .ep = 2};
+  for (const auto& o : NoEP::ops)
+    if (o.tensor == tensor_role::adapter_grads) CHECK(cost_of<NoEP>(o, d, m, tokens(64)).elements == attention + experts);
+  for (const auto& o : EPSplit::ops) {
+    if (o.tensor == tensor_role::adapter_grads) CHECK(cost_of<EPSplit>(o, d, m, tokens(64)).elements == attention);
+    if (o.tensor == tensor_role::expert_adapter_grads) {
+      const op_cost c = cost_of<EPSplit>(o, d, m, tokens(64));
+      CHECK(c.elements == experts / 2);  // the local experts' (E / ep)
+      CHECK(c.group == 2);               // ep_dp = dp_shard / ep
+    }
+  }
+  // memory: the adapters' gradients and moments, the experts' divided over ep
+  const long lm_adapters = l.layers * (attention + experts / 2);
+  const memory_per_rank split = memory<EPSplit>(d, m, precisions::fp32),
+                        attn = memory<plan<omni_moe, recipe<apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>,
+                                                                   Adapt<attention_only>>>>>(d, m, precisions::fp32);
+  CHECK(split.grads - attn.grads == 4 * (lm_adapters - l.layers * attention));
+  CHECK(split.optimizer - attn.optimizer == 8 * (lm_adapters - l.layers * attention));
+  // the experts' adapters at run time narrowed away: the whole plan's op sizes the attention's alone
+  workload w = tokens(64);
+  w.adapters.targets = layer_kinds({layer_kind::attention});
+  for (const auto& o : NoEP::ops)
+    if (o.tensor == tensor_role::adapter_grads) CHECK(cost_of<NoEP>(o, d, m, w).elements == attention);
+  const std::string s = describe<EPSplit>(d, m, tokens(64));
+  CHECK(s.find("expert_adapter_grads") != std::string::npos);
+}
+
 TEST_CASE("describe: an adapted node's plan shows the adapters' all_reduce and no reduction of the base") {
   using L = plan<dense_lm, recipe<apply<"lm", Shard<FSDP>, Adapt<LoRA>>>>;
   const std::string s = describe<L>(models::dense_lm_tiny(), mesh_shape{.dp_shard = 2}, tokens(64));

@@ -336,6 +336,57 @@ TEST_CASE("train.lora: PEFT adapters out and back in, and the merged export has 
   CHECK(acfg["target_modules"] == nlohmann::json{"k_proj", "o_proj", "q_proj", "v_proj"});
 }
 
+// LoRA on a Qwen3-MoE checkpoint (moe_lm): the attention's and every
+// expert's projections adapted, FSDP-2 x EP-2 (each rank holds its two
+// experts' adapters and sums their gradients over ep_dp). PEFT's files name
+// each expert's adapters as Hugging Face names the experts; loaded back on
+// the same mesh (each rank its experts' rows), base + adapters has the loss
+// of the merged export loaded as model.path on one rank.
+TEST_CASE("train.lora: moe_lm adapts attention and experts under EP, PEFT's per-expert names out and back in" *
+          doctest::timeout(240)) {
+  const std::string f = "qwen3_moe_f32_tied", tag = "hf_lora_moe";
+  const std::string mesh = "--train.accelerator.dp_shard_size=2 --train.accelerator.ep_size=2";
+  const job j = train(tag, 2, config(tag, f, 4),
+                      mesh + " --train.lora.rank=4 --train.lora.alpha=8 --train.lr=0.02 "
+                             "--train.lora.merge_on_export=true --train.export_safetensors=true");
+  INFO(j.output);
+  REQUIRE(j.rc == 0);
+  const std::string out = tmp_root + "/" + tag + "/out";
+  const auto m = metrics(out);
+  REQUIRE(m.size() == 4);
+  CHECK(m.back()["loss"].get<double>() < m.front()["loss"].get<double>());
+  const auto cfg = nlohmann::json::parse(slurp(out + "/adapter/adapter_config.json"));
+  CHECK(cfg["target_modules"] ==
+        nlohmann::json{"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"});
+  const auto hf_cfg = nlohmann::json::parse(slurp(fixtures + "/" + f + "/config.json"));
+  const int experts = hf_cfg["num_experts"].get<int>();
+  const auto hdr = tensor_bytes(out + "/adapter");
+  for (int e = 0; e < experts; ++e)
+    for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+      for (const char* ab : {"lora_A", "lora_B"})
+        CHECK_MESSAGE(hdr.count("base_model.model.model.layers.1.mlp.experts." + std::to_string(e) + "." + p + "." + ab +
+                                ".weight") == 1,
+                      e, " ", p, " ", ab);
+  CHECK(hdr.count("base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight") == 1);
+  CHECK(hdr.count("base_model.model.model.layers.0.mlp.gate.lora_A.weight") == 0);  // the router is not adapted
+
+  const std::string zero = " --train.lr=0 --train.weight_decay=0";
+  const std::string back = "hf_lora_moe_back", merged = "hf_lora_moe_merged", base = "hf_lora_moe_base";
+  const auto with_adapters =
+      ok_metrics(train(back, 2, config(back, f, 1), mesh + " --train.lora.path=" + out + "/adapter" + zero), back, 1);
+  const auto from_merged = ok_metrics(train(merged, 1, config_at(merged, out + "/hf", 1), zero), merged, 1);
+  const auto from_base = ok_metrics(train(base, 1, config(base, f, 1), zero), base, 1);
+  const double a = with_adapters[0]["loss"].get<double>(), b = from_merged[0]["loss"].get<double>(),
+               c = from_base[0]["loss"].get<double>();
+  MESSAGE("moe_lm: base + PEFT adapters ", a, ", merged export ", b, " (rel ", rel(a, b), "), base alone ", c);
+  CHECK(rel(a, b) <= 1e-5);
+  CHECK(rel(a, c) > 1e-3);
+  CHECK(rel(m.front()["loss"].get<double>(), c) <= 1e-5);
+  // moe_lm's targets are attention and experts together
+  expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.targets=attention",
+                            "train.lora.targets: moe_lm adapts attention and experts together");
+}
+
 TEST_CASE("train.lora: what cannot run is refused before any collective, naming the key or the tensor") {
   const std::string f = "qwen3_f32_sharded_tied", tag = "hf_lora_bad", dir = case_dir(tag);
   (void)train(tag, 1, config(tag, f, 1), "--train.max_steps=0");  // writes config.in.yaml; the job itself fails
@@ -344,8 +395,11 @@ TEST_CASE("train.lora: what cannot run is refused before any collective, naming 
                             "train.lora: LoRA fine-tuning is built for model.name dense_lm");
   expect_error_on_each_rank(tag, "--train.lora.alpha=8", "train.lora: set train.lora.rank (> 0) or train.lora.path");
   expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.dropout=1", "train.lora.dropout: must be in [0, 1)");
+  expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.targets=attention,embeddings",
+                            "train.lora.targets: 'embeddings' is not a layer kind LoRA adapts (attention, mlp, experts; "
+                            "comma-separated)");
   expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.targets=attention,experts",
-                            "train.lora.targets: 'experts' is not a layer kind LoRA adapts (attention, mlp; comma-separated)");
+                            "train.lora.targets: dense_lm has no experts");
   // an adapter folder that does not fit
   expect_error_on_each_rank(tag, "--train.lora.path=" + dir + "/nothing", "train.lora.path: " + dir +
                                                                             "/nothing/adapter_config.json: no such file");

@@ -544,7 +544,7 @@ TEST_CASE("gradients: attention, SwiGLU and the MoE layer by finite differences 
   check_gradients(
       [&](const std::vector<at::Tensor>& a) {
         const routing r = route(a[0], a[1], 2, true);
-        return hooks{}.experts(a[0], r, expert_weights{a[2], a[3], a[4]}).pow(2).sum();
+        return hooks{}.experts(a[0], r, expert_weights{a[2], a[3], a[4], {}}).pow(2).sum();
       },
       {at::randn({5, 4}, f64), at::randn({3, 4}, f64), at::randn({3, 6, 4}, f64), at::randn({3, 6, 4}, f64),
        at::randn({3, 4, 6}, f64)});

@@ -413,7 +413,7 @@ at::Tensor hidden(const typename G::dims& d, unit_source& units, const batch& b)
       x = a + swiglu(rms_norm(a, w[5]), w[6], w[7], w[8]);
     } else {
       const at::Tensor h = rms_norm(a, w[5]);
-      x = a + hooks{}.experts(h, route(h, w[6], lm.top_k, true), expert_weights{w[7], w[8], w[9]});
+      x = a + hooks{}.experts(h, route(h, w[6], lm.top_k, true), expert_weights{w[7], w[8], w[9], {}});
     }
   }
   return rms_norm(x, root[1]);

@@ -16,12 +16,13 @@
 // (contiguous runs of samples), whose gradients accumulate. The trace is
 // also written to OUT.trace.rank<R>.csv.
 //   parity_worker MODEL RECIPE DP_REPLICATE DP_SHARD SP EP STEPS OUT [--checkpoint] [--micro=N]
-// VEOMNI_PARITY_LORA_TARGETS=attention|mlp narrows a LoRA recipe's targets at
+// VEOMNI_PARITY_LORA_TARGETS=attention,mlp,moe (any of them) narrows a LoRA recipe's targets at
 // run time (parallel::options::adapters), the cost model told the same.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include <veomni/comm.hpp>
@@ -54,8 +55,11 @@ using byte_map = std::map<std::pair<std::string, std::string>, int64_t>;
 // The adapters' settings at run time (VEOMNI_PARITY_LORA_TARGETS), for the runtime and the cost model alike.
 adapter_settings lora_run() {
   adapter_settings a;
-  if (const char* t = std::getenv("VEOMNI_PARITY_LORA_TARGETS"))
-    a.targets = layer_kinds({std::string(t) == "mlp" ? layer_kind::mlp : layer_kind::attention});
+  if (const char* t = std::getenv("VEOMNI_PARITY_LORA_TARGETS")) {
+    std::stringstream names(t);
+    for (std::string n; std::getline(names, n, ',');)
+      a.targets |= layer_kinds({n == "mlp" ? layer_kind::mlp : n == "moe" ? layer_kind::moe : layer_kind::attention});
+  }
   return a;
 }
 
@@ -358,7 +362,8 @@ int main(int argc, char** argv) {
     static const char* const dense_names[] = {"ddp",       "fsdp",      "hsdp",      "fsdp_sp",  "fsdp_bf16",
                                               "ring_ddp",  "ring_fsdp", "fsdp_keep", "zero2",    "zero1",
                                               "lora_ddp",  "lora_fsdp", "lora_fsdp_sp"};
-    using attention_lora = lora<lora_options{.rank = 4, .alpha = 8, .targets = layer_kinds({layer_kind::attention})}>;
+    // the MoE language model's attention and experts
+    using lm_lora = lora<lora_options{.rank = 4, .alpha = 8, .targets = layer_kinds({layer_kind::attention, layer_kind::moe})}>;
     using bf16_fsdp = fsdp<fsdp_options{.param_dtype = dtype::bf16, .reduce_dtype = dtype::f32}>;
     using keep_fsdp = fsdp<fsdp_options{.reshard_after_forward = false}>;
     static const char* const omni_names[] = {"ddp",       "fsdp",         "hsdp",         "fsdp_sp",
@@ -398,19 +403,20 @@ int main(int argc, char** argv) {
           recipe<fsdp_on<"vision">, fsdp_on<"vision_proj">, fsdp_on<"audio">, fsdp_on<"audio_proj">,
                  apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>>, fsdp_on<"image_out">>,
           // LoRA: the encoders' attention and MLPs and the language model's
-          // attention adapted, the projectors and the image head trained
+          // attention and experts adapted (with EP: the experts' adapters
+          // split with them), the projectors and the image head trained
           recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
                  apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
-                 apply<"lm", Shard<FSDP>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+                 apply<"lm", Shard<FSDP>, Adapt<lm_lora>>, fsdp_on<"image_out">>,
           recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
                  apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
-                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Adapt<lm_lora>>, fsdp_on<"image_out">>,
           recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
                  apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
-                 apply<"lm", Shard<FSDP>, Experts<EP>, Adapt<attention_lora>>, fsdp_on<"image_out">>,
+                 apply<"lm", Shard<FSDP>, Experts<EP>, Adapt<lm_lora>>, fsdp_on<"image_out">>,
           recipe<apply<"vision", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"vision_proj">,
                  apply<"audio", Shard<FSDP>, Adapt<LoRA>>, fsdp_on<"audio_proj">,
-                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>, Adapt<attention_lora>>,
+                 apply<"lm", Shard<FSDP>, Split<Ulysses>, Experts<EP>, Adapt<lm_lora>>,
                  fsdp_on<"image_out">>>(
           a, a.model == "omni_moe" ? models::omni_moe_tiny() : omni_moe_hf(), testing::kind::omni, omni_names);
     }

@@ -277,6 +277,9 @@ TEST_CASE("long context: a step's peak memory grows linearly with the sample's l
 
 // LoRA (Adapt<LoRA>): against the same recipe on one process; the worker
 // also fails if a frozen parameter changed by a single bit in 20 steps.
+// omni_moe: the encoders' attention and MLPs, the language model's attention
+// and experts (under EP the experts' adapters split with the experts, their
+// gradients summed over dp_replicate x ep_dp).
 namespace {
 void check_lora_parity(const std::string& model, const std::string& recipe, int rep, int shard, int sp, int ep) {
   check_parity(model, recipe, rep, shard, sp, ep, "", 1e-5, 1, recipe);
@@ -302,4 +305,11 @@ TEST_CASE("parity dense_lm LoRA fsdp world 2 with activation checkpointing") {
 TEST_CASE("parity dense_lm LoRA fsdp_sp world 4 with its targets narrowed to the MLP at run time") {
   setenv("VEOMNI_PARITY_LORA_TARGETS", "mlp", 1);
   check_lora_parity("dense_lm", "lora_fsdp_sp", 1, 2, 2, 1);
+  unsetenv("VEOMNI_PARITY_LORA_TARGETS");
+}
+// the experts' adapters narrowed away at run time (whole: held with the attention's, in one op)
+TEST_CASE("parity omni_moe LoRA fsdp world 2 with its targets narrowed to attention at run time") {
+  setenv("VEOMNI_PARITY_LORA_TARGETS", "attention", 1);
+  check_lora_parity("omni_moe", "lora_fsdp", 1, 2, 1, 1);
+  unsetenv("VEOMNI_PARITY_LORA_TARGETS");
 }

@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
       return run<models::dense_lm, train::dense_lm_lora_recipe>(c, env);
     if (c.model.name == "dense_lm") return run<models::dense_lm, train::dense_lm_recipe>(c, env);
     if (c.model.name == "tiny_vl") return run<models::tiny_vl, train::tiny_vl_recipe>(c, env);
+    if (c.model.name == "moe_lm" && (c.train.lora.rank > 0 || !c.train.lora.path.empty()))
+      return run<models::moe_lm, train::moe_lm_lora_recipe>(c, env);
     if (c.model.name == "moe_lm") return run<models::moe_lm, train::moe_lm_recipe>(c, env);
     return run<models::omni_moe, train::omni_moe_recipe>(c, env);
   } catch (const train::config_error& e) {

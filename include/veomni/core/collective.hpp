@@ -70,10 +70,12 @@ constexpr collective dual(collective c) {
 //   grad_norm                      the squared norm of this rank's gradient shards
 //   adapter_grads                  the gradient of a unit's adapters (LoRA): rank x the sum of
 //                                  (in + out) over the linear maps it adapts (geometry::adapter_width)
+//   expert_adapter_grads           the gradient of the adapters of a unit's local experts (LoRA
+//                                  on experts split by Experts<EP>): the moe layers' share / ep
 enum class tensor_role {
   params, grads, expert_params, expert_grads,
   q, k, v, attn_out, dispatch, combine, kv_block, scalar,
-  loss_stats, router_stats, grad_norm, adapter_grads,
+  loss_stats, router_stats, grad_norm, adapter_grads, expert_adapter_grads,
 };
 
 constexpr std::string_view to_string(tensor_role t) {
@@ -94,6 +96,7 @@ constexpr std::string_view to_string(tensor_role t) {
     case tensor_role::router_stats: return "router_stats";
     case tensor_role::grad_norm: return "grad_norm";
     case tensor_role::adapter_grads: return "adapter_grads";
+    case tensor_role::expert_adapter_grads: return "expert_adapter_grads";
   }
   return "?";
 }
@@ -123,8 +126,10 @@ struct placement {
 // Gradients and optimizer state follow the parameters' placement unless a
 // policy places them itself (ZeRO-1/2 shard them while parameters stay whole).
 // adapters: trainable low-rank factors beside frozen parameters (Adapt<LoRA>);
-// a node with them trains only them.
-enum class placed_tensor { params, expert_params, grads, optimizer_state, activations, adapters };
+// a node with them trains only them. expert_adapters: the experts' adapters,
+// when they are split with the experts (Shard(0) over ep, beside EP's
+// expert_params) rather than held whole with the other adapters.
+enum class placed_tensor { params, expert_params, grads, optimizer_state, activations, adapters, expert_adapters };
 
 constexpr std::string_view to_string(placed_tensor t) {
   switch (t) {
@@ -134,6 +139,7 @@ constexpr std::string_view to_string(placed_tensor t) {
     case placed_tensor::optimizer_state: return "optimizer_state";
     case placed_tensor::activations: return "activations";
     case placed_tensor::adapters: return "adapters";
+    case placed_tensor::expert_adapters: return "expert_adapters";
   }
   return "?";
 }

@@ -101,6 +101,7 @@ constexpr geometry moe(long hidden, long experts, long top_k, long expert_ffn) {
   // their product, and the expert output awaiting the weighted combine
   g.saved_per_token = hidden + experts + top_k * (2 * hidden + 3 * expert_ffn);
   g.grad_working_per_token = hidden + top_k * 2 * expert_ffn;  // each routed copy's SwiGLU backward
+  g.adapter_width = experts * 3 * (hidden + expert_ffn);  // every expert's gate, up, down (not the router)
   return g;
 }
 }  // namespace shapes

@@ -103,6 +103,8 @@ template <Component C>
 constexpr long op_elements(const plan_op& o, const typename C::dims& d, const mesh_shape& m, long tokens,
                            const adapter_settings& adapters) {
   if (o.tensor == tensor_role::adapter_grads) return adapter_elements<C>(o.adapter, d, o.target.unit, adapters);
+  if (o.tensor == tensor_role::expert_adapter_grads)  // the local experts' share
+    return adapter_elements<C>(o.adapter, d, o.target.unit, adapters) / m[axis::ep::name];
   if (o.target.is_unit) {
     const bool experts = o.tensor == tensor_role::expert_params || o.tensor == tensor_role::expert_grads;
     long s = experts ? unit_expert_params<C>(d, o.target.unit) / m[axis::ep::name]
@@ -167,7 +169,8 @@ constexpr long element_bytes(tensor_role t, const precision& p) {
     case tensor_role::expert_params: return p.param_bytes;
     case tensor_role::grads:
     case tensor_role::expert_grads:
-    case tensor_role::adapter_grads: return p.grad_bytes;
+    case tensor_role::adapter_grads:
+    case tensor_role::expert_adapter_grads: return p.grad_bytes;
     case tensor_role::scalar:
     case tensor_role::loss_stats:
     case tensor_role::router_stats:
@@ -275,7 +278,7 @@ struct memory_per_rank {
 // Parameter, gradient and optimizer-state bytes one rank holds. An adapted
 // node (Adapt<LoRA>) holds its frozen parameters as its Shard policy places
 // them but no gradient or optimizer state of theirs; its adapters are whole
-// on every rank, with their gradients and optimizer state, in fp32 (the
+// on every rank (those of experts split by EP: the local experts'), with their gradients and optimizer state, in fp32 (the
 // optimizer's moments at optimizer_state_bytes). A unit's
 // dense params are divided (with padding) by the group of the axes its
 // policies shard them over; experts first by ep (whole experts), then by the
@@ -295,12 +298,14 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
     bool experts_separate = false, frozen = false;
     for (const auto& o : P::ops)
-      if (o.node_index == node && o.tensor == tensor_role::adapter_grads)
+      if (o.node_index == node &&
+          (o.tensor == tensor_role::adapter_grads || o.tensor == tensor_role::expert_adapter_grads))
         adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
-                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapters);
+                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapters) /
+                      (o.tensor == tensor_role::expert_adapter_grads ? m[axis::ep::name] : 1);
     for (const auto& pl : P::placements[node]) {
       experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
-      frozen = frozen || pl.tensor == placed_tensor::adapters;
+      frozen = frozen || pl.tensor == placed_tensor::adapters || pl.tensor == placed_tensor::expert_adapters;
       if (pl.how.kind != placement_kind::shard) continue;
       const long g = m.size(pl.over);
       switch (pl.tensor) {

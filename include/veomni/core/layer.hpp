@@ -75,7 +75,8 @@ struct geometry {
   // transient: the largest layer's adds to the step's peak. See activation.hpp.
   long grad_working_per_token = 0;
   // Sum of (in + out) over the layer's linear maps [out, in] that an adapter
-  // may attach to (attention: q, k, v, o; MLP: its projections): a rank-r
+  // may attach to (attention: q, k, v, o; MLP: its projections; MoE: every
+  // expert's projections, all experts together, as expert_params): a rank-r
   // LoRA on them has r * adapter_width parameters. 0: nothing to adapt.
   long adapter_width = 0;
 };

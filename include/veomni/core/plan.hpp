@@ -85,7 +85,7 @@ struct experts_split_by<C, std::tuple<P...>> {
   template <class Q>
   static constexpr bool adapts() {
     for (const auto& d : Q::template placements<node_context<C, false>>())
-      if (d.tensor == placed_tensor::adapters) return true;
+      if (d.tensor == placed_tensor::adapters || d.tensor == placed_tensor::expert_adapters) return true;
     return false;
   }
   static constexpr bool value = (splits<P>() || ... || false);

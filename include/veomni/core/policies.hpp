@@ -192,11 +192,17 @@ struct EP {
 // gains trainable factors A [rank, in] and B [out, rank], and computes
 //   y = x W^T + (alpha / rank) * dropout(x) A^T B^T
 // while W and every other parameter of the node stay frozen. B starts at
-// zero, so training starts from the base model. The adapters are
+// zero, so training starts from the base model. On experts (moe layers)
+// each expert's gate, up and down projections get their own factors,
+// stacked like the experts ([E, rank, in], [E, out, rank]). The adapters are
 // replicated; their gradients are all-reduced over the data axes, once per
 // unit (a block, or the root) that has targeted layers:
-//   backward  all_reduce(adapter_grads)   over dp_replicate x dp_shard x sp
-// and, frozen, the node's Shard policy gathers its parameters as before and
+//   backward  all_reduce(adapter_grads)          over dp_replicate x dp_shard x sp
+// On a node whose experts Experts<EP> splits, the experts' adapters are split
+// with them (Shard(0) over ep: each rank holds its local experts' adapters)
+// and summed over the ranks that hold the same experts instead:
+//   backward  all_reduce(expert_adapter_grads)   over dp_replicate x ep_dp
+// Frozen, the node's Shard policy gathers its parameters as before and
 // reduces none of their gradients; only the adapters have optimizer state.
 // rank, alpha and dropout may be overridden at run time
 // (parallel::options::adapters; the trainer's train.lora).
@@ -227,29 +233,40 @@ template <lora_options O = lora_options{}>
 struct lora {
   static_assert(O.rank > 0, "veomni::lora: rank must be positive");
   static_assert(O.targets != 0, "veomni::lora: targets must name at least one layer kind (layer_kinds({...}))");
-  static_assert((O.targets & ~layer_kinds({layer_kind::attention, layer_kind::mlp})) == 0,
-                "veomni::lora: LoRA adapts attention and mlp layers (their linear maps); experts (moe), "
-                "embeddings, heads and norms are not adapted");
+  static_assert((O.targets & ~layer_kinds({layer_kind::attention, layer_kind::mlp, layer_kind::moe})) == 0,
+                "veomni::lora: LoRA adapts attention, mlp and moe layers (their linear maps; on moe, every "
+                "expert's projections); embeddings, heads, norms and other kinds are not adapted");
   static constexpr std::string_view name = "LoRA";
   static constexpr lora_options options = O;
   static constexpr auto touches = detail::kinds_of<O.targets>();
   static constexpr bool touches_all = true;  // each target must be a layer kind of the node
   static constexpr axis_set over = data_axes_of_adapters;
+  // the experts' adapters split with the experts: held over ep, summed over the ranks holding the same experts
+  static constexpr axis_set expert_rows = axes<axis::ep>;
+  static constexpr axis_set expert_over = axes<axis::dp_replicate, axis::ep_dp>;
+  template <class Ctx>
+  static constexpr bool splits_expert_adapters() {
+    return Ctx::experts_split && has_kind(O.targets, layer_kind::moe);
+  }
 
   template <class Ctx>
   static constexpr placement_list placements() {
     placement_list out;
     out.push_back({placed_tensor::adapters, placement::replicate(), over});
+    if (splits_expert_adapters<Ctx>()) out.push_back({placed_tensor::expert_adapters, placement::shard(0), expert_rows});
     return out;
   }
   template <class Ctx>
   static constexpr op_list ops() {
     using C = typename Ctx::component;
+    constexpr bool split = splits_expert_adapters<Ctx>();
+    constexpr unsigned whole = split ? O.targets & ~layer_kinds({layer_kind::moe}) : O.targets;
     op_list out;
     for_each_unit<C>([&](scope s) {
       bool any = false;
-      for (const auto& l : C::layers) any = any || (l.where == s && has_kind(O.targets, l.kind));
-      if (any) out.push_back(adapter_op(s, over, {O.rank, O.targets}));
+      for (const auto& l : C::layers) any = any || (l.where == s && has_kind(whole, l.kind));
+      if (any) out.push_back(adapter_op(s, over, {O.rank, whole}));
+      if (split && scope_has_kind<C>(s, layer_kind::moe)) out.push_back(expert_adapter_op(s, expert_over, O.rank));
     });
     return out;
   }

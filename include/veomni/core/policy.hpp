@@ -96,6 +96,14 @@ constexpr op_spec adapter_op(scope s, axis_set over, adapter_shape a) {
   o.adapter = a;
   return o;
 }
+// The backward all_reduce of the adapters of a unit's local experts (kinds:
+// moe), split over ep with the experts, summed over the ranks holding the
+// same experts (`over`).
+constexpr op_spec expert_adapter_op(scope s, axis_set over, long rank) {
+  op_spec o = adapter_op(s, over, {rank, layer_kinds({layer_kind::moe})});
+  o.tensor = tensor_role::expert_adapter_grads;
+  return o;
+}
 // The same op for every block but the last.
 constexpr op_spec skip_last_block(op_spec o) {
   o.target.skip_last_block = true;
@@ -255,8 +263,8 @@ struct Experts : detail::category_base<Impl, detail::experts_name> {
 // Adapt<Impl>: trains adapters beside the node's frozen parameters (LoRA).
 template <class Impl>
 struct Adapt : detail::category_base<Impl, detail::adapt_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::adapters}),
-                "veomni::Adapt<Impl>: an Adapt policy may place only adapters");
+  static_assert(detail::places_only<Impl>({placed_tensor::adapters, placed_tensor::expert_adapters}),
+                "veomni::Adapt<Impl>: an Adapt policy may place only adapters and expert_adapters");
   static constexpr bool touches_all = detail::wants_every_kind<Impl>();
 };
 

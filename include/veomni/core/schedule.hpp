@@ -65,13 +65,16 @@ enum class unit_op_kind {
 
 constexpr bool is_param_role(tensor_role t) { return t == tensor_role::params || t == tensor_role::expert_params; }
 constexpr bool is_grad_role(tensor_role t) {
-  return t == tensor_role::grads || t == tensor_role::expert_grads || t == tensor_role::adapter_grads;
+  return t == tensor_role::grads || t == tensor_role::expert_grads || t == tensor_role::adapter_grads ||
+         t == tensor_role::expert_adapter_grads;
 }
-// A unit's parameter groups: its dense parameters, its local experts, its adapters.
-inline constexpr int unit_groups = 3;
-// Which group an op moves: 0 dense, 1 its local experts, 2 its adapters.
+// A unit's parameter groups: its dense parameters, its local experts, its
+// adapters, its local experts' adapters (split with the experts).
+inline constexpr int unit_groups = 4;
+// Which group an op moves: 0 dense, 1 its local experts, 2 its adapters, 3 its local experts' adapters.
 constexpr int group_of(tensor_role t) {
   if (t == tensor_role::adapter_grads) return 2;
+  if (t == tensor_role::expert_adapter_grads) return 3;
   return t == tensor_role::expert_params || t == tensor_role::expert_grads ? 1 : 0;
 }
 
@@ -121,7 +124,7 @@ struct trigger {
   trigger_kind kind = trigger_kind::request;
   std::size_t node = 0;  // G::size: the step
   long block = -1;       // -1: the node's root
-  int group = 0;         // grads_ready: 0 dense, 1 experts, 2 adapters
+  int group = 0;         // grads_ready: 0 dense, 1 experts, 2 adapters, 3 expert adapters
   friend constexpr bool operator==(const trigger&, const trigger&) = default;
 };
 

@@ -84,6 +84,11 @@ struct hooks {
   // whole list, the adapters after its own tensors.
   std::function<at::Tensor(const at::Tensor&, const tensors&, std::size_t)> linear =
       [](const at::Tensor& x, const tensors& w, std::size_t i) { return project(x, w[i]); };
+  // the same for expert e of a stacked expert tensor w[i] [E, out, in] (a
+  // spec marked `linear` and `expert`) on its routed rows x: x w[i][e]^T. e
+  // counts the experts this rank holds (its local experts under EP).
+  std::function<at::Tensor(const at::Tensor&, const tensors&, std::size_t, int64_t)> expert_linear =
+      [](const at::Tensor& x, const tensors& w, std::size_t i, int64_t e) { return project(x, w[i][e]); };
 };
 
 // A loss as (sum, count) so that the global mean divides by the global count.
@@ -342,7 +347,7 @@ struct impl<moe_text_decoder> {
     for (auto [n, shape] : {std::pair{"mlp.experts.gate_proj", std::vector<int64_t>{d.experts, d.expert_ffn, d.hidden}},
                             std::pair{"mlp.experts.up_proj", std::vector<int64_t>{d.experts, d.expert_ffn, d.hidden}},
                             std::pair{"mlp.experts.down_proj", std::vector<int64_t>{d.experts, d.hidden, d.expert_ffn}}}) {
-      param_spec e = detail::weight(b + n, shape);
+      param_spec e = detail::linear_weight(b + n, shape, layer_kind::moe);  // applied through hooks::expert_linear
       e.expert = true;
       s.push_back(e);
     }
@@ -368,7 +373,11 @@ struct impl<moe_text_decoder> {
         ctx.h.reduce_router_stats(at::cat({counts, (r.probs * m.unsqueeze(1)).sum(0), m.sum().reshape({1})}));
     ctx.aux_losses.push_back(load_balancing_loss(stats.narrow(0, 0, d.experts), stats.narrow(0, d.experts, d.experts),
                                                  stats[2 * d.experts], d.top_k));
-    return a + ctx.h.experts(h, r, expert_weights{w[f + 2], w[f + 3], w[f + 4]});
+    expert_weights ew{w[f + 2], w[f + 3], w[f + 4], {}};
+    ew.linear = [&ctx, &w, f](const at::Tensor& x, int k, int64_t e) {
+      return ctx.h.expert_linear(x, w, f + 2 + static_cast<std::size_t>(k), e);
+    };
+    return a + ctx.h.experts(h, r, ew);
   }
   static port_map post(const dims& d, const tensors& root, const at::Tensor& x, context& ctx, const port_map& in) {
     return dense::post(root_dims(d), root, x, ctx, in);

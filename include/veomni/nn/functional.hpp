@@ -621,9 +621,16 @@ inline routing route(const at::Tensor& x, const at::Tensor& router, int64_t top_
 }
 
 // Expert weights stored [E, ...]: gate and up [E, F, H], down [E, H, F].
+// `linear`, when set, applies projection k (0 gate, 1 up, 2 down) of expert
+// e to its rows (the component routes it through hooks::expert_linear, where
+// adapters add their term); unset: x W[e]^T.
 struct expert_weights {
   at::Tensor gate, up, down;
+  std::function<at::Tensor(const at::Tensor&, int, int64_t)> linear;
   int64_t count() const { return gate.size(0); }
+  at::Tensor project(const at::Tensor& x, int k, int64_t e) const {
+    return linear ? linear(x, k, e) : nn::project(x, (k == 0 ? gate : k == 1 ? up : down)[e]);
+  }
 };
 
 // Runs rows of x grouped by expert: rows [offset_e, offset_e + counts[e]) go
@@ -636,7 +643,10 @@ inline at::Tensor grouped_experts(const at::Tensor& x_sorted, const std::vector<
   int64_t offset = 0;
   for (int64_t e = 0; e < w.count(); ++e) {
     const int64_t n = counts[static_cast<size_t>(e)];
-    if (n > 0) ys.push_back(swiglu(x_sorted.narrow(0, offset, n), w.gate[e], w.up[e], w.down[e]));
+    if (n > 0) {
+      const at::Tensor x = x_sorted.narrow(0, offset, n);
+      ys.push_back(w.project(kernels::silu_mul(w.project(x, 0, e), w.project(x, 1, e)), 2, e));
+    }
     offset += n;
   }
   // keep every expert in the graph so each gets a (possibly zero) gradient

@@ -274,7 +274,7 @@ class decoder {
     } else {
       const at::Tensor h = rms_norm(a, w[m], d_.rms_norm_eps);
       const routing r = route(h, w[m + 1], d_.top_k, d_.norm_topk_prob);
-      return a + hooks_.experts(h, r, expert_weights{w[m + 2], w[m + 3], w[m + 4]});
+      return a + hooks_.experts(h, r, expert_weights{w[m + 2], w[m + 3], w[m + 4], {}});
     }
   }
 

@@ -30,7 +30,8 @@ struct param_spec {
   bool decay = true;    // weight decay applies (not to norms and biases)
   bool expert = false;  // an expert weight [E, ...], placed by Experts<> policies
   // A linear map [out, in] of a layer of kind `kind`, which the component
-  // applies through hooks::linear: adapters (Adapt<LoRA>) may attach to it.
+  // applies through hooks::linear (an expert tensor [E, out, in]: through
+  // hooks::expert_linear): adapters (Adapt<LoRA>) may attach to it.
   bool linear = false;
   layer_kind kind = layer_kind::norm;
 
@@ -81,6 +82,14 @@ inline at::Tensor materialize_slice(const param_spec& s, uint64_t seed, int64_t 
 // The whole parameter with its shape.
 inline at::Tensor materialize(const param_spec& s, uint64_t seed, at::ScalarType dtype = at::kFloat) {
   return materialize_slice(s, seed, 0, s.numel(), dtype).view(s.shape);
+}
+
+// A weight's name less its ".weight" ("...q_proj.weight" -> "...q_proj"), the
+// stem its adapters are named after ("...q_proj.lora_A.weight"); another
+// name as it is.
+inline std::string weight_stem(const std::string& name) {
+  constexpr std::string_view w = ".weight";
+  return name.size() > w.size() && name.ends_with(w) ? name.substr(0, name.size() - w.size()) : name;
 }
 
 inline int64_t total_numel(const std::vector<param_spec>& specs) {

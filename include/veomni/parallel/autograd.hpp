@@ -113,8 +113,10 @@ template <class Host>
 struct block_fn : torch::autograd::Function<block_fn<Host>> {
   using unit_type = typename Host::unit_type;
   using body_t = std::function<at::Tensor(const at::Tensor&)>;
+  static constexpr std::size_t groups_n = unit_type::groups_n;
   struct inner {
-    at::Tensor x, dense, experts, adapters, y, aux;
+    at::Tensor x, y, aux;
+    std::array<at::Tensor, groups_n> p;  // the compute buffers: dense, experts, adapters, expert adapters
   };
   // What forward leaves for backward.
   struct state : torch::CustomClassHolder {
@@ -127,16 +129,17 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
 
   // The body on the unit's compute buffers: the parameters as views of them,
   // aux losses of the block collected as one output. Frozen parameters need
-  // no gradient; the adapters (whole, fp32) do.
+  // no gradient; the adapters (whole or their local experts', fp32) do.
   static inner run(Host* h, unit_type& u, const body_t& body, const at::Tensor& x, const at::Tensor& dense,
                    const at::Tensor& experts) {
     inner in;
     // the block computes in its parameters' dtype (mixed precision)
     in.x = x.detach().to(dense.scalar_type()).requires_grad_(x.requires_grad());
-    in.dense = dense.detach().requires_grad_(!u.base_frozen());
-    in.experts = experts.detach().requires_grad_(!u.base_frozen());
-    in.adapters = detail::compute_buffer(h, u, 2).detach().requires_grad_(!u.groups[2].empty());
-    std::tie(in.y, in.aux) = h->run_block(u, body, in.x, in.dense, in.experts, in.adapters);
+    in.p[0] = dense.detach().requires_grad_(!u.base_frozen());
+    in.p[1] = experts.detach().requires_grad_(!u.base_frozen());
+    for (std::size_t g = 2; g < groups_n; ++g)
+      in.p[g] = detail::compute_buffer(h, u, static_cast<int>(g)).detach().requires_grad_(!u.groups[g].empty());
+    std::tie(in.y, in.aux) = h->run_block(u, body, in.x, in.p);
     return in;
   }
 
@@ -160,9 +163,9 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
       torch::AutoGradMode grad(true);
       st->in = run(h, *u, *body, x, dense, experts);
       // the plan gathers it again in backward: free the gathered copy now
-      h->exec().free_gathered(*u, st->in.dense, st->in.experts);
-      u->saved[0] = st->in.dense;
-      u->saved[1] = st->in.experts;
+      h->exec().free_gathered(*u, st->in.p[0], st->in.p[1]);
+      u->saved[0] = st->in.p[0];
+      u->saved[1] = st->in.p[1];
     }
     const at::Tensor aux = st->in.aux.defined() ? st->in.aux.detach() : at::zeros({});
     const at::Tensor y = st->in.y.detach();
@@ -209,11 +212,12 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
     // d(x), then the gradients of what requires one: the parameters, or an
     // adapted node's adapters alone
     std::vector<at::Tensor> wrt;
-    std::array<int, unit_type::groups_n> at_index{-1, -1, -1};
+    std::array<int, groups_n> at_index;
+    at_index.fill(-1);
     const bool x_grad = in.x.requires_grad();
     if (x_grad) wrt.push_back(in.x);
-    for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi) {
-      const at::Tensor& t = gi == 0 ? in.dense : gi == 1 ? in.experts : in.adapters;
+    for (std::size_t gi = 0; gi < groups_n; ++gi) {
+      const at::Tensor& t = in.p[gi];
       if (!t.requires_grad()) continue;
       at_index[gi] = static_cast<int>(wrt.size());
       wrt.push_back(t);
@@ -223,9 +227,9 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
       grads = torch::autograd::grad(outs, wrt, grads_out, false, false, /*allow_unused=*/true);
     grads.resize(wrt.size());
     at::Tensor dx = x_grad ? std::move(grads[0]) : at::Tensor();
-    for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi)
+    for (std::size_t gi = 0; gi < groups_n; ++gi)
       h->exec().grads_ready(u, static_cast<int>(gi), at_index[gi] >= 0 ? std::move(grads[static_cast<std::size_t>(at_index[gi])]) : at::Tensor());
-    if (!h->checkpointing()) h->exec().free_gathered(u, in.dense, in.experts);
+    if (!h->checkpointing()) h->exec().free_gathered(u, in.p[0], in.p[1]);
     u.saved = {};
     st->in = inner{};
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -169,9 +169,11 @@ class node_handle {
   // The adapters the runtime holds for this node's units of scope s (its
   // root, or any of its blocks: all alike), where its Adapt<> placements put
   // them: at the end of the unit's tensor list, lora_A then lora_B of each
-  // adapted linear map. slot[i] = k for the list's k-th adapted tensor i
-  // (its factors at base + 2k and base + 2k + 1), else -1; size: the list's
-  // length. No adapters: an empty slot list.
+  // adapted linear map (an expert tensor's stacked like it: [E, rank, in],
+  // [E, out, rank], its local experts' rows when split with the experts).
+  // slot[i] = k for the list's k-th adapted tensor i (its factors at
+  // base + 2k and base + 2k + 1), else -1; size: the list's length. No
+  // adapters: an empty slot list.
   struct unit_adapters {
     std::vector<int> slot;
     std::size_t base = 0, size = 0;
@@ -183,7 +185,7 @@ class node_handle {
     unit_adapters a;
     a.slot = u.adapter_slot;
     a.base = u.groups[0].shapes.size() + u.groups[1].shapes.size();
-    a.size = a.base + u.groups[2].shapes.size();
+    a.size = a.base + u.groups[2].shapes.size() + u.groups[3].shapes.size();
     return a;
   }
 

@@ -248,62 +248,39 @@ class parallel_model : public nn::unit_source {
   void after_load() { exec_.refresh_from_masters(); }
 
   // ---- what the rank holds ----------------------------------------------------------------
-  // The tensors the optimizer updates (masters: all but an adapted node's
-  // frozen parameters), and their weight-decay masks.
-  std::vector<at::Tensor> parameters() {
+  // Its groups, by what they hold: the trainable ones (the masters the
+  // optimizer updates: all but an adapted node's frozen parameters), all,
+  // the model's parameters (nn::unit_specs: not the adapters), the adapters.
+  enum class held { trainable, all, base, adapters };
+
+  // The masters of `which` in model order, their weight-decay masks, and
+  // which parameter elements each holds (checkpoints, consolidation).
+  std::vector<at::Tensor> masters(held which = held::all) {
     std::vector<at::Tensor> out;
-    for (auto& u : exec_.units())
-      for (auto& g : u.groups)
-        if (!g.empty() && !g.frozen) out.push_back(g.master);
+    visit(*this, which, [&](auto& g, std::size_t) { out.push_back(g.master); });
     return out;
   }
-  std::vector<at::Tensor> decay_masks() {
+  std::vector<at::Tensor> decay_masks(held which = held::trainable) {
     std::vector<at::Tensor> out;
-    for (auto& u : exec_.units())
-      for (auto& g : u.groups)
-        if (!g.empty() && !g.frozen) out.push_back(g.decay);
+    visit(*this, which, [&](auto& g, std::size_t) { out.push_back(g.decay); });
     return out;
   }
-  // Which parameter elements each of parameters() holds (checkpoints).
-  std::vector<piece> held_pieces() const {
+  std::vector<piece> pieces(held which) const {
     std::vector<piece> out;
-    size_t i = 0;
-    for (const auto& u : exec_.units())
-      for (const auto& g : u.groups)
-        if (!g.empty() && !g.frozen) add_pieces(out, g, i++);
+    visit(*this, which, [&](const auto& g, std::size_t i) { add_pieces(out, g, i); });
     return out;
   }
-  // Every master this rank holds, frozen ones too (loading a base model,
-  // exporting it), and which elements of the model's parameters
-  // (nn::unit_specs: not the adapters) each holds.
-  std::vector<at::Tensor> masters() {
-    std::vector<at::Tensor> out;
-    for (auto& u : exec_.units())
-      for (auto& g : u.groups)
-        if (!g.empty()) out.push_back(g.master);
-    return out;
-  }
-  std::vector<piece> base_pieces() const {
-    std::vector<piece> out;
-    size_t i = 0;
-    for (const auto& u : exec_.units())
-      for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi) {
-        if (u.groups[gi].empty()) continue;
-        if (gi < 2) add_pieces(out, u.groups[gi], i);
-        ++i;
-      }
-    return out;
-  }
-  // The adapters (Adapt<LoRA>) this rank holds, whole, by name in model order:
-  // views of their masters.
-  std::vector<std::pair<std::string, at::Tensor>> adapters() {
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    for (auto& u : exec_.units()) {
-      const auto& g = u.groups[2];
-      if (g.empty()) continue;
-      const auto views = nn::split_flat(g.master.detach(), g.shapes, false);
-      for (std::size_t i = 0; i < g.segs.size(); ++i) out.emplace_back(g.segs[i].spec.name, views[i]);
-    }
+  // The optimizer's view: parameters() and held_pieces() are masters and pieces of the trainable groups.
+  std::vector<at::Tensor> parameters() { return masters(held::trainable); }
+  std::vector<piece> held_pieces() const { return pieces(held::trainable); }
+  // The adapters (Adapt<LoRA>) by parameter: their specs (whole shapes), in
+  // model order; this rank holds pieces(held::adapters) of them (all, or of
+  // experts split with the experts its local experts' rows).
+  std::vector<nn::param_spec> adapter_specs() const {
+    std::vector<nn::param_spec> out;
+    visit(*this, held::adapters, [&](const auto& g, std::size_t) {
+      for (const auto& s : g.segs) out.push_back(s.spec);
+    });
     return out;
   }
   // Drops the gradients: the next backward assigns each group's reduced
@@ -351,9 +328,8 @@ class parallel_model : public nn::unit_source {
   // ---- for the autograd functions (autograd.hpp) ---------------------------------------------
   bool checkpointing() const { return exec_.opts().checkpoint; }
   std::pair<at::Tensor, at::Tensor> run_block(unit_type& u, const std::function<at::Tensor(const at::Tensor&)>& body,
-                                              const at::Tensor& x, const at::Tensor& dense, const at::Tensor& experts,
-                                              const at::Tensor& adapters) {
-    current_block_params_ = views(u, dense, experts, adapters);
+                                              const at::Tensor& x, const std::array<at::Tensor, unit_type::groups_n>& bufs) {
+    current_block_params_ = views(u, bufs);
     const std::size_t aux_before = ctx_->aux_losses.size();
     at::Tensor y = body(x), aux;
     block_had_aux_ = ctx_->aux_losses.size() > aux_before;
@@ -403,12 +379,26 @@ class parallel_model : public nn::unit_source {
     throw std::logic_error("veomni::parallel: the plan has no step op on " + std::string(to_string(t)));
   }
 
-  // A unit's parameters as views of its flat buffers (dense, experts, then adapters).
-  static nn::tensors views(const unit_type& s, const at::Tensor& dense, const at::Tensor& experts,
-                           const at::Tensor& adapters) {
-    nn::tensors out = nn::split_flat(dense, s.groups[0].shapes, true);
-    for (auto& t : nn::split_flat(experts, s.groups[1].shapes, true)) out.push_back(std::move(t));
-    for (auto& t : nn::split_flat(adapters, s.groups[2].shapes, true)) out.push_back(std::move(t));
+  // f(group, i) for every non-empty group of `which` in model order, i its index among them.
+  template <class Self, class F>
+  static void visit(Self& self, held which, F&& f) {
+    std::size_t i = 0;
+    for (auto& u : self.exec_.units())
+      for (std::size_t gi = 0; gi < unit_type::groups_n; ++gi) {
+        auto& g = u.groups[gi];
+        if (g.empty()) continue;
+        const bool adapter = gi >= 2;
+        if (which == held::all || (which == held::trainable && !g.frozen) || (which == held::base && !adapter) ||
+            (which == held::adapters && adapter))
+          f(g, i++);
+      }
+  }
+
+  // A unit's parameters as views of its flat buffers (dense, experts, adapters, expert adapters).
+  static nn::tensors views(const unit_type& s, const std::array<at::Tensor, unit_type::groups_n>& bufs) {
+    nn::tensors out;
+    for (std::size_t g = 0; g < unit_type::groups_n; ++g)
+      for (auto& t : nn::split_flat(bufs[g], s.groups[g].shapes, true)) out.push_back(std::move(t));
     return out;
   }
 

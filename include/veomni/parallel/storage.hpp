@@ -3,13 +3,16 @@
 // from the placements of the node's policies (core/policy.hpp), never from
 // which policy placed them.
 //
-// A unit (a node's root, or one block) has three groups: its dense parameters;
+// A unit (a node's root, or one block) has four groups: its dense parameters;
 // when an Experts<> policy places expert_params Shard(0) over E, its local
 // experts (the rows [r E/|E|, (r+1) E/|E|) of every expert tensor, r this
-// rank's place in E); and when an Adapt<> policy places adapters, its
-// adapters (LoRA: lora_A [rank, in] and lora_B [out, rank] for each linear
-// map of the adapted layer kinds, whole on every rank), which are then all it
-// trains: the other two groups are frozen (no gradient, no optimizer state).
+// rank's place in E); when an Adapt<> policy places adapters, its adapters
+// (LoRA: lora_A [rank, in] and lora_B [out, rank] for each linear map of the
+// adapted layer kinds, whole on every rank; an expert tensor's: [E, rank, in]
+// and [E, out, rank]); and when it places expert_adapters Shard(0) over E,
+// the adapters of its local experts (their rows, as the experts'). The
+// adapters are then all it trains: the first two groups are frozen (no
+// gradient, no optimizer state).
 // Each group is one flat buffer, in spec order, held one of three ways:
 //
 //   flat_shard   params Shard(0) / expert_params Shard(1) over A (FSDP, HSDP):
@@ -100,6 +103,7 @@ enum class holding { whole, flat_shard, whole_split };
 struct node_layout {
   bool adapted = false;      // adapters placed (Adapt<LoRA>): the parameters are frozen
   axis_set expert_rows;      // expert_params Shard(0): local experts (EP)
+  axis_set expert_adapter_rows;  // expert_adapters Shard(0): the local experts' adapters
   axis_set dense_flat;       // params Shard(0): flat shard (FSDP)
   axis_set expert_flat;      // expert_params Shard(1): flat shard of the local experts
   axis_set optimizer_split;  // optimizer_state Shard(0): ZeRO
@@ -111,9 +115,10 @@ template <class P>
 constexpr node_layout layout_of(std::size_t node) {
   node_layout l;
   for (const auto& d : P::placements[node]) {
-    if (d.tensor == placed_tensor::adapters) l.adapted = true;
+    if (d.tensor == placed_tensor::adapters || d.tensor == placed_tensor::expert_adapters) l.adapted = true;
     if (d.how.kind != placement_kind::shard) continue;
     switch (d.tensor) {
+      case placed_tensor::expert_adapters: l.expert_adapter_rows = d.over; break;
       case placed_tensor::expert_params: (d.how.dim == 0 ? l.expert_rows : l.expert_flat) = d.over; break;
       case placed_tensor::params: l.dense_flat = d.over; break;
       case placed_tensor::optimizer_state: l.optimizer_split = d.over; break;
@@ -160,10 +165,11 @@ template <class Comm>
 struct unit_state {
   static constexpr std::size_t groups_n = unit_groups;
   nn::unit_id id;
-  std::array<param_group<Comm>, groups_n> groups;  // [0] dense, [1] local experts, [2] adapters
+  std::array<param_group<Comm>, groups_n> groups;  // [0] dense, [1] local experts, [2] adapters, [3] local experts' adapters
   // The adapters of the unit's tensor list (what nn::forward hands its
   // component: groups 0 and 1 in spec order, then lora_A, lora_B of each
-  // adapted linear map): adapter_slot[i] = k for the k-th adapted tensor i, else -1.
+  // adapted linear map, groups 2 and 3): adapter_slot[i] = k for the k-th
+  // adapted tensor i (its factors at 2k, 2k + 1 after groups 0 and 1), else -1.
   std::vector<int> adapter_slot;
   bool wrapped = false;                     // its block runs inside block_fn (flat-sharded or checkpointed)
   std::array<bool, groups_n> regathers{};   // forward frees the gathered copy, backward gathers it again
@@ -288,27 +294,25 @@ class storage_builder {
     u.id = nn::unit_id{I, block};
     const std::string node(G::names[I]);
     comm_type* rows = L.expert_rows.empty() ? nullptr : &mesh_[L.expert_rows];
+    comm_type* adapter_rows = L.expert_adapter_rows.empty() ? nullptr : &mesh_[L.expert_adapter_rows];
     for (const auto& spec : nn::unit_specs<G, I>(d_, block)) {
       const bool local = spec.expert && rows;
       param_group<comm_type>& g = u.groups[local ? 1 : 0];
-      if (local) {
-        const int64_t e = spec.shape[0], per = spec.numel() / e, n = rows->size(), el = e / n;
-        if (e % n != 0)
-          throw std::invalid_argument("veomni::parallel: " + std::to_string(e) + " experts of '" + spec.name +
-                                      "' do not divide over " + rows->axis_key() + " = " + std::to_string(n));
-        g.segs.push_back({spec, rows->rank() * el * per, (rows->rank() + 1) * el * per});
-        auto shape = spec.shape;
-        shape[0] = el;
-        g.shapes.push_back(shape);
-      } else {
-        g.segs.push_back({spec, 0, spec.numel()});
-        g.shapes.push_back(spec.shape);
-      }
+      add_spec(g, spec, local ? rows : nullptr);
     }
-    // the adapters of this unit's adapted linear maps (the Adapt policy's op on it)
+    // the adapters of this unit's adapted linear maps (the Adapt policy's ops on it: its
+    // adapters, then its local experts' when they are split with the experts)
+    unsigned adapted_kinds = 0;
     for (const auto& o : P::ops)
-      if (o.node_index == I && o.tensor == tensor_role::adapter_grads && (o.target.unit == scope::block) == (block >= 0))
-        add_adapters(u, o.adapter, nn::unit_specs<G, I>(d_, block));
+      if (o.node_index == I && group_of(o.tensor) >= 2) adapted_kinds |= o.adapter.kinds;
+    for (const auto& o : P::ops)
+      if (o.node_index == I && group_of(o.tensor) >= 2 && (o.target.unit == scope::block) == (block >= 0)) {
+        const bool split = o.tensor == tensor_role::expert_adapter_grads;
+        if (split && !adapter_rows)
+          throw std::invalid_argument("veomni::parallel: node '" + node + "': its policies reduce expert_adapter_grads "
+                                      "but place no expert_adapters Shard(0)");
+        add_adapters(u, o.adapter, adapted_kinds, nn::unit_specs<G, I>(d_, block), split ? adapter_rows : nullptr);
+      }
     const long ss = m.dp_shard * m.sp;
     for (int gi = 0; gi < unit_groups; ++gi) {
       param_group<comm_type>& g = u.groups[static_cast<std::size_t>(gi)];
@@ -343,7 +347,8 @@ class storage_builder {
                                     g.split->axis_key() + " but no op gathers the updated parameters");
       g.leaf = g.how == holding::whole && !g.frozen && !reduces(I, block, gi);
       u.regathers[static_cast<std::size_t>(gi)] = has_entry(I, block, gi, unit_op_kind::regather);
-      const long split = (gi == 1 && rows ? rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
+      comm_type* by_rows = gi == 1 ? rows : gi == 3 ? adapter_rows : nullptr;
+      const long split = (by_rows ? by_rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
       g.replicas = static_cast<double>(ss) / static_cast<double>(split);
       // each rank materialises only the elements it holds
       const int64_t a = g.how == holding::whole ? 0 : g.split->rank() * g.per();
@@ -362,38 +367,69 @@ class storage_builder {
     return u;
   }
 
+  // Spec s into group g: whole, or (rows: the group that splits its experts)
+  // this rank's rows [r E/n, (r+1) E/n) of its leading dimension.
+  static void add_spec(param_group<comm_type>& g, const nn::param_spec& spec, comm_type* rows) {
+    if (!rows) {
+      g.segs.push_back({spec, 0, spec.numel()});
+      g.shapes.push_back(spec.shape);
+      return;
+    }
+    const int64_t e = spec.shape[0], per = spec.numel() / e, n = rows->size(), el = e / n;
+    if (e % n != 0)
+      throw std::invalid_argument("veomni::parallel: " + std::to_string(e) + " experts of '" + spec.name +
+                                  "' do not divide over " + rows->axis_key() + " = " + std::to_string(n));
+    g.segs.push_back({spec, rows->rank() * el * per, (rows->rank() + 1) * el * per});
+    auto shape = spec.shape;
+    shape[0] = el;
+    g.shapes.push_back(shape);
+  }
+
   // lora_A [rank, in] (normal, std 1/sqrt(3 in): the variance of PEFT's
   // Kaiming-uniform init) and lora_B [out, rank] (zeros: training starts
   // from the base model) for each linear map of an adapted kind, named as
-  // PEFT names them (".../q_proj.lora_A.weight").
-  void add_adapters(unit_type& u, const adapter_shape& policy, const std::vector<nn::param_spec>& base) {
+  // PEFT names them (".../q_proj.lora_A.weight"); an expert tensor's
+  // [E, rank, in] and [E, out, rank], one pair per expert. Into group 2, or
+  // (rows: split with the experts) this rank's rows of them into group 3.
+  void add_adapters(unit_type& u, const adapter_shape& policy, unsigned node_kinds,
+                    const std::vector<nn::param_spec>& base, comm_type* rows) {
     const std::string node(G::names[u.id.node]);
-    if ((adapters_.targets & ~policy.kinds) != 0)
+    if ((adapters_.targets & ~node_kinds) != 0)
       throw std::invalid_argument("veomni::parallel: node '" + node + "': the adapters' targets at run time name a layer "
                                   "kind that its Adapt policy does not adapt (they may only narrow the policy's)");
     const adapter_shape a = adapters_.applied_to(policy);
     const long rank = a.rank;
-    u.adapter_slot.assign(base.size(), -1);
+    if (u.adapter_slot.empty()) u.adapter_slot.assign(base.size(), -1);
     int k = 0;
+    for (int s : u.adapter_slot) k = std::max(k, s + 1);
+    const int first = k;
+    if (!rows && !u.groups[3].segs.empty())
+      throw std::logic_error("veomni::parallel: node '" + node + "': its adapters' op follows its experts' adapters' "
+                             "(the factors must follow the unit's tensors in slot order)");
+    param_group<comm_type>& g = u.groups[rows ? 3 : 2];
     for (std::size_t i = 0; i < base.size(); ++i) {
       const nn::param_spec& s = base[i];
-      if (!s.linear || !has_kind(a.kinds, s.kind)) continue;
-      const std::string stem = s.name.size() > 7 && s.name.compare(s.name.size() - 7, 7, ".weight") == 0
-                                   ? s.name.substr(0, s.name.size() - 7)
-                                   : s.name;
-      const int64_t out = s.shape.at(0), in = s.shape.at(1);
-      nn::param_spec A{stem + ".lora_A.weight", {rank, in}, nn::init_kind::normal, 1.0 / std::sqrt(3.0 * double(in)), true, false};
-      nn::param_spec B{stem + ".lora_B.weight", {out, rank}, nn::init_kind::zeros, 0.0, true, false};
-      for (auto& spec : {A, B}) {
-        u.groups[2].segs.push_back({spec, 0, spec.numel()});
-        u.groups[2].shapes.push_back(spec.shape);
-      }
+      if (!s.linear || !has_kind(a.kinds, s.kind) || u.adapter_slot[i] >= 0) continue;
+      const std::string stem = nn::weight_stem(s.name);
+      const std::size_t d = s.shape.size();
+      const int64_t out = s.shape.at(d - 2), in = s.shape.at(d - 1);
+      std::vector<int64_t> lead(s.shape.begin(), s.shape.end() - 2);  // [E] of an expert tensor
+      auto shape = [&](int64_t x, int64_t y) {
+        auto v = lead;
+        v.push_back(x);
+        v.push_back(y);
+        return v;
+      };
+      nn::param_spec A{stem + ".lora_A.weight", shape(rank, in), nn::init_kind::normal, 1.0 / std::sqrt(3.0 * double(in)), true, false};
+      nn::param_spec B{stem + ".lora_B.weight", shape(out, rank), nn::init_kind::zeros, 0.0, true, false};
+      A.expert = B.expert = s.expert;
+      for (const auto& spec : {A, B}) add_spec(g, spec, rows);
       u.adapter_slot[i] = k++;
     }
-    if (k == 0)
+    if (k == first)
       throw std::invalid_argument("veomni::parallel: node '" + node + "' unit " + std::to_string(u.id.block) +
                                   ": the adapters' targets at run time leave it no layer to adapt, but the plan reduces "
-                                  "its adapters' gradients");
+                                  "its " + (rows ? "experts' adapters'" : "adapters'") + " gradients");
   }
 
   bool has_entry(std::size_t node, long block, int gi, unit_op_kind k) const {

@@ -606,9 +606,10 @@ std::map<std::string, hf_source> hf_names(const hf_checkpoint& ck, const typenam
 // `names`: hf_names' map.
 template <class M>
 void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::string, hf_source>& names) {
-  auto params = model.masters();  // frozen ones too (LoRA's base)
+  using held = typename M::held;
+  auto params = model.masters(held::base);  // frozen ones too (LoRA's base)
   torch::NoGradGuard no_grad;
-  for (const piece& p : model.base_pieces()) {
+  for (const piece& p : model.pieces(held::base)) {
     at::Tensor dst = params[p.tensor].detach().narrow(0, p.offset, p.end - p.begin);
     TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat, "load_hf_weights: float32 masters expected");
     names.at(p.name).read(ck, p.begin, p.end, dst.data_ptr<float>());
@@ -639,61 +640,77 @@ hf_export hf_tensors(const typename G::dims& d, const std::vector<std::pair<nn::
 
 // ---- consolidation -------------------------------------------------------------------------
 
-// Every parameter whole, in model order, on every rank: each element is
-// taken from one rank that holds it (the highest), so the result is exact.
-// Two all_reduces over the world, of the whole model's size.
-template <Model G, class M, class Mesh>
-std::vector<std::pair<nn::param_spec, at::Tensor>> consolidate(const typename G::dims& d, M& model, Mesh& mesh) {
+// The tensors of `specs` whole, in their order, on every rank, from the
+// element ranges each rank holds (`pieces` of its tensors `held`): each
+// element is taken from one rank that holds it (the highest), so the result
+// is exact. Two all_reduces over the world, of the specs' size.
+template <class Mesh>
+std::vector<std::pair<nn::param_spec, at::Tensor>> gather_whole(const std::vector<nn::param_spec>& specs,
+                                                                const std::vector<at::Tensor>& held,
+                                                                const std::vector<piece>& pieces, Mesh& mesh) {
   std::vector<std::pair<nn::param_spec, at::Tensor>> out;
   std::map<std::string, int64_t> offset;
   int64_t total = 0;
-  for (const auto& u : nn::model_units<G>(d))
-    for (const auto& s : nn::unit_specs<G>(d, u.node, u.block)) {
-      offset[s.name] = total;
-      total += s.numel();
-      out.push_back({s, at::Tensor()});
-    }
+  for (const auto& s : specs) {
+    offset[s.name] = total;
+    total += s.numel();
+    out.push_back({s, at::Tensor()});
+  }
   at::Tensor values = at::zeros({total}), owner = at::zeros({total});
-  const auto params = model.masters();  // frozen ones too (LoRA's base)
-  const auto pieces = model.base_pieces();
   const float me = static_cast<float>(mesh.rank() + 1);
   for (const piece& p : pieces) owner.narrow(0, offset.at(p.name) + p.begin, p.end - p.begin).fill_(me);
   mesh.world().all_reduce(owner, comm::reduce_op::max).wait();
   for (const piece& p : pieces) {
     const int64_t at0 = offset.at(p.name) + p.begin, n = p.end - p.begin;
     const at::Tensor mine = owner.narrow(0, at0, n).eq(me);
-    values.narrow(0, at0, n).copy_(at::where(mine, params[p.tensor].detach().narrow(0, p.offset, n), at::zeros({n})));
+    values.narrow(0, at0, n).copy_(at::where(mine, held[p.tensor].detach().narrow(0, p.offset, n), at::zeros({n})));
   }
   mesh.world().all_reduce(values, comm::reduce_op::sum).wait();
   for (auto& [s, t] : out) t = values.narrow(0, offset.at(s.name), s.numel()).view(s.shape);
   return out;
 }
 
+// Every parameter whole, in model order, on every rank (frozen ones too: LoRA's base).
+template <Model G, class M, class Mesh>
+std::vector<std::pair<nn::param_spec, at::Tensor>> consolidate(const typename G::dims& d, M& model, Mesh& mesh) {
+  std::vector<nn::param_spec> specs;
+  for (const auto& u : nn::model_units<G>(d))
+    for (const auto& s : nn::unit_specs<G>(d, u.node, u.block)) specs.push_back(s);
+  using held = typename M::held;
+  return gather_whole(specs, model.masters(held::base), model.pieces(held::base), mesh);
+}
+
+// Every adapter (Adapt<LoRA>) whole, in model order, on every rank: those
+// split with the experts gathered from the ranks holding them.
+template <class M, class Mesh>
+std::vector<std::pair<nn::param_spec, at::Tensor>> whole_adapters(M& model, Mesh& mesh) {
+  using held = typename M::held;
+  return gather_whole(model.adapter_specs(), model.masters(held::adapters), model.pieces(held::adapters), mesh);
+}
+
 // LoRA merged into whole parameters: W += scale * B A for each adapter pair
 // (".../q_proj.lora_A.weight", ".../q_proj.lora_B.weight") of `adapters`
-// (parallel_model::adapters()), in place. An adapter without its weight in
-// `all`, or a lone factor, is an error naming it.
+// (whole_adapters), in place; stacked experts' pairs expert by expert. An
+// adapter without its weight in `all`, or a lone factor, is an error naming it.
 inline void merge_adapters(std::vector<std::pair<nn::param_spec, at::Tensor>>& all,
-                           const std::vector<std::pair<std::string, at::Tensor>>& adapters, double scale) {
+                           const std::vector<std::pair<nn::param_spec, at::Tensor>>& adapters, double scale) {
   std::map<std::string, at::Tensor> by_name;
   for (auto& [s, t] : all) by_name[s.name] = t;
   std::map<std::string, at::Tensor> a_of, b_of;
-  const std::string ka = ".lora_A.weight", kb = ".lora_B.weight";
-  auto ends = [](const std::string& n, const std::string& suffix) {
-    return n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  for (const auto& [name, t] : adapters) {
-    if (ends(name, ka)) a_of[name.substr(0, name.size() - ka.size())] = t;
-    else if (ends(name, kb)) b_of[name.substr(0, name.size() - kb.size())] = t;
-    else throw checkpoint_error("merge_adapters: '" + name + "' is neither a lora_A nor a lora_B weight");
+  const std::string ka = ".lora_A", kb = ".lora_B";
+  for (const auto& [spec, t] : adapters) {
+    const std::string stem = nn::weight_stem(spec.name);
+    if (stem.ends_with(ka)) a_of[stem.substr(0, stem.size() - ka.size())] = t;
+    else if (stem.ends_with(kb)) b_of[stem.substr(0, stem.size() - kb.size())] = t;
+    else throw checkpoint_error("merge_adapters: '" + spec.name + "' is neither a lora_A nor a lora_B weight");
   }
   torch::NoGradGuard no_grad;
   for (const auto& [stem, a] : a_of) {
     auto b = b_of.find(stem);
     auto w = by_name.find(stem + ".weight");
-    if (b == b_of.end()) throw checkpoint_error("merge_adapters: '" + stem + ka + "' has no lora_B");
+    if (b == b_of.end()) throw checkpoint_error("merge_adapters: '" + stem + ka + ".weight' has no lora_B");
     if (w == by_name.end()) throw checkpoint_error("merge_adapters: no weight '" + stem + ".weight' for its adapters");
-    w->second.add_(at::mm(b->second.to(at::kFloat), a.to(at::kFloat)), scale);
+    w->second.add_(at::matmul(b->second.to(at::kFloat), a.to(at::kFloat)), scale);  // [E] batched for experts
   }
   if (b_of.size() != a_of.size()) throw checkpoint_error("merge_adapters: a lora_B weight has no lora_A");
 }

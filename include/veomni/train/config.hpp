@@ -15,6 +15,7 @@
 // model.path's config.json says which model it loads into).
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -440,14 +441,29 @@ inline void resolve(config& c, long world) {
   if (!std::isfinite(l.alpha) || l.alpha < 0) throw config_error("train.lora.alpha: must be a finite number >= 0");
   if (!(l.dropout >= 0 && l.dropout < 1)) throw config_error("train.lora.dropout: must be in [0, 1)");
   for (const auto& t : lora_target_names(l.targets))
-    if (t != "attention" && t != "mlp")
-      throw config_error("train.lora.targets: '" + t + "' is not a layer kind LoRA adapts (attention, mlp; comma-separated)");
+    if (t != "attention" && t != "mlp" && t != "experts")
+      throw config_error("train.lora.targets: '" + t +
+                         "' is not a layer kind LoRA adapts (attention, mlp, experts; comma-separated)");
   const bool lora_keys = l.alpha > 0 || l.dropout > 0 || l.merge_on_export || !l.path.empty() || !l.targets.empty();
   if (l.rank == 0 && l.path.empty() && lora_keys)
     throw config_error("train.lora: set train.lora.rank (> 0) or train.lora.path to fine-tune with LoRA");
-  if ((l.rank > 0 || !l.path.empty()) && c.model.name != "dense_lm")
-    throw config_error("train.lora: LoRA fine-tuning is built for model.name dense_lm (Llama, Qwen2, Qwen3 checkpoints); "
-                       "model.name is " + c.model.name);
+  if ((l.rank > 0 || !l.path.empty()) && c.model.name != "dense_lm" && c.model.name != "moe_lm")
+    throw config_error("train.lora: LoRA fine-tuning is built for model.name dense_lm (Llama, Qwen2, Qwen3 checkpoints) "
+                       "and moe_lm (Qwen3-MoE); model.name is " + c.model.name);
+  if (l.rank > 0 || !l.path.empty()) {
+    const auto names = lora_target_names(l.targets);
+    const auto has = [&](const char* k) { return std::find(names.begin(), names.end(), k) != names.end(); };
+    if (c.model.name == "dense_lm" && has("experts"))
+      throw config_error("train.lora.targets: dense_lm has no experts (its layers: attention, mlp)");
+    // moe_lm's recipe adapts the attention and the experts in separate ops
+    // (the experts' adapters split with the experts over ep): both, or neither named
+    if (c.model.name == "moe_lm" && has("mlp"))
+      throw config_error("train.lora.targets: moe_lm has no dense mlp (its layers: attention, experts)");
+    if (c.model.name == "moe_lm" && !names.empty() && !(has("attention") && has("experts")))
+      throw config_error("train.lora.targets: moe_lm adapts attention and experts together (its recipe reduces the "
+                         "experts' adapters apart from the attention's, so neither may be left without adapters); "
+                         "leave train.lora.targets empty or name both");
+  }
   if (l.dropout > 0 && c.train.activation_checkpointing)
     throw config_error("train.lora.dropout: must be 0 with train.activation_checkpointing (the recompute would draw another mask)");
 }

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -123,30 +124,64 @@ inline peft_adapter read_peft_adapter(const std::filesystem::path& dir) {
   return a;
 }
 
-// Copies a PEFT adapter into the model's adapters (parallel_model::adapters(),
-// whole on every rank), each found under file_name(its name): each must be
-// in the file with its shape, and the file may hold nothing else.
-template <class M, class F>
-void load_peft_adapter(const peft_adapter& a, M& model, const std::string& where, F&& file_name) {
-  std::set<std::string> used;
-  torch::NoGradGuard no_grad;
-  for (auto& [ours, dst] : model.adapters()) {
-    const std::string name = file_name(ours);
-    auto it = a.tensors.find(name);
-    if (it == a.tensors.end())
-      throw peft_error(where + ": no tensor '" + peft_prefix() + name + "' (the run adapts it; check r and the targets)");
-    if (it->second.sizes() != dst.sizes()) {
-      std::ostringstream s;
-      s << where << ": '" << peft_prefix() << name << "' has shape " << it->second.sizes() << ", the run's adapter "
-        << dst.sizes();
-      throw peft_error(s.str());
+// An adapter's tensors in PEFT's files: one name, or (stacked experts
+// [E, ...]) one per expert, in expert order.
+using peft_names = std::function<std::vector<std::string>(const std::string&)>;
+
+// The model's adapters whole (whole_adapters) under their names in the files:
+// stacked experts' one tensor per expert.
+inline std::vector<std::pair<std::string, at::Tensor>> peft_tensors(
+    const std::vector<std::pair<nn::param_spec, at::Tensor>>& whole, const peft_names& file_names) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [spec, t] : whole) {
+    const auto names = file_names(spec.name);
+    if (names.size() == 1) {
+      out.emplace_back(names[0], t);
+      continue;
     }
-    dst.copy_(it->second);
-    used.insert(name);
+    if (t.dim() != 3 || t.size(0) != static_cast<int64_t>(names.size()))
+      throw peft_error("LoRA: the adapter '" + spec.name + "' is not stacked over its " + std::to_string(names.size()) +
+                       " experts");
+    for (std::size_t e = 0; e < names.size(); ++e) out.emplace_back(names[e], t[static_cast<int64_t>(e)]);
+  }
+  return out;
+}
+
+// Copies a PEFT adapter into the model's adapters (the elements of each that
+// this rank holds: parallel_model::pieces(held::adapters)), each found under
+// file_names(its name) (stacked experts: one tensor per expert): each must be
+// in the file with its shape, and the file may hold nothing else.
+template <class M>
+void load_peft_adapter(const peft_adapter& a, M& model, const std::string& where, const peft_names& file_names) {
+  using held = typename M::held;
+  std::set<std::string> used;
+  std::map<std::string, at::Tensor> whole;  // by our name, flat
+  for (const auto& spec : model.adapter_specs()) {
+    std::vector<at::Tensor> parts;
+    const auto names = file_names(spec.name);
+    const std::vector<int64_t> each = names.size() == 1 ? spec.shape : std::vector<int64_t>(spec.shape.begin() + 1, spec.shape.end());
+    for (const auto& name : names) {
+      auto it = a.tensors.find(name);
+      if (it == a.tensors.end())
+        throw peft_error(where + ": no tensor '" + peft_prefix() + name + "' (the run adapts it; check r and the targets)");
+      if (it->second.sizes() != at::IntArrayRef(each)) {
+        std::ostringstream s;
+        s << where << ": '" << peft_prefix() << name << "' has shape " << it->second.sizes() << ", the run's adapter "
+          << at::IntArrayRef(each);
+        throw peft_error(s.str());
+      }
+      parts.push_back(it->second.reshape({-1}));
+      used.insert(name);
+    }
+    whole[spec.name] = at::cat(parts);
   }
   for (const auto& [name, t] : a.tensors)
     if (!used.count(name))
       throw peft_error(where + ": tensor '" + peft_prefix() + name + "' adapts nothing in this run's model");
+  torch::NoGradGuard no_grad;
+  const auto masters = model.masters(held::adapters);
+  for (const piece& p : model.pieces(held::adapters))
+    masters[p.tensor].detach().narrow(0, p.offset, p.end - p.begin).copy_(whole.at(p.name).narrow(0, p.begin, p.end - p.begin));
 }
 
 }  // namespace veomni::train

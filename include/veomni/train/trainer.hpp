@@ -9,8 +9,10 @@
 //   omni_moe   encoders, projectors, image_out: Shard<HSDP>;
 //              lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
 //   moe_lm     lm: Shard<HSDP> + Split<Ulysses> + Experts<EP>
-// (HSDP with dp_replicate_size = 1 is FSDP.) With train.lora (dense_lm):
-//   dense_lm   lm: Shard<HSDP> + Split<Ulysses> + Adapt<LoRA>
+// (HSDP with dp_replicate_size = 1 is FSDP.) With train.lora:
+//   dense_lm   lm: Shard<HSDP> + Split<Ulysses> + Adapt<LoRA>                 (attention, mlp)
+//   moe_lm     lm: Shard<HSDP> + Split<Ulysses> + Experts<EP> + Adapt<LoRA>   (attention, experts;
+//              the experts' adapters split with the experts over ep)
 //
 // One step: the next train.global_batch_size samples of the stream; this
 // rank's share cut into micro-batches; forward_backward on each with the
@@ -63,6 +65,8 @@ using tiny_vl_recipe = recipe<sharded<"vision">, sharded<"proj">, apply<"lm", Sh
 using omni_moe_recipe = recipe<sharded<"vision">, sharded<"vision_proj">, sharded<"audio">, sharded<"audio_proj">,
                                apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>, sharded<"image_out">>;
 using moe_lm_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>>>;
+using moe_lm_lora = lora<lora_options{.targets = layer_kinds({layer_kind::attention, layer_kind::moe})}>;
+using moe_lm_lora_recipe = recipe<apply<"lm", Shard<HSDP>, Split<Ulysses>, Experts<EP>, Adapt<moe_lm_lora>>>;
 
 // ---- model dims from the config ---------------------------------------------------------------
 
@@ -339,26 +343,29 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
 
 // ---- LoRA adapters in PEFT's files ------------------------------------------------------------------
 
-// An adapter's name in PEFT's files (less the base_model.model. prefix): its
-// weight's Hugging Face name with the adapter's suffix,
+// An adapter's names in PEFT's files (less the base_model.model. prefix): its
+// weight's Hugging Face name with the adapter's suffix; a stacked expert
+// weight's adapters one per expert, as Hugging Face names the experts,
 //   lm.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj.lora_A.weight
+//   lm.model.layers.0.mlp.experts.up_proj.lora_B.weight [E, F, r]
+//     -> model.layers.0.mlp.experts.{0..E-1}.up_proj.lora_B.weight [F, r]
 template <Model G>
-std::function<std::string(const std::string&)> peft_naming(const typename G::dims& d) {
-  std::map<std::string, std::string> stem;  // our weight's name less ".weight" -> its Hugging Face name's
-  const std::string w = ".weight";
-  auto cut = [&](const std::string& n) {
-    return n.size() > w.size() && n.compare(n.size() - w.size(), w.size(), w) == 0 ? n.substr(0, n.size() - w.size())
-                                                                                     : std::string();
-  };
+peft_names peft_naming(const typename G::dims& d) {
+  std::map<std::string, std::vector<std::string>> stems;  // our weight's stem -> its Hugging Face tensors' stems
   if constexpr (hf_family<G>)
-    for (const auto& [spec, src] : hf_layout<G>(d))
-      if (src.tensors.size() == 1 && !cut(spec.name).empty() && !cut(src.tensors[0]).empty())
-        stem[cut(spec.name)] = cut(src.tensors[0]);
-  return [stem](const std::string& n) {
+    for (const auto& [spec, src] : hf_layout<G>(d)) {
+      std::vector<std::string> hf;
+      for (const auto& t : src.tensors) hf.push_back(nn::weight_stem(t));
+      stems[nn::weight_stem(spec.name)] = hf;
+    }
+  return [stems](const std::string& n) {
     const auto at = n.rfind(".lora_");
-    const auto it = at == std::string::npos ? stem.end() : stem.find(n.substr(0, at));
-    if (it == stem.end()) throw checkpoint_error("LoRA: the adapter '" + n + "' adapts no weight with a Hugging Face name");
-    return it->second + n.substr(at);
+    const auto it = at == std::string::npos ? stems.end() : stems.find(n.substr(0, at));
+    if (it == stems.end() || it->second.empty())
+      throw checkpoint_error("LoRA: the adapter '" + n + "' adapts no weight with a Hugging Face name");
+    std::vector<std::string> out;
+    for (const auto& s : it->second) out.push_back(s + n.substr(at));
+    return out;
   };
 }
 
@@ -627,13 +634,15 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.aux_weight = c.train.aux_weight;
   popt.seed = static_cast<uint64_t>(c.train.seed);
   // LoRA (a recipe with Adapt<LoRA>): the base frozen, only the adapters train
-  constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) { return o.tensor == tensor_role::adapter_grads; }) > 0;
+  constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) {
+                          return o.tensor == tensor_role::adapter_grads || o.tensor == tensor_role::expert_adapter_grads;
+                        }) > 0;
   if (lora != (c.train.lora.rank > 0))
     throw config_error(lora ? "train.lora.rank: this recipe adapts the model (Adapt<LoRA>): set train.lora.rank > 0"
                             : "train.lora: this model's recipe has no Adapt<LoRA>");
   unsigned targets = 0;  // train.lora.targets (resolve checked the names); 0: the recipe's
   for (const auto& t : lora_target_names(c.train.lora.targets))
-    targets |= layer_kinds({t == "mlp" ? layer_kind::mlp : layer_kind::attention});
+    targets |= layer_kinds({t == "mlp" ? layer_kind::mlp : t == "experts" ? layer_kind::moe : layer_kind::attention});
   popt.adapters = {.rank = c.train.lora.rank, .targets = targets, .alpha = c.train.lora.alpha, .dropout = c.train.lora.dropout};
   const double lora_scale = lora ? c.train.lora.alpha / static_cast<double>(c.train.lora.rank) : 0.0;
   const double rss_before_model = resident_mib();
@@ -767,7 +776,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   // whole parameters on every rank, LoRA's adapters merged in
   auto whole_model = [&] {
     auto all = consolidate<G>(prep.dims, model, mesh);
-    if (lora) merge_adapters(all, model.adapters(), lora_scale);
+    if (lora) merge_adapters(all, whole_adapters(model, mesh), lora_scale);
     return all;
   };
   auto run_eval = [&]() -> std::optional<eval_result> {
@@ -909,13 +918,12 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     summary["eval"] = {{"loss", e->loss},           {"token_accuracy", e->token_accuracy}, {"exact_match", e->exact_match},
                        {"code_accuracy", e->code_accuracy}, {"samples", e->samples},     {"by_kind", by_kind}};
   }
-  if (lora && lead) {  // the adapters in PEFT's format
-    const auto name = peft_naming<G>(prep.dims);
-    std::vector<std::pair<std::string, at::Tensor>> named;
-    for (const auto& [n, t] : model.adapters()) named.emplace_back(name(n), t);
-    write_peft_adapter(out.file("adapter"), named,
-                       {.r = c.train.lora.rank, .lora_alpha = c.train.lora.alpha, .lora_dropout = c.train.lora.dropout,
-                        .target_modules = {}, .base_model = c.model.path});
+  if (lora) {  // the adapters in PEFT's format (gathered on every rank: experts' may be split)
+    const auto named = peft_tensors(whole_adapters(model, mesh), peft_naming<G>(prep.dims));
+    if (lead)
+      write_peft_adapter(out.file("adapter"), named,
+                         {.r = c.train.lora.rank, .lora_alpha = c.train.lora.alpha, .lora_dropout = c.train.lora.dropout,
+                          .target_modules = {}, .base_model = c.model.path});
     ro.log("veomni-train: exported the LoRA adapters to " + out.file("adapter").string() + " (PEFT's format)");
   }
   // the model: with LoRA only when train.lora.merge_on_export asks (the base did not change)
