@@ -278,6 +278,29 @@ TEST_CASE("dense_lm and moe_lm export Hugging Face checkpoints that load back as
   }
 }
 
+namespace {
+// lr 0, one step on the first batch a run `out` trained on (fixture f): the
+// base with its PEFT adapters loaded back (train.lora.path, 2 ranks on
+// `mesh`), its merged export (out/hf as model.path, one rank), the base alone.
+// Base + adapters has the merged model's loss, the base another; the run's
+// first step (first_loss) saw the base (lora_B starts at zero).
+void check_merged_is_base_plus_adapters(const std::string& tag, const std::string& f, const std::string& out,
+                                        const std::string& mesh, double first_loss) {
+  const std::string zero = " --train.lr=0 --train.weight_decay=0";
+  const std::string back = tag + "_back", merged = tag + "_merged", base = tag + "_base";
+  const auto with_adapters =
+      ok_metrics(train(back, 2, config(back, f, 1), mesh + " --train.lora.path=" + out + "/adapter" + zero), back, 1);
+  const auto from_merged = ok_metrics(train(merged, 1, config_at(merged, out + "/hf", 1), zero), merged, 1);
+  const auto from_base = ok_metrics(train(base, 1, config(base, f, 1), zero), base, 1);
+  const double a = with_adapters[0]["loss"].get<double>(), b = from_merged[0]["loss"].get<double>(),
+               c = from_base[0]["loss"].get<double>();
+  MESSAGE(f, ": base + PEFT adapters ", a, ", merged export ", b, " (rel ", rel(a, b), "), base alone ", c);
+  CHECK(rel(a, b) <= 1e-5);
+  CHECK(rel(a, c) > 1e-3);
+  CHECK(rel(first_loss, c) <= 1e-5);
+}
+}  // namespace
+
 // LoRA fine-tuning of a Hugging Face checkpoint (train.lora): FSDP-2 trains
 // the adapters alone and writes them in PEFT's format (adapter/) and the
 // merged model in the checkpoint's layout (hf/). Then, on the same tokens at
@@ -310,23 +333,8 @@ TEST_CASE("train.lora: PEFT adapters out and back in, and the merged export has 
   CHECK(hdr.count("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight") == 1);
   CHECK(std::filesystem::exists(out + "/hf/config.json"));
 
-  // lr 0, one step on the same first batch: base + adapters, the merged model, the base
-  const std::string zero = " --train.lr=0 --train.weight_decay=0";
-  const std::string back = "hf_lora_back";
-  const auto with_adapters =
-      ok_metrics(train(back, 2, config(back, f, 1), "--train.accelerator.dp_shard_size=2 --train.lora.path=" + out + "/adapter" + zero),
-                 back, 1);
-  const std::string merged = "hf_lora_merged";
-  const auto from_merged = ok_metrics(train(merged, 1, config_at(merged, out + "/hf", 1), zero), merged, 1);
-  const std::string base = "hf_lora_base";
-  const auto from_base = ok_metrics(train(base, 1, config(base, f, 1), zero), base, 1);
-  const double a = with_adapters[0]["loss"].get<double>(), b = from_merged[0]["loss"].get<double>(),
-               c = from_base[0]["loss"].get<double>();
-  MESSAGE("base + PEFT adapters ", a, ", merged export ", b, " (rel ", rel(a, b), "), base alone ", c);
-  CHECK(rel(a, b) <= 1e-5);
-  CHECK(rel(a, c) > 1e-3);
-  // the first step of training saw the base (lora_B starts at zero)
-  CHECK(rel(m.front()["loss"].get<double>(), c) <= 1e-5);
+  check_merged_is_base_plus_adapters("hf_lora", f, out, "--train.accelerator.dp_shard_size=2",
+                                     m.front()["loss"].get<double>());
   // train.lora.targets narrows the adapted layers at run time
   const std::string att = "hf_lora_attention";
   const job ja = train(att, 1, config(att, f, 1), "--train.lora.rank=2 --train.lora.targets=attention");
@@ -370,18 +378,7 @@ TEST_CASE("train.lora: moe_lm adapts attention and experts under EP, PEFT's per-
   CHECK(hdr.count("base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight") == 1);
   CHECK(hdr.count("base_model.model.model.layers.0.mlp.gate.lora_A.weight") == 0);  // the router is not adapted
 
-  const std::string zero = " --train.lr=0 --train.weight_decay=0";
-  const std::string back = "hf_lora_moe_back", merged = "hf_lora_moe_merged", base = "hf_lora_moe_base";
-  const auto with_adapters =
-      ok_metrics(train(back, 2, config(back, f, 1), mesh + " --train.lora.path=" + out + "/adapter" + zero), back, 1);
-  const auto from_merged = ok_metrics(train(merged, 1, config_at(merged, out + "/hf", 1), zero), merged, 1);
-  const auto from_base = ok_metrics(train(base, 1, config(base, f, 1), zero), base, 1);
-  const double a = with_adapters[0]["loss"].get<double>(), b = from_merged[0]["loss"].get<double>(),
-               c = from_base[0]["loss"].get<double>();
-  MESSAGE("moe_lm: base + PEFT adapters ", a, ", merged export ", b, " (rel ", rel(a, b), "), base alone ", c);
-  CHECK(rel(a, b) <= 1e-5);
-  CHECK(rel(a, c) > 1e-3);
-  CHECK(rel(m.front()["loss"].get<double>(), c) <= 1e-5);
+  check_merged_is_base_plus_adapters("hf_lora_moe", f, out, mesh, m.front()["loss"].get<double>());
   // moe_lm's targets are attention and experts together
   expect_error_on_each_rank(tag, "--train.lora.rank=4 --train.lora.targets=attention",
                             "train.lora.targets: moe_lm adapts attention and experts together");

@@ -402,6 +402,14 @@ class parallel_model : public nn::unit_source {
     return out;
   }
 
+  // Per node: the plan has a backward op on one of its layers.
+  static constexpr std::array<bool, G::size> backward_layer_ops = [] {
+    std::array<bool, G::size> out{};
+    for (const auto& o : plan_t::ops)
+      if (o.node_index < G::size && !o.target.is_unit && o.ph == phase::backward) out[o.node_index] = true;
+    return out;
+  }();
+
   nn::block_runner runner() {
     return [this](const nn::unit_id& u, const at::Tensor& x,
                   const std::function<at::Tensor(const at::Tensor&)>& body) -> at::Tensor {
@@ -409,10 +417,13 @@ class parallel_model : public nn::unit_source {
       exec_.set_current(u.block, false);
       exec_.reach({trigger_kind::block_begin, u.node, u.block});
       // a frozen node's first block may see an input that needs no gradient
-      // (a frozen embedding): differentiate it anyway, so that backward runs
-      // through every block and issues the plan's backward layer ops there
-      // (Ulysses' all_to_alls around an attention without adapters)
-      const at::Tensor in = s.base_frozen() && !x.requires_grad() ? x.detach().requires_grad_(true) : x;
+      // (a frozen embedding): differentiate it anyway when the plan has
+      // backward layer ops on the node, so that backward runs through every
+      // block and issues them there (Ulysses' all_to_alls around an attention
+      // without adapters)
+      const at::Tensor in = s.base_frozen() && !x.requires_grad() && backward_layer_ops[u.node]
+                                ? x.detach().requires_grad_(true)
+                                : x;
       if (!s.wrapped) return body(in);
       auto out = block_fn<parallel_model>::apply(in, dummy_, this, &s, &body);
       if (out[1].defined() && block_had_aux_) ctx_->aux_losses.push_back(out[1]);

@@ -694,8 +694,8 @@ std::vector<std::pair<nn::param_spec, at::Tensor>> whole_adapters(M& model, Mesh
 // adapter without its weight in `all`, or a lone factor, is an error naming it.
 inline void merge_adapters(std::vector<std::pair<nn::param_spec, at::Tensor>>& all,
                            const std::vector<std::pair<nn::param_spec, at::Tensor>>& adapters, double scale) {
-  std::map<std::string, at::Tensor> by_name;
-  for (auto& [s, t] : all) by_name[s.name] = t;
+  std::map<std::string, at::Tensor> by_stem;  // "...q_proj.weight" and a stacked "...experts.up_proj" alike
+  for (auto& [s, t] : all) by_stem[nn::weight_stem(s.name)] = t;
   std::map<std::string, at::Tensor> a_of, b_of;
   const std::string ka = ".lora_A", kb = ".lora_B";
   for (const auto& [spec, t] : adapters) {
@@ -707,9 +707,9 @@ inline void merge_adapters(std::vector<std::pair<nn::param_spec, at::Tensor>>& a
   torch::NoGradGuard no_grad;
   for (const auto& [stem, a] : a_of) {
     auto b = b_of.find(stem);
-    auto w = by_name.find(stem + ".weight");
+    auto w = by_stem.find(stem);
     if (b == b_of.end()) throw checkpoint_error("merge_adapters: '" + stem + ka + ".weight' has no lora_B");
-    if (w == by_name.end()) throw checkpoint_error("merge_adapters: no weight '" + stem + ".weight' for its adapters");
+    if (w == by_stem.end()) throw checkpoint_error("merge_adapters: no weight '" + stem + "(.weight)' for its adapters");
     w->second.add_(at::matmul(b->second.to(at::kFloat), a.to(at::kFloat)), scale);  // [E] batched for experts
   }
   if (b_of.size() != a_of.size()) throw checkpoint_error("merge_adapters: a lora_B weight has no lora_A");

@@ -920,11 +920,12 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   }
   if (lora) {  // the adapters in PEFT's format (gathered on every rank: experts' may be split)
     const auto named = peft_tensors(whole_adapters(model, mesh), peft_naming<G>(prep.dims));
-    if (lead)
+    if (lead) {
       write_peft_adapter(out.file("adapter"), named,
                          {.r = c.train.lora.rank, .lora_alpha = c.train.lora.alpha, .lora_dropout = c.train.lora.dropout,
                           .target_modules = {}, .base_model = c.model.path});
-    ro.log("veomni-train: exported the LoRA adapters to " + out.file("adapter").string() + " (PEFT's format)");
+      ro.log("veomni-train: exported the LoRA adapters to " + out.file("adapter").string() + " (PEFT's format)");
+    }
   }
   // the model: with LoRA only when train.lora.merge_on_export asks (the base did not change)
   if (c.train.export_safetensors && (!lora || c.train.lora.merge_on_export)) {
