@@ -438,7 +438,8 @@ TEST_CASE("train.lora: zoo models from their seed resume from a checkpoint of th
     REQUIRE(part.size() == 4);
     double worst = 0;
     for (size_t i = 0; i < 4; ++i) worst = std::max(worst, rel(part[i]["loss"].get<double>(), whole[i]["loss"].get<double>()));
-    MESSAGE(model + " LoRA resumed at step 2" + (moe ? " on another mesh" : "") + ": max rel loss difference over 4 steps ", worst);
+    const std::string what = model + " LoRA resumed at step 2" + (moe ? " on another mesh" : "");
+    MESSAGE(what, ": max rel loss difference over 4 steps ", worst);
     CHECK(worst <= (moe ? 1e-5 : 1e-6));
     // a checkpoint holds the adapters, not the frozen model
     const std::string ck = tmp_root + "/" + whole_tag + "/out/checkpoints/step_000004";
