@@ -20,6 +20,7 @@ packages=(
   zlib1g-dev              # veomni-train: CRC-32 of checkpoint files
   libpcre2-dev            # text/tokenizer.hpp: the pre-tokenizers' Unicode-property split regexes (PCRE2, JIT)
   libutf8proc-dev         # text/tokenizer.hpp: NFC normalisation, UTF-8 validation
+  iproute2                # the two-host test: network namespaces joined by a veth pair (ip netns, ss)
 )
 # node and npm run the tokenizer tests' reference (Hugging Face's JavaScript
 # tokenizers and Jinja); a node from elsewhere (nodesource) is kept.

@@ -3,6 +3,14 @@
 //
 //   veomni-launch --nproc 4 [--master-port P] [--timeout S] -- ./train --config c.yaml
 //
+// Several hosts, as torchrun's static multi-node launch: one veomni-launch
+// per host, each with the host's --node-rank, the same --nnodes, --nproc,
+// and the rendezvous address and port of node 0 (where rank 0's store
+// listens, on that address alone):
+//   host A:  veomni-launch --nnodes 2 --node-rank 0 --nproc 2 --master-addr 10.0.0.1 --master-port 29500 -- ...
+//   host B:  veomni-launch --nnodes 2 --node-rank 1 --nproc 2 --master-addr 10.0.0.1 --master-port 29500 -- ...
+// Ranks are numbered host by host (node k holds k * nproc ... k * nproc + nproc - 1).
+//
 // Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 // MASTER_PORT (a free loopback port unless given), GROUP_RANK, ROLE_RANK,
 // ROLE_WORLD_SIZE, and OMP_NUM_THREADS=1 unless set (as torchrun does), with
@@ -197,6 +205,7 @@ std::vector<std::vector<int>> core_blocks(int nproc) {
 int main(int argc, char** argv) {
   CLI::App app{"veomni-launch: run N ranks of a program with torchrun's environment"};
   int nproc = 0;
+  int nnodes = 1, node_rank = 0;
   int master_port = 0;
   std::string master_addr = "127.0.0.1";
   double timeout_s = 0;
@@ -205,7 +214,12 @@ int main(int argc, char** argv) {
   bool bind_cores = false;
   std::vector<std::string> command;
   app.add_option("--nproc,--nproc-per-node,--nproc_per_node", nproc, "ranks to start")->required()->check(CLI::Range(1, 4096));
-  app.add_option("--master-port", master_port, "rendezvous port (default: a free one)")->check(CLI::Range(1, 65535));
+  app.add_option("--nnodes", nnodes, "hosts in the job (one veomni-launch each)")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--node-rank,--node_rank", node_rank, "this host's place among them, 0 to nnodes - 1")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--master-port", master_port, "rendezvous port (default: a free one; required with --nnodes > 1)")
+      ->check(CLI::Range(1, 65535));
   app.add_option("--master-addr", master_addr, "rendezvous address")->capture_default_str();
   app.add_option("--timeout", timeout_s, "seconds before the whole job is terminated (0: none)")->check(CLI::NonNegativeNumber);
   app.add_option("--grace", grace_s, "seconds between SIGTERM and SIGKILL")->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -214,7 +228,17 @@ int main(int argc, char** argv) {
   app.add_option("command", command, "program and its arguments (after --)")->required();
   CLI11_PARSE(app, argc, argv);
 
+  if (node_rank >= nnodes) {
+    std::fprintf(stderr, "veomni-launch: --node-rank %d is not below --nnodes %d\n", node_rank, nnodes);
+    return 2;
+  }
+  if (nnodes > 1 && master_port == 0) {
+    std::fprintf(stderr, "veomni-launch: --nnodes %d needs --master-port: every host must dial the port node 0 listens on\n",
+                 nnodes);
+    return 2;
+  }
   if (master_port == 0) master_port = free_port();
+  const int first_rank = node_rank * nproc, world = nnodes * nproc;
   std::vector<std::vector<int>> blocks;
   if (bind_cores) {
     blocks = core_blocks(nproc);
@@ -260,14 +284,14 @@ int main(int argc, char** argv) {
       dup2(err[1], STDERR_FILENO);
       close(out[0]), close(out[1]), close(err[0]), close(err[1]);
       auto set = [](const char* k, const std::string& v) { setenv(k, v.c_str(), 1); };
-      set("RANK", std::to_string(r));
-      set("WORLD_SIZE", std::to_string(nproc));
+      set("RANK", std::to_string(first_rank + r));
+      set("WORLD_SIZE", std::to_string(world));
       set("LOCAL_RANK", std::to_string(r));
       set("LOCAL_WORLD_SIZE", std::to_string(nproc));
-      set("GROUP_RANK", "0");
-      set("GROUP_WORLD_SIZE", "1");
-      set("ROLE_RANK", std::to_string(r));
-      set("ROLE_WORLD_SIZE", std::to_string(nproc));
+      set("GROUP_RANK", std::to_string(node_rank));
+      set("GROUP_WORLD_SIZE", std::to_string(nnodes));
+      set("ROLE_RANK", std::to_string(first_rank + r));
+      set("ROLE_WORLD_SIZE", std::to_string(world));
       set("MASTER_ADDR", master_addr);
       set("MASTER_PORT", std::to_string(master_port));
       if (set_omp) {
@@ -320,7 +344,7 @@ int main(int argc, char** argv) {
     signal_all(SIGTERM);
     kill_at = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(grace_s));
   };
-  auto prefix = [&](int r) { return no_prefix ? std::string() : "[rank " + std::to_string(r) + "] "; };
+  auto prefix = [&](int r) { return no_prefix ? std::string() : "[rank " + std::to_string(first_rank + r) + "] "; };
 
   for (;;) {
     // Reap.
@@ -336,8 +360,8 @@ int main(int argc, char** argv) {
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!ok && failed_rank < 0 && !forwarded_signal && !timed_out) {
           failed_rank = static_cast<int>(r), failed_status = status;
-          std::fprintf(stderr, "veomni-launch: rank %zu failed (%s); terminating the other ranks\n", r,
-                       describe_status(status).c_str());
+          std::fprintf(stderr, "veomni-launch: rank %zu failed (%s); terminating the other ranks\n",
+                       r + static_cast<std::size_t>(first_rank), describe_status(status).c_str());
           terminate_all();
         }
       }
@@ -401,7 +425,7 @@ int main(int argc, char** argv) {
   if (timed_out) return 124;
   if (forwarded_signal) return 128 + forwarded_signal;
   if (failed_rank >= 0) {
-    std::fprintf(stderr, "veomni-launch: job failed: rank %d (%s)\n", failed_rank, describe_status(failed_status).c_str());
+    std::fprintf(stderr, "veomni-launch: job failed: rank %d (%s)\n", first_rank + failed_rank, describe_status(failed_status).c_str());
     return 1;
   }
   return 0;

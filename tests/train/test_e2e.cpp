@@ -9,6 +9,8 @@
 
 #include <unistd.h>
 
+#include <chrono>
+
 #include "chat_fixture.hpp"
 #include "harness.hpp"
 
@@ -244,4 +246,90 @@ TEST_CASE("torchrun: 2 ranks with Ulysses + EP" * doctest::timeout(120)) {
   CHECK(j.rc == 0);
   CHECK(contains(j.output, "[default0]:step 3/3 | loss "));
   CHECK(metrics(dir + "/out").size() == 3);
+}
+
+// Several hosts, as torchrun's multi-node launch (issue 24): two network
+// namespaces joined by a veth pair stand for two hosts (A 10.231.7.1, B
+// 10.231.7.2: addresses only inside them), one veomni-launch per host with
+// --nnodes 2 and its --node-rank, the rendezvous at A's address. Needs root
+// (CAP_NET_ADMIN, as CI has) and iproute2 (scripts/setup.sh).
+namespace {
+struct two_hosts {
+  std::string a, b, va, vb;
+  std::string error;  // why the namespaces could not be made ("" when they were)
+  two_hosts() {
+    const std::string id = std::to_string(getpid() % 100000);
+    a = "vo" + id + "a", b = "vo" + id + "b", va = "vo" + id + "va", vb = "vo" + id + "vb";
+    const std::string setup = "set -e; ip netns add " + a + "; ip netns add " + b + "; ip link add " + va +
+                              " type veth peer name " + vb + "; ip link set " + va + " netns " + a + "; ip link set " +
+                              vb + " netns " + b + "; ip -n " + a + " addr add 10.231.7.1/24 dev " + va + "; ip -n " + b +
+                              " addr add 10.231.7.2/24 dev " + vb + "; for n in " + a + " " + b +
+                              "; do ip -n $n link set lo up; done; ip -n " + a + " link set " + va + " up; ip -n " + b +
+                              " link set " + vb + " up";
+    const job j = run("bash -c '" + setup + "'", "two_hosts_setup");
+    if (j.rc != 0) error = j.output;
+  }
+  ~two_hosts() { (void)std::system(("ip netns del " + a + " 2>/dev/null; ip netns del " + b + " 2>/dev/null").c_str()); }
+  // veomni-launch on host `node` (0: A, 1: B) for a world of 2 x 2 ranks
+  std::string launch(int node, int port, const std::string& train_args) const {
+    return "ip netns exec " + (node == 0 ? a : b) + " " + launch_bin + " --nnodes 2 --node-rank " + std::to_string(node) +
+           " --nproc 2 --master-addr 10.231.7.1 --master-port " + std::to_string(port) + " --timeout 150 -- " +
+           train_bin + " " + train_args;
+  }
+};
+}  // namespace
+
+TEST_CASE("two hosts: HSDP with dp_replicate across them trains like world 1, the store listens on the rendezvous "
+          "address alone, a host that never arrives is a clear error" *
+          doctest::timeout(240)) {
+  // what the launcher refuses, before starting anything
+  const job no_port = run(launch_bin + " --nnodes 2 --node-rank 0 --nproc 1 -- true", "hosts_no_port");
+  CHECK(no_port.rc == 2);
+  CHECK(contains(no_port.output, "veomni-launch: --nnodes 2 needs --master-port"));
+  const job past = run(launch_bin + " --nnodes 2 --node-rank 2 --nproc 1 --master-port 29999 -- true", "hosts_past");
+  CHECK(past.rc == 2);
+  CHECK(contains(past.output, "veomni-launch: --node-rank 2 is not below --nnodes 2"));
+  const two_hosts h;
+  INFO(h.error);
+  REQUIRE_MESSAGE(h.error.empty(), "ip netns failed: the two-host test needs root (CAP_NET_ADMIN) and iproute2");
+  const std::string no_files = "  save_checkpoints: false\n  export_safetensors: false\n";
+  const auto ref = ok_metrics(train("hosts_w1", 1, omni_config("hosts_w1", 10, no_files)), "hosts_w1", 10);
+  const std::string dir = tmp_root + "/hosts_w4", cfg = omni_config("hosts_w4", 10, no_files);  // (a fresh folder)
+  write_file(dir + "/config.in.yaml", cfg);
+  // each host's ranks: HSDP's replicas on different hosts (dp_replicate 2), FSDP within one (dp_shard 2)
+  const std::string args = dir + "/config.in.yaml --train.accelerator.dp_replicate_size=2 --train.accelerator.dp_shard_size=2";
+  const int port = 29000 + getpid() % 1000;
+  // host A first; while its rank 0 waits for host B, the store's listening socket is looked at
+  const std::string script = "export VEOMNI_COMM_TIMEOUT=60; (" + h.launch(0, port, args) + " > " + dir +
+                             "/host_a.log 2>&1; echo $? > " + dir + "/host_a.rc) & "
+                             "for i in $(seq 200); do ip netns exec " + h.a + " ss -ltnH sport = :" + std::to_string(port) +
+                             " | grep -q . && break; sleep 0.05; done; ip netns exec " + h.a + " ss -ltnH sport = :" +
+                             std::to_string(port) + " > " + dir + "/listening.txt; " + h.launch(1, port, args) + " > " +
+                             dir + "/host_b.log 2>&1; echo $? > " + dir + "/host_b.rc; wait";
+  const job j = run("bash -c '" + script + "'", "hosts_w4_run");
+  const std::string a_log = slurp(dir + "/host_a.log"), b_log = slurp(dir + "/host_b.log");
+  INFO("host A: ", a_log);
+  INFO("host B: ", b_log);
+  CHECK(slurp(dir + "/host_a.rc") == "0\n");
+  CHECK(slurp(dir + "/host_b.rc") == "0\n");
+  CHECK(contains(b_log, "[rank 3] "));  // host B holds ranks 2 and 3
+  // rank 0's store: on A's veth address only, not on every interface nor on A's loopback
+  const std::string listening = slurp(dir + "/listening.txt");
+  MESSAGE("host A listening on the rendezvous port: ", listening);
+  const std::string p = ":" + std::to_string(port) + " ";  // a local address (the peer column reads 0.0.0.0:*)
+  CHECK(contains(listening, "10.231.7.1" + p));
+  for (const char* every : {"0.0.0.0", "*", "127.0.0.1", "[::]"}) CHECK_MESSAGE(!contains(listening, every + p), every);
+  const auto got = metrics(dir + "/out");
+  REQUIRE(got.size() == ref.size());
+  check_same(ref, got, 1e-5);
+
+  // host B never arrives: host A's ranks fail within the timeout, naming the rendezvous
+  const auto t0 = std::chrono::steady_clock::now();
+  const job alone = run("VEOMNI_COMM_TIMEOUT=5 " + h.launch(0, port + 1, args), "hosts_alone_run");
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(alone.output);
+  MESSAGE("host A alone: exit ", alone.rc, " after ", took, " s");
+  CHECK(alone.rc == 1);
+  CHECK(contains(alone.output, "rendezvous at 10.231.7.1:" + std::to_string(port + 1) + " failed within 5 s"));
+  CHECK(took < 60);
 }

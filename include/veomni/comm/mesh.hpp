@@ -13,6 +13,7 @@
 // dp_shard*sp when dp_shard = 1) share one connection but keep their own
 // axis key for counters. Groups of one rank connect nothing.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <map>
@@ -101,8 +102,13 @@ class device_mesh {
       return Backend::make_group(compat::make_prefix_store("veomni/group/" + list + "/", store_), me,
                                  static_cast<int>(members.size()), env_, options_);
     } catch (const std::exception& e) {
+      // a rank that never came (a host not started, or one that cannot reach the
+      // rendezvous) shows here, after the timeout: say where they were to meet
       throw comm_error("veomni::comm::device_mesh: connecting the group over " + comm::axis_key(s) + " (ranks " +
-                       list + ") failed: " + compat::reason(e));
+                       list + ") through the rendezvous at " + env_.master_addr + ":" +
+                       std::to_string(env_.master_port) + " failed within " +
+                       std::to_string(std::chrono::duration_cast<std::chrono::seconds>(options_.timeout).count()) +
+                       " s: " + compat::reason(e));
     }
   }
 

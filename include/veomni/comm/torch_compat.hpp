@@ -28,6 +28,12 @@
 #include <torch/version.h>
 #endif
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -83,14 +89,45 @@ inline store_ptr make_prefix_store(const std::string& prefix, store_ptr base) {
   return c10::make_intrusive<c10d::PrefixStore>(prefix, std::move(base));
 }
 
+// This host's address on its route to `host` (the local end of a connected
+// UDP socket: nothing is sent), or "" when there is none.
+inline std::string local_address_towards(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), "9", &hints, &found) != 0 || !found) return {};
+  std::string out;
+  for (addrinfo* a = found; a && out.empty(); a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    char text[INET6_ADDRSTRLEN] = {};
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      const void* where = local.ss_family == AF_INET
+                              ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&local)->sin_addr)
+                              : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&local)->sin6_addr);
+      if (::inet_ntop(local.ss_family, where, text, sizeof text)) out = text;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return out;
+}
+
 // The Gloo transport device. On loopback it binds 127.0.0.1 so a test job
 // never listens on outside interfaces; GLOO_SOCKET_IFNAME picks an interface
-// (as in PyTorch); otherwise the device of this host's name.
+// (as in PyTorch); otherwise this host's address on its route to the
+// rendezvous address (several hosts: the interface the others reach it by),
+// or, with no such route, the device of this host's name.
 inline auto gloo_device(const std::string& master_addr) {
   if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
     return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
   const bool loopback = master_addr == "localhost" || master_addr == "::1" || master_addr.rfind("127.", 0) == 0;
   if (loopback) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  if (const std::string local = local_address_towards(master_addr); !local.empty())
+    return c10d::ProcessGroupGloo::createDeviceForHostname(local);
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
