@@ -6,6 +6,8 @@
 #include <veomni/models/zoo.hpp>
 #include <veomni/nn.hpp>
 
+#include "fd_check.hpp"
+
 using namespace veomni;
 using namespace veomni::nn;
 
@@ -126,24 +128,7 @@ TEST_CASE("omni model: gradients of the whole model by finite differences (doubl
   };
   const at::Tensor loss = loss_fn();
   loss.backward();
-  const auto& ps = params.parameters();
-  const auto& specs = params.specs();
-  int checked = 0;
-  for (std::size_t i = 0; i < ps.size(); i += 7) {
-    if (!ps[i].grad().defined()) continue;
-    torch::NoGradGuard ng;
-    const int64_t j = ps[i].numel() / 2;
-    const double h = 1e-6, old = ps[i].view({-1})[j].item<double>();
-    ps[i].view({-1})[j] = old + h;
-    const double up = loss_fn().item<double>();
-    ps[i].view({-1})[j] = old - h;
-    const double down = loss_fn().item<double>();
-    ps[i].view({-1})[j] = old;
-    const double fd = (up - down) / (2 * h), ad = ps[i].grad().view({-1})[j].item<double>();
-    CHECK_MESSAGE(std::abs(fd - ad) <= 1e-6 * (1 + std::abs(fd)), specs[i].name, ": fd ", fd, " autograd ", ad);
-    ++checked;
-  }
-  CHECK(checked >= 8);
+  CHECK(testing::check_gradients_by_fd(params.parameters(), params.specs(), loss_fn, 7).checked >= 8);
 }
 
 TEST_CASE("omni model: a batch without images or audio still runs every node") {

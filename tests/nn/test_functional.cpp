@@ -463,7 +463,7 @@ TEST_CASE("moe: a router that sends everything to one expert equals that expert'
   const at::Tensor x = at::randn({t, h}, f64).abs() + 0.1;  // positive: the router below picks expert 2
   at::Tensor router = at::zeros({e, h}, f64);
   router[2].fill_(50.0);
-  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64)};
+  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64), {}};
   const routing r = route(x, router, 1, true);
   CHECK((r.experts == 2).all().item<bool>());
   const at::Tensor y = hooks{}.experts(x, r, w);
@@ -473,7 +473,7 @@ TEST_CASE("moe: a router that sends everything to one expert equals that expert'
 TEST_CASE("moe: grouped experts equal a per-token reference with top-k weights") {
   const int64_t t = 10, h = 6, f = 5, e = 4, k = 2;
   const at::Tensor x = at::randn({t, h}, f64), router = at::randn({e, h}, f64);
-  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64)};
+  const expert_weights w{at::randn({e, f, h}, f64), at::randn({e, f, h}, f64), at::randn({e, h, f}, f64), {}};
   for (bool renorm : {true, false}) {
     const routing r = route(x, router, k, renorm);
     at::Tensor ref = at::zeros({t, h}, f64);

@@ -65,6 +65,23 @@ std::string run_job(const std::string& tag, const std::string& model, const std:
   return out;
 }
 
+// 20 steps each, `got` within `tolerance` (relative) of `ref` in loss and
+// gradient norm at every step, and `ref` trains.
+void compare_rows(const std::vector<row>& ref, const std::vector<row>& got, const std::string& what, double tolerance) {
+  REQUIRE(ref.size() == 20);
+  REQUIRE(got.size() == 20);
+  double worst_loss = 0, worst_norm = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    worst_loss = std::max(worst_loss, std::abs(got[i].loss - ref[i].loss) / std::abs(ref[i].loss));
+    worst_norm = std::max(worst_norm, std::abs(got[i].norm - ref[i].norm) / std::abs(ref[i].norm));
+  }
+  MESSAGE(what, ": max rel diff loss ", worst_loss, ", grad norm ", worst_norm, " (step 19 loss ", got.back().loss,
+          " vs ", ref.back().loss, ")");
+  CHECK(worst_loss <= tolerance);
+  CHECK(worst_norm <= tolerance);
+  CHECK(ref.back().loss < ref.front().loss);  // it trains
+}
+
 // `micro` > 1: both runs cut each step into that many micro-batches.
 // `reference`: the recipe of the one-process run (FSDP on one rank is the
 // plain single-process model; a LoRA recipe compares with itself on one rank).
@@ -77,18 +94,10 @@ void check_parity(const std::string& model, const std::string& recipe, int rep, 
                           std::to_string(ep) + alnum(extra + split) + (targets ? targets : "");
   const auto ref = read_rows(run_job(tag, model, reference, 1, 1, 1, 1, split));
   const auto got = read_rows(run_job(tag, model, recipe, rep, shard, sp, ep, extra + split));
-  REQUIRE(ref.size() == 20);
-  REQUIRE(got.size() == 20);
-  double worst_loss = 0, worst_norm = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    worst_loss = std::max(worst_loss, std::abs(got[i].loss - ref[i].loss) / std::abs(ref[i].loss));
-    worst_norm = std::max(worst_norm, std::abs(got[i].norm - ref[i].norm) / std::abs(ref[i].norm));
-  }
-  MESSAGE(model, " ", recipe, " mesh ", rep, "x", shard, "x", sp, " ep ", ep, ": max rel diff loss ", worst_loss,
-          ", grad norm ", worst_norm, " (step 19 loss ", got.back().loss, " vs ", ref.back().loss, ")");
-  CHECK(worst_loss <= tolerance);
-  CHECK(worst_norm <= tolerance);
-  CHECK(ref.back().loss < ref.front().loss);  // it trains
+  compare_rows(ref, got,
+               model + " " + recipe + " mesh " + std::to_string(rep) + "x" + std::to_string(shard) + "x" +
+                   std::to_string(sp) + " ep " + std::to_string(ep),
+               tolerance);
 }
 
 }  // namespace
@@ -312,4 +321,22 @@ TEST_CASE("parity omni_moe LoRA fsdp world 2 with its targets narrowed to attent
   setenv("VEOMNI_PARITY_LORA_TARGETS", "attention", 1);
   check_lora_parity("omni_moe", "lora_fsdp", 1, 2, 1, 1);
   unsetenv("VEOMNI_PARITY_LORA_TARGETS");
+}
+
+// A component of a user's own (docs/extending.md, part A): the depth-map
+// encoder of examples/depth_encoder.hpp with its math in
+// examples/depth_encoder_nn.hpp, its input in the batch's open map, trained
+// by examples/train_depth_lm.cpp under its FSDP recipe. FSDP-2 and FSDP-4
+// train like one process over 20 steps.
+TEST_CASE("a user's component trains with FSDP at world 2 and 4 like one process") {
+  auto run = [](int world) {
+    const std::string out = std::string(VEOMNI_TEST_TMP) + "/depth_lm_w" + std::to_string(world) + ".txt";
+    std::remove(out.c_str());
+    const std::string cmd = std::string(VEOMNI_TEST_LAUNCH) + " --nproc " + std::to_string(world) +
+                            " --timeout 120 -- " + VEOMNI_TEST_DEPTH_LM + " " + out + " 20";
+    REQUIRE_MESSAGE(sh(cmd) == 0, "job failed: ", cmd);
+    return read_rows(out);
+  };
+  const auto ref = run(1);
+  for (int world : {2, 4}) compare_rows(ref, run(world), "depth_lm FSDP-" + std::to_string(world), 1e-5);
 }

@@ -34,6 +34,9 @@ struct batch {
   at::Tensor mel;           // [N, F, M] input audio clips as log-mel frames (undefined: none)
   at::Tensor code_targets;  // [T] VQ code to predict from each position, -100 elsewhere (undefined: none)
   at::Tensor token_mask;    // [T] 1 for real tokens, 0 for padding (undefined: all real)
+  // Inputs of components outside the library, by the name their math reads
+  // them under (examples/depth_encoder_nn.hpp: inputs["depth"]).
+  std::map<std::string, at::Tensor> inputs;
   int64_t image_token = -1;  // placeholder id replaced by image embeddings
   int64_t audio_token = -1;  // placeholder id replaced by audio embeddings
   // Sequence parallel: this rank holds a slice of the tokens while the

@@ -14,6 +14,8 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "../comm/mesh_layout.hpp"
@@ -27,6 +29,10 @@ struct sample {
   std::vector<int64_t> code_targets;  // empty, or same length: VQ codes to predict
   std::vector<at::Tensor> images;     // [C, H, W] each
   std::vector<at::Tensor> audio;      // [F, M] each
+  // inputs of components outside the library, by name: items stacked over
+  // the rank's samples into batch.inputs[name] ([1, H, W] depth maps ->
+  // [N, 1, H, W]); like images, whole on every sp rank
+  std::map<std::string, std::vector<at::Tensor>> inputs;
 };
 
 struct data_coords {
@@ -44,6 +50,7 @@ inline nn::batch pack(const std::vector<const sample*>& samples, int64_t multipl
                       int64_t audio_token) {
   std::vector<int64_t> tokens, targets, codes, pos, cu{0};
   std::vector<at::Tensor> images, audio;
+  std::map<std::string, std::vector<at::Tensor>> inputs;
   bool any_codes = false;
   for (const sample* s : samples) {
     TORCH_CHECK(s->tokens.size() == s->targets.size(), "veomni::parallel::pack: a sample has ", s->tokens.size(),
@@ -58,6 +65,7 @@ inline nn::batch pack(const std::vector<const sample*>& samples, int64_t multipl
     cu.push_back(static_cast<int64_t>(tokens.size()));
     images.insert(images.end(), s->images.begin(), s->images.end());
     audio.insert(audio.end(), s->audio.begin(), s->audio.end());
+    for (const auto& [name, items] : s->inputs) inputs[name].insert(inputs[name].end(), items.begin(), items.end());
   }
   const int64_t real = static_cast<int64_t>(tokens.size());
   const int64_t pad = (multiple - real % multiple) % multiple;
@@ -72,6 +80,8 @@ inline nn::batch pack(const std::vector<const sample*>& samples, int64_t multipl
   if (pad) b.token_mask = at::cat({at::ones({real}), at::zeros({pad})});
   if (!images.empty()) b.pixels = at::stack(images);
   if (!audio.empty()) b.mel = at::stack(audio);
+  for (const auto& [name, items] : inputs)
+    if (!items.empty()) b.inputs[name] = at::stack(items);
   b.image_token = image_token;
   b.audio_token = audio_token;
   return b;
