@@ -101,6 +101,11 @@ constexpr std::string_view to_string(tensor_role t) {
   return "?";
 }
 
+// An Adapt policy's gradient: a unit's adapters', or its local experts' adapters'.
+constexpr bool is_adapter_grad_role(tensor_role t) {
+  return t == tensor_role::adapter_grads || t == tensor_role::expert_adapter_grads;
+}
+
 // The tensor whose gradient a backward collective carries.
 constexpr tensor_role grad_of(tensor_role t) {
   switch (t) {

@@ -298,8 +298,7 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
     bool experts_separate = false, frozen = false;
     for (const auto& o : P::ops)
-      if (o.node_index == node &&
-          (o.tensor == tensor_role::adapter_grads || o.tensor == tensor_role::expert_adapter_grads))
+      if (o.node_index == node && is_adapter_grad_role(o.tensor))
         adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
                       adapter_elements<C>(o.adapter, nd, o.target.unit, adapters) /
                       (o.tensor == tensor_role::expert_adapter_grads ? m[axis::ep::name] : 1);

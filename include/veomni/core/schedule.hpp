@@ -65,8 +65,7 @@ enum class unit_op_kind {
 
 constexpr bool is_param_role(tensor_role t) { return t == tensor_role::params || t == tensor_role::expert_params; }
 constexpr bool is_grad_role(tensor_role t) {
-  return t == tensor_role::grads || t == tensor_role::expert_grads || t == tensor_role::adapter_grads ||
-         t == tensor_role::expert_adapter_grads;
+  return t == tensor_role::grads || t == tensor_role::expert_grads || is_adapter_grad_role(t);
 }
 // A unit's parameter groups: its dense parameters, its local experts, its
 // adapters, its local experts' adapters (split with the experts).

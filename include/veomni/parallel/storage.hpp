@@ -304,9 +304,9 @@ class storage_builder {
     // adapters, then its local experts' when they are split with the experts)
     unsigned adapted_kinds = 0;
     for (const auto& o : P::ops)
-      if (o.node_index == I && group_of(o.tensor) >= 2) adapted_kinds |= o.adapter.kinds;
+      if (o.node_index == I && is_adapter_grad_role(o.tensor)) adapted_kinds |= o.adapter.kinds;
     for (const auto& o : P::ops)
-      if (o.node_index == I && group_of(o.tensor) >= 2 && (o.target.unit == scope::block) == (block >= 0)) {
+      if (o.node_index == I && is_adapter_grad_role(o.tensor) && (o.target.unit == scope::block) == (block >= 0)) {
         const bool split = o.tensor == tensor_role::expert_adapter_grads;
         if (split && !adapter_rows)
           throw std::invalid_argument("veomni::parallel: node '" + node + "': its policies reduce expert_adapter_grads "

@@ -95,7 +95,7 @@ struct config {
       long rank = 0;                         // > 0: LoRA of this rank on attention and MLP projections; 0: off
       double alpha = 0;                      // scale alpha / rank; 0: 16, or the adapter's (path)
       double dropout = 0;                    // on the adapters' input, in training
-      std::string targets;                   // "attention", "mlp" or "attention,mlp"; "": both
+      std::string targets;                   // comma-separated attention, mlp, experts; "": the recipe's
       bool merge_on_export = false;          // hf/: base + adapters merged, in the base checkpoint's layout
       std::string path;                      // a PEFT adapter folder to start from (adapter_config.json, adapter_model.safetensors)
     } lora;

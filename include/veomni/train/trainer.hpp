@@ -634,9 +634,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.aux_weight = c.train.aux_weight;
   popt.seed = static_cast<uint64_t>(c.train.seed);
   // LoRA (a recipe with Adapt<LoRA>): the base frozen, only the adapters train
-  constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) {
-                          return o.tensor == tensor_role::adapter_grads || o.tensor == tensor_role::expert_adapter_grads;
-                        }) > 0;
+  constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) { return is_adapter_grad_role(o.tensor); }) > 0;
   if (lora != (c.train.lora.rank > 0))
     throw config_error(lora ? "train.lora.rank: this recipe adapts the model (Adapt<LoRA>): set train.lora.rank > 0"
                             : "train.lora: this model's recipe has no Adapt<LoRA>");
