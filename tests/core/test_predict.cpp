@@ -135,6 +135,51 @@ TEST_CASE("predict: the dense rows of the paper's Appendix A within 25%") {
   }
 }
 
+TEST_CASE("predict: the MoE rows of the paper's Appendix A within 25%, and their terms by hand") {
+  using P = plan<paper::qwen3_moe, paper::fsdp_sp_ep>;
+  const auto d = paper::qwen3_30b_a3b();
+  const efficiency e{};
+  struct row { long sp, seq; double paper; };
+  for (const row r : {row{1, 16384, 2853}, row{4, 131072, 1075}}) {
+    CAPTURE(r.seq);
+    const mesh_shape m{.dp_shard = 128 / r.sp, .sp = r.sp, .ep = 8};
+    const training_step st{.seq = r.seq};
+    const step_prediction p = predict<P>(d, m, st, h100);
+    CHECK(p.tokens_per_s_per_gpu / r.paper == doctest::Approx(1.0).epsilon(0.25));
+    // the four compute terms add up to the compute
+    CHECK(p.gemm_s + p.attention_s + p.experts_s + p.moe_memory_s == doctest::Approx(p.compute_s).epsilon(1e-9));
+    // the experts' grouped GEMMs by hand: 48 layers x (forward + recompute + 2 x backward) of the
+    // routed matmuls, at the busiest rank's rows; each expert takes T x 8 x ep / 128 rows
+    const double T = static_cast<double>(st.tokens_per_rank("lm", m)), mb = static_cast<double>(st.micro_batches(m));
+    const double rows = T * 8 * 8 / 128;  // 16k: 8,192 rows per expert
+    const double routed = 2.0 * 8 * 3 * 2048 * 768;
+    const double eff = e.grouped_gemm * rows / (rows + e.grouped_rows_half);
+    CHECK(p.experts_s ==
+          doctest::Approx(mb * 48 * 4 * T * e.expert_imbalance * routed / (h100.bf16_dense_flops * eff)).epsilon(1e-9));
+    // HBM traffic by hand: router 2 h b + 16 E, permute + combine 3 k h b, SwiGLU 3 k f b, EP's regrouping 4 k h b (b = 2)
+    const double bytes = 2.0 * 2048 * 2 + 16.0 * 128 + 3.0 * 8 * 2048 * 2 + 3.0 * 8 * 768 * 2 + 4.0 * 8 * 2048 * 2;
+    CHECK(p.moe_memory_s == doctest::Approx(mb * 48 * 4 * T * bytes / (h100.hbm_bytes_per_s * e.memory)).epsilon(1e-9));
+  }
+}
+
+TEST_CASE("predict: a grouped GEMM with few rows per expert runs slower; recompute repeats the all-to-alls") {
+  using P = plan<paper::qwen3_moe, paper::fsdp_ep>;
+  const auto d = paper::qwen3_30b_a3b();
+  const mesh_shape m{.dp_shard = 128, .ep = 8};
+  const step_prediction longer = predict<P>(d, m, training_step{.seq = 16384}, h100);
+  const step_prediction shorter = predict<P>(d, m, training_step{.seq = 2048}, h100);
+  // per token, 2k (1,024 rows per expert, half the saturated rate) costs more than 16k (8,192 rows)
+  CHECK(shorter.experts_s / 2048 > 1.5 * longer.experts_s / 16384);
+  // checkpointing runs each block's dispatch and combine again in its backward: 6 all-to-alls a block, not 4
+  const auto ep_time = [](const step_prediction& p) {
+    for (const auto& a : p.by_axis)
+      if (a.over == axes<axis::ep>) return a.seconds;
+    return 0.0;
+  };
+  const step_prediction kept = predict<P>(d, m, training_step{.seq = 16384, .checkpointing = false}, h100);
+  CHECK(ep_time(longer) == doctest::Approx(1.5 * ep_time(kept)).epsilon(1e-9));
+}
+
 TEST_CASE("budget: fits at compile time, and a runtime overflow throws with the numbers") {
   static_assert(fits_memory_budget<fsdp_7b, launch_7b>);
   static_assert(memory_budget<fsdp_7b, launch_7b>::predicted.total() < (80L << 30));

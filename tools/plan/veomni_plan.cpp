@@ -227,6 +227,11 @@ void print_launch(const options& o, const typename G::dims& d) {
                       std::to_string(a.calls), gb(a.wire_bytes), fmt("%.3f s", secs)});
     }
     std::printf("%s", detail::render_table(rows).c_str());
+    bool layer_ops = false;
+    for (const auto& op : P::ops) layer_ops = layer_ops || (!op.target.is_unit && op.ph == phase::forward && op.repeat == scope::block);
+    if (st.checkpointing && layer_ops)
+      std::printf("(calls and wire count each plan op once; time also counts the forward layer ops that checkpointing "
+                  "runs again in the backward)\n");
   }
 
   // memory per GPU: the launch as given, then the other precision and checkpointing choices
@@ -290,8 +295,10 @@ void print_launch(const options& o, const typename G::dims& d) {
       using C = typename G::template component_at<I.value>;
       const auto name = G::names[I.value];
       const flop_split f = forward_flops<C>(std::get<I.value>(d), st.context(name), causal_attention<C>());
-      std::printf("%s: matmuls %.2f GFLOP, attention core %.2f GFLOP (context %ld, %s)\n", std::string(name).c_str(),
-                  f.gemm / 1e9, f.attention / 1e9, st.context(name), causal_attention<C>() ? "causal" : "full");
+      std::printf("%s: matmuls %.2f GFLOP", std::string(name).c_str(), f.gemm / 1e9);
+      if (f.experts > 0) std::printf(" (routed experts %.2f)", f.experts / 1e9);
+      std::printf(", attention core %.2f GFLOP (context %ld, %s)\n", f.attention / 1e9, st.context(name),
+                  causal_attention<C>() ? "causal" : "full");
       const double share = static_cast<double>(st.tokens_per_sample(name)) / static_cast<double>(st.seq);
       gemm += f.gemm * share;
       attn += f.attention * share;
@@ -307,8 +314,14 @@ void print_launch(const options& o, const typename G::dims& d) {
     std::printf("\n== predicted step on %s ==\n", std::string(hw.name).c_str());
     std::printf("efficiency: matmuls %.2f, attention %.2f of %.0f TFLOP/s; links %.2f of line rate\n", e.gemm,
                 e.attention, hw.bf16_dense_flops / 1e12, e.network);
+    if (pr.experts_s > 0)
+      std::printf("MoE: grouped GEMMs %.2f of peak (half at %.0f rows per expert), busiest rank x %.2f, HBM %.2f of %.2f TB/s\n",
+                  e.grouped_gemm, e.grouped_rows_half, e.expert_imbalance, e.memory, hw.hbm_bytes_per_s / 1e12);
     std::printf("compute %.3f s, communication %.3f s (exposed %.3f s), optimizer %.3f s\n", pr.compute_s, pr.comm_s,
                 pr.exposed_comm_s, pr.optimizer_s);
+    std::printf("compute by term: matmuls %.3f s, attention %.3f s", pr.gemm_s, pr.attention_s);
+    if (pr.experts_s > 0) std::printf(", experts' grouped GEMMs %.3f s, MoE memory traffic %.3f s", pr.experts_s, pr.moe_memory_s);
+    std::printf("\n");
     std::printf("step %.3f s: forward %.3f s, backward %.3f s\n", pr.step_s, pr.forward_s, pr.backward_s);
     std::printf("throughput %s tokens/s/GPU, MFU %.1f%% (paper convention %.1f%%)\n",
                 with_commas(pr.tokens_per_s_per_gpu).c_str(), 100 * pr.mfu, 100 * pr.mfu_paper);
@@ -359,8 +372,9 @@ std::string_view model_name(model_id id) {
 
 void print_paper(const hardware& hw) {
   std::printf("VeOmni paper, Appendix A (128 GPUs, global batch 128, micro-batch 1, full activation checkpointing)\n");
-  std::printf("predicted on %s; efficiency: matmuls %.2f, attention %.2f, links %.2f (one model for every row)\n\n",
-              std::string(hw.name).c_str(), efficiency{}.gemm, efficiency{}.attention, efficiency{}.network);
+  constexpr efficiency e{};
+  std::printf("predicted on %s; efficiency: matmuls %.2f, attention %.2f, links %.2f; MoE: grouped GEMMs %.2f, busiest rank x %.2f, HBM %.2f (one model for every row)\n\n",
+              std::string(hw.name).c_str(), e.gemm, e.attention, e.network, e.grouped_gemm, e.expert_imbalance, e.memory);
   std::vector<std::vector<std::string>> rows{{"model", "recipe", "seq", "paper tok/s", "predicted", "pred/paper",
                                               "MFU (paper conv.)", "memory/GPU", "exposed comm", "step"}};
   for (const auto& r : paper_rows) {

@@ -26,19 +26,30 @@ namespace veomni {
 struct flop_split {
   double gemm = 0;       // matmuls of the weights (dense layers, experts, head)
   double attention = 0;  // the attention core
+  double experts = 0;    // of `gemm`: the routed experts' matmuls (top_k x 3 x 2 h ffn_e a token), grouped GEMMs
 
   constexpr double total() const { return gemm + attention; }
   friend constexpr flop_split operator+(flop_split a, const flop_split& b) {
     a.gemm += b.gemm;
     a.attention += b.attention;
+    a.experts += b.experts;
     return a;
   }
   friend constexpr flop_split operator*(double k, flop_split a) {
     a.gemm *= k;
     a.attention *= k;
+    a.experts *= k;
     return a;
   }
 };
+
+// The routed experts' forward matmul FLOPs per token of a layer: each token
+// runs top_k experts of expert_params / experts parameters each.
+constexpr double routed_expert_flops(const geometry& g) {
+  return g.experts > 0 ? 2.0 * static_cast<double>(g.top_k) * static_cast<double>(g.expert_params) /
+                             static_cast<double>(g.experts)
+                       : 0.0;
+}
 
 // Whether a component's attention is causal: the language model's is; the
 // encoders attend both ways within an image or an utterance.
@@ -54,6 +65,7 @@ constexpr flop_split forward_flops(const typename C::dims& d, scope s, long cont
     if (C::layers[i].where != s) continue;
     const geometry g = C::shape(i, d);
     f.gemm += static_cast<double>(g.flops_per_token);
+    f.experts += routed_expert_flops(g);
     if (C::layers[i].kind == layer_kind::attention)
       f.attention += 4.0 * static_cast<double>(g.q_width) * (causal ? context / 2.0 : static_cast<double>(context));
   }
