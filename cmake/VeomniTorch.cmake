@@ -1,7 +1,26 @@
 # Finds LibTorch (and, optionally, NCCL + CUDA) and defines the imported
 # targets veomni::torch and veomni::nccl. Shared by the build tree and by the
 # installed veomniConfig.cmake, so a consumer links exactly what veomni was
-# built with. Sets VEOMNI_HAS_TORCH / VEOMNI_HAS_NCCL.
+# built with. Sets VEOMNI_HAS_TORCH / VEOMNI_HAS_NCCL / VEOMNI_TORCH_CUDA.
+#
+# Which LibTorch: the first of
+#   Torch_DIR                       a LibTorch's share/cmake/Torch (a CUDA one, or any)
+#   VEOMNI_TORCH_PYTHON=python3     the torch of that Python (a CUDA wheel): its
+#                                   torch.utils.cmake_prefix_path joins CMAKE_PREFIX_PATH
+#   CMAKE_PREFIX_PATH, system       Debian's CPU libtorch-dev (the default)
+# CUDA and NCCL come from the CUDA Toolkit CMake finds (CUDAToolkit_ROOT,
+# CUDA_HOME, /usr/local/cuda); VEOMNI_NCCL_INCLUDE_DIR / VEOMNI_NCCL_LIBRARY
+# name another NCCL (the wheel's nvidia-nccl).
+if(VEOMNI_TORCH_PYTHON AND NOT Torch_DIR)
+  execute_process(COMMAND ${VEOMNI_TORCH_PYTHON} -c "import torch, sys; sys.stdout.write(torch.utils.cmake_prefix_path)"
+                  OUTPUT_VARIABLE _veomni_torch_prefix ERROR_VARIABLE _veomni_torch_err RESULT_VARIABLE _veomni_torch_rc)
+  if(NOT _veomni_torch_rc EQUAL 0 OR NOT IS_DIRECTORY "${_veomni_torch_prefix}")
+    message(FATAL_ERROR "veomni: VEOMNI_TORCH_PYTHON=${VEOMNI_TORCH_PYTHON} gives no torch CMake prefix "
+                        "(import torch failed?): ${_veomni_torch_err}")
+  endif()
+  list(PREPEND CMAKE_PREFIX_PATH "${_veomni_torch_prefix}")
+  message(STATUS "veomni: LibTorch of ${VEOMNI_TORCH_PYTHON}: ${_veomni_torch_prefix}")
+endif()
 find_package(Torch QUIET)
 if(Torch_FOUND OR TORCH_FOUND)
   set(VEOMNI_HAS_TORCH ON)
@@ -40,12 +59,25 @@ if(Torch_FOUND OR TORCH_FOUND)
       endif()
     endif()
   endif()
+  # A CUDA LibTorch (c10_cuda among its libraries): the runtime may place
+  # tensors on GPUs, the NCCL communicator orders itself on torch's stream.
+  set(VEOMNI_TORCH_CUDA OFF)
+  if(TARGET c10_cuda OR "${TORCH_LIBRARIES}" MATCHES "c10_cuda")
+    set(VEOMNI_TORCH_CUDA ON)
+    set_property(TARGET veomni::torch APPEND PROPERTY INTERFACE_COMPILE_DEFINITIONS VEOMNI_TORCH_CUDA=1)
+  endif()
+  if(VEOMNI_TORCH_CUDA)
+    message(STATUS "veomni: LibTorch ${Torch_VERSION} at ${Torch_DIR}, with CUDA")
+  else()
+    message(STATUS "veomni: LibTorch ${Torch_VERSION} at ${Torch_DIR} (CPU only)")
+  endif()
 else()
   set(VEOMNI_HAS_TORCH OFF)
 endif()
 
 if(VEOMNI_HAS_TORCH AND (NOT DEFINED VEOMNI_WITH_NCCL OR VEOMNI_WITH_NCCL))
-  set(_veomni_cuda_hints $ENV{CUDA_HOME} /usr/local/cuda)
+  find_package(CUDAToolkit QUIET)  # CUDAToolkit_ROOT, CUDA_HOME or nvcc on PATH
+  set(_veomni_cuda_hints ${CUDAToolkit_LIBRARY_ROOT} ${CUDAToolkit_TARGET_DIR} $ENV{CUDA_HOME} /usr/local/cuda)
   find_path(VEOMNI_NCCL_INCLUDE_DIR nccl.h HINTS ${_veomni_cuda_hints} PATH_SUFFIXES include)
   find_library(VEOMNI_NCCL_LIBRARY nccl HINTS ${_veomni_cuda_hints} PATH_SUFFIXES lib64 lib)
   find_path(VEOMNI_CUDART_INCLUDE_DIR cuda_runtime_api.h HINTS ${_veomni_cuda_hints} PATH_SUFFIXES include)

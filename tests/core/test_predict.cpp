@@ -162,7 +162,7 @@ TEST_CASE("predict: the MoE rows of the paper's Appendix A within 25%, and their
   }
 }
 
-TEST_CASE("predict: a grouped GEMM with few rows per expert runs slower; recompute repeats the all-to-alls") {
+TEST_CASE("predict: a grouped GEMM with few rows per expert runs slower, and recompute repeats the all-to-alls") {
   using P = plan<paper::qwen3_moe, paper::fsdp_ep>;
   const auto d = paper::qwen3_30b_a3b();
   const mesh_shape m{.dp_shard = 128, .ep = 8};

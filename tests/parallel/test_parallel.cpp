@@ -129,6 +129,30 @@ TEST_CASE("mixed precision: dense_lm FSDP with bf16 parameters at world 2 tracks
   check_parity("dense_lm", "fsdp_bf16", 1, 2, 1, 1, "", 2e-2);
 }
 
+// Mixed precision as the run's option (parallel::options::prec, the
+// trainer's train.mixed_precision): one compiled recipe whose ops leave the
+// dtype open gathers and computes in bf16, exchanges activations in bf16
+// and reduces in fp32; each rank's trace has the dtypes and bytes of the
+// plan in that precision (run_dtype), checked by the worker every step.
+TEST_CASE("mixed precision at run time: dense_lm FSDP+Ulysses world 4 in bf16 tracks fp32") {
+  check_parity("dense_lm", "fsdp_sp", 1, 2, 2, 1, "--precision=bf16", 2e-2);
+}
+TEST_CASE("mixed precision at run time: omni_moe FSDP+EP world 2 in bf16 tracks fp32") {
+  check_parity("omni_moe", "fsdp_ep", 1, 2, 1, 2, "--precision=bf16", 2e-2);
+}
+TEST_CASE("mixed precision at run time: a unit held whole (DDP) is refused, naming the node") {
+  const std::string log = std::string(VEOMNI_TEST_TMP) + "/bf16_ddp.log";
+  const int rc = sh(std::string(VEOMNI_TEST_LAUNCH) + " --nproc 2 --timeout 60 -- " + VEOMNI_TEST_WORKER +
+                    " dense_lm ddp 1 2 1 1 2 " + VEOMNI_TEST_TMP + "/bf16_ddp.txt --precision=bf16 > " + log + " 2>&1");
+  std::ifstream in(log);
+  const std::string out{std::istreambuf_iterator<char>(in), {}};
+  CHECK(rc != 0);
+  CHECK_MESSAGE(out.find("node 'lm' holds its parameters whole (DDP, ZeRO, or no Shard<> policy), so they compute in "
+                         "their fp32 masters: the run's precision with 2-byte parameters needs them gathered") !=
+                    std::string::npos,
+                out);
+}
+
 // Split<Ring>, a user policy (examples/ring_attention.hpp), with DDP and with FSDP.
 TEST_CASE("parity dense_lm ring (user policy) with ddp world 2") { check_parity("dense_lm", "ring_ddp", 1, 1, 2, 1); }
 TEST_CASE("parity dense_lm ring (user policy) with ddp world 4") { check_parity("dense_lm", "ring_ddp", 1, 1, 4, 1); }

@@ -28,6 +28,16 @@ TEST_CASE("an unknown key is named, with the closest known one" * doctest::timeo
   expect_rule("cfg_unknown_cli", synthetic, "--train.learning_rate=1", "train.learning_rate: unknown key");
 }
 
+// train.device and train.comm_backend: a device or backend this build or machine
+// cannot run is refused on each rank before it connects (this machine: a CPU LibTorch).
+TEST_CASE("train.device: cuda without CUDA, and a backend that does not fit the device" * doctest::timeout(180)) {
+  expect_rule("cfg_cuda", synthetic, "--train.device=cuda", "train.device: cuda, but ");
+  expect_rule("cfg_nccl_cpu", synthetic, "--train.comm_backend=nccl", "train.comm_backend: nccl needs train.device: cuda");
+  expect_error(train("cfg_device_name", 1, synthetic, "--train.device=tpu"), "train.device: 'tpu' is not one of cpu | cuda");
+  expect_error(train("cfg_precision_name", 1, synthetic, "--train.mixed_precision=fp16"),
+               "train.mixed_precision: 'fp16' is not one of fp32 | bf16");
+}
+
 TEST_CASE("a wrong type names the key, in the file and in an override" * doctest::timeout(180)) {
   expect_rule("cfg_type_file", "train:\n  max_steps: many\n", "", "train.max_steps: expected an integer, got 'many'");
   expect_rule("cfg_type_list", "train:\n  lr: [1, 2]\n", "", "train.lr: expected a number, got a list");

@@ -114,6 +114,35 @@ TEST_CASE("world 2 FSDP + EP 2 with activation checkpointing trains like world 1
   check_parity("p_ep_ckpt", "--train.accelerator.ep_size=2 --train.activation_checkpointing=true");
 }
 
+// train.device: cpu with each train.mixed_precision on one compiled recipe:
+// fp32 at world 2 (FSDP + Ulysses) is world 1 to 1e-5; bf16 (bf16 gathers,
+// compute and Ulysses exchanges, fp32 reduction and masters) tracks fp32
+// within 2% at every step; each run's plan.txt (describe in its precision)
+// shows its dtypes.
+TEST_CASE("train.device cpu, mixed_precision fp32 and bf16: dense_lm FSDP + Ulysses at world 2" * doctest::timeout(180)) {
+  const std::string cpu = "--train.device=cpu --train.comm_backend=gloo ";
+  const std::string sp2 = "--train.accelerator.ulysses_size=2 ";
+  const auto ref = ok_metrics(train("mp_w1", 1, synthetic_config("mp_w1", "dense_lm", 10), cpu), "mp_w1", 10);
+  const job f32_run = train("mp_f32", 2, synthetic_config("mp_f32", "dense_lm", 10), cpu + sp2 + "--train.mixed_precision=fp32");
+  const auto f32 = ok_metrics(f32_run, "mp_f32", 10);
+  check_same(ref, f32, 1e-5);
+  const job bf16_run = train("mp_bf16", 2, synthetic_config("mp_bf16", "dense_lm", 10), cpu + sp2 + "--train.mixed_precision=bf16");
+  const auto bf16 = ok_metrics(bf16_run, "mp_bf16", 10);
+  double worst = 0;
+  for (size_t i = 0; i < bf16.size(); ++i) worst = std::max(worst, rel(bf16[i]["loss"].get<double>(), f32[i]["loss"].get<double>()));
+  MESSAGE("bf16 against fp32: max rel loss diff ", worst, " over 10 steps");
+  CHECK(worst <= 0.02);
+  CHECK(worst > 0);  // bf16 did run: not bitwise fp32
+  CHECK(contains(f32_run.output, "cpu, gloo, fp32"));
+  CHECK(contains(bf16_run.output, "cpu, gloo, bf16"));
+  const std::string plan32 = slurp(tmp_root + "/mp_f32/out/plan.txt"), plan16 = slurp(tmp_root + "/mp_bf16/out/plan.txt");
+  INFO(plan16);
+  CHECK(contains(plan32, "all_gather"));
+  CHECK_FALSE(contains(plan32, "bf16"));
+  CHECK(contains(plan16, "bf16"));  // the gathers and Ulysses' all-to-alls
+  CHECK(contains(plan16, "reduce_scatter  dp_shard*sp"));
+}
+
 TEST_CASE("gradient accumulation is exact: micro-batches and token budgets" * doctest::timeout(120)) {
   const auto ref = ok_metrics(train("acc_ref", 1, synthetic_config("acc_ref", "tiny_vl", 8)), "acc_ref", 8);
   const auto micro = ok_metrics(train("acc_micro", 1, synthetic_config("acc_micro", "tiny_vl", 8), "--train.micro_batch_size=2"),

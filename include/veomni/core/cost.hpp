@@ -180,6 +180,16 @@ constexpr long element_bytes(tensor_role t, const precision& p) {
 }
 }  // namespace detail
 
+// The element type an op moves in a run of precision `prec`: its own dtype
+// when its policy fixed one (fsdp_options), else the run's, by role: a
+// 2-byte parameter, gradient or activation is bf16, the statistics stay
+// fp32. What `describe` prints, what cost_of prices, and what the runtime
+// gathers, reduces and exchanges in (parallel::options::prec).
+constexpr dtype run_dtype(const plan_op& o, const precision& prec) {
+  if (o.dt != dtype::unspecified) return o.dt;
+  return detail::element_bytes(o.tensor, prec) == 2 ? dtype::bf16 : dtype::f32;
+}
+
 // Cost of one plan op of plan P.
 template <class P>
 constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, const mesh_shape& m,
@@ -199,7 +209,7 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
       c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
       c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapters);
     });
-  const long b = o.dt != dtype::unspecified ? bytes_of(o.dt) : detail::element_bytes(o.tensor, prec);
+  const long b = bytes_of(run_dtype(o, prec));
   const long n = c.group;
   const long shard = ceil_div(c.elements, n);
   switch (o.coll) {

@@ -44,10 +44,7 @@ inline std::string human_bytes(double b) {
 }
 
 namespace detail {
-constexpr std::string_view op_dtype(const plan_op& o, const precision& prec) {
-  if (o.dt != dtype::unspecified) return to_string(o.dt);
-  return element_bytes(o.tensor, prec) == 2 ? to_string(dtype::bf16) : to_string(dtype::f32);
-}
+constexpr std::string_view op_dtype(const plan_op& o, const precision& prec) { return to_string(run_dtype(o, prec)); }
 
 inline std::string render_table(const std::vector<std::vector<std::string>>& rows) {
   std::vector<std::size_t> w;

@@ -48,6 +48,21 @@ struct batch {
   at::Tensor global_index;            // [T local] int64
 };
 
+// The batch's tensors on `device` (what the data pipeline builds on the CPU,
+// for a run on a GPU); undefined ones stay undefined. cu_seqlens stays on
+// the host: the attention reads the layout there (no device sync per layer).
+inline batch to_device(const batch& b, const at::Device& device) {
+  batch out = b;
+  auto move = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device, /*non_blocking=*/false);
+  };
+  for (at::Tensor* t : {&out.tokens, &out.targets, &out.position_ids, &out.pixels, &out.mel,
+                        &out.code_targets, &out.token_mask, &out.image_rows, &out.audio_rows, &out.global_index})
+    move(*t);
+  for (auto& [name, t] : out.inputs) move(t);
+  return out;
+}
+
 // Sequence layout of the rows a component works on.
 struct seq_layout {
   at::Tensor cu_seqlens;
@@ -369,11 +384,12 @@ struct impl<moe_text_decoder> {
     // load balancing from statistics summed over the ranks sharing the batch,
     // over real tokens only (padding added for sequence parallelism is not data)
     const at::Tensor& mask = ctx.data->token_mask;
-    const at::Tensor m = mask.defined() ? mask.to(h.scalar_type()) : at::ones({h.size(0)}, h.options());
-    const at::Tensor counts =
-        at::bincount(r.experts.reshape({-1}), m.repeat_interleave(d.top_k), d.experts).to(h.scalar_type());
+    // (in fp32 at least, whatever the compute dtype: bf16 counts past 256 would round)
+    const at::ScalarType st = at::promote_types(h.scalar_type(), at::kFloat);
+    const at::Tensor m = mask.defined() ? mask.to(h.options().dtype(st)) : at::ones({h.size(0)}, h.options().dtype(st));
+    const at::Tensor counts = at::bincount(r.experts.reshape({-1}), m.repeat_interleave(d.top_k), d.experts).to(st);
     const at::Tensor stats =
-        ctx.h.reduce_router_stats(at::cat({counts, (r.probs * m.unsqueeze(1)).sum(0), m.sum().reshape({1})}));
+        ctx.h.reduce_router_stats(at::cat({counts, (r.probs.to(st) * m.unsqueeze(1)).sum(0), m.sum().reshape({1})}));
     ctx.aux_losses.push_back(load_balancing_loss(stats.narrow(0, 0, d.experts), stats.narrow(0, d.experts, d.experts),
                                                  stats[2 * d.experts], d.top_k));
     expert_weights ew{w[f + 2], w[f + 3], w[f + 4], {}};

@@ -68,7 +68,7 @@ struct rope_table {
 
 inline rope_table make_rope_table(const at::Tensor& pos, int64_t d, at::ScalarType type, double theta = 10000.0) {
   TORCH_CHECK(d % 2 == 0, "veomni::nn::rope: head dim ", d, " must be even");
-  const auto opts = at::TensorOptions().dtype(type);
+  const auto opts = pos.options().dtype(type);  // on the positions' device
   const at::Tensor inv = at::pow(theta, -at::arange(0, d, 2, opts) / static_cast<double>(d));  // [D/2]
   const at::Tensor ang = pos.to(type).unsqueeze(1) * inv.unsqueeze(0);                      // [T, D/2]
   return {pos, ang.cos().unsqueeze(1), ang.sin().unsqueeze(1), d, theta};
@@ -104,7 +104,8 @@ class rope_fn : public torch::autograd::Function<rope_fn> {
 inline at::Tensor rope(const at::Tensor& x, const rope_table& table) {
   TORCH_CHECK(x.size(-1) == table.dim && x.size(0) == table.cos.size(0), "veomni::nn::rope: x ", x.sizes(),
               " does not match a table for ", table.cos.size(0), " positions and head dim ", table.dim);
-  return rope_fn::apply(x, table.cos.to(x.scalar_type()), table.sin.to(x.scalar_type()));
+  // x's dtype, and x's device (an encoder's positions are made on the host)
+  return rope_fn::apply(x, table.cos.to(x.device(), x.scalar_type()), table.sin.to(x.device(), x.scalar_type()));
 }
 
 // Rotary embedding on x [T, H, D] at positions pos [T].
@@ -135,7 +136,7 @@ struct attention_run {
   int64_t begin, count, len;
 };
 inline std::vector<attention_run> attention_runs(const at::Tensor& cu_seqlens) {
-  const at::Tensor cu = cu_seqlens.to(at::kLong).contiguous();
+  const at::Tensor cu = cu_seqlens.to(at::TensorOptions().device(at::kCPU).dtype(at::kLong)).contiguous();  // read on the host
   const int64_t* c = cu.data_ptr<int64_t>();
   std::vector<attention_run> out;
   for (int64_t s = 0; s + 1 < cu.numel(); ++s) {
@@ -668,7 +669,7 @@ inline dispatch_order sort_by_expert(const routing& r, int64_t num_experts) {
   dispatch_order d;
   d.token_of = at::div(order, k, "floor");
   d.weight_of = r.weights.reshape({-1}).index_select(0, order);
-  const at::Tensor counts = at::bincount(flat, {}, num_experts).contiguous();
+  const at::Tensor counts = at::bincount(flat, {}, num_experts).cpu().contiguous();  // sizes: read on the host
   d.counts.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + num_experts);
   return d;
 }

@@ -167,7 +167,7 @@ struct block_fn : torch::autograd::Function<block_fn<Host>> {
       u->saved[0] = st->in.p[0];
       u->saved[1] = st->in.p[1];
     }
-    const at::Tensor aux = st->in.aux.defined() ? st->in.aux.detach() : at::zeros({});
+    const at::Tensor aux = st->in.aux.defined() ? st->in.aux.detach() : at::zeros({}, x.options().dtype(at::kFloat));
     const at::Tensor y = st->in.y.detach();
     ctx->saved_data["state"] = at::IValue::make_capsule(st);
     return {y, aux};

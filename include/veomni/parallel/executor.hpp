@@ -31,41 +31,11 @@
 #include "../core/schedule.hpp"
 #include "../nn/model.hpp"
 #include "contract.hpp"
+#include "options.hpp"
 #include "reduce.hpp"
 #include "storage.hpp"
 
 namespace veomni::parallel {
-
-struct options {
-  bool checkpoint = false;  // activation checkpointing per block (recompute in backward)
-  bool prefetch = true;     // all-gather the next block while this one computes
-  // backward: all-gather the block backward needs next while this one differentiates
-  bool backward_prefetch = true;
-  // issue each unit's gradient reduction when backward finishes the unit, wait
-  // at the end of backward (false: wait for each as soon as it is issued)
-  bool async_reduce = true;
-  // FSDP/HSDP reduce_scatters in flight at most (0: no limit, all waited at the
-  // end of backward): issuing one more first waits for the oldest, so at most
-  // this many units' unsharded gradients (and Gloo receive buffers) are held
-  // besides the one backward is computing (1 measured as fast as 2 or 0). It
-  // also places HSDP's all_reduce (the schedule's reduce lag).
-  int max_reduces_in_flight = 1;
-  double aux_weight = 0.01;  // MoE load-balancing loss weight
-  uint64_t seed = 0;
-  // Adapt<LoRA>'s settings at run time, over the policy's own (lora_options):
-  // rank (0: the policy's) and targets (layer_kinds bits narrowing the
-  // policy's; 0: its own), which size the adapters (the cost model's
-  // workload::adapters and memory<P>'s must say the same: adapter()); alpha
-  // (0: the policy's); dropout on the adapters' input (negative: the policy's).
-  struct adapter_options {
-    long rank = 0;
-    unsigned targets = 0;
-    double alpha = 0;
-    double dropout = -1;
-    constexpr adapter_settings sizes() const { return {rank, targets}; }
-  };
-  adapter_options adapters{};
-};
 
 template <class P, class Mesh>
 class executor {
@@ -86,9 +56,9 @@ class executor {
       comms_[i] = &mesh_[o.over];
       kinds_[i] = classify(o);
       labels_[i] = {static_cast<std::int64_t>(i), o.node, o.where, o.policy, to_string(o.ph), to_string(o.tensor),
-                    to_string(o.dt == dtype::unspecified ? dtype::f32 : o.dt), to_string(o.coll), comm::axis_key(o.over)};
+                    to_string(run_dtype(o, opt.prec)), to_string(o.coll), comm::axis_key(o.over)};
     }
-    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt.checkpoint, opt.seed, opt.adapters.sizes()).build(first_unit_);
+    units_ = storage_builder<P, Mesh>(d, mesh, sched_, opt).build(first_unit_);
     index(sched_.micro, micro_);
     index(sched_.optimizer, optim_);
   }

@@ -166,10 +166,13 @@ class parallel_model : public nn::unit_source {
     double aux_scale = 1.0;
   };
 
-  step_stats forward_backward(const nn::batch& b, const accumulation& acc = {}) {
+  step_stats forward_backward(const nn::batch& host_batch, const accumulation& acc = {}) {
     if (exec_.optimizer_pending())
       throw std::logic_error("veomni::parallel: forward_backward after grad_norm() without after_update(): the "
                              "plan's optimizer phase has not finished (use optimizer_step)");
+    // the batch on the run's device (the data pipeline builds it on the CPU)
+    const nn::batch moved = on_accelerator() ? nn::to_device(host_batch, exec_.opts().device) : nn::batch{};
+    const nn::batch& b = on_accelerator() ? moved : host_batch;
     nn::context ctx;
     ctx.data = &b;
     ctx_ = &ctx;
@@ -188,7 +191,7 @@ class parallel_model : public nn::unit_source {
     const auto stats_op = step_op(tensor_role::loss_stats);
     stats_op.all_reduce(stats_op.now(), stats).wait();
     const double n_data = static_cast<double>(exec_.mesh().shape().world() / exec_.mesh().shape().extra_product());
-    at::Tensor loss = at::zeros({});
+    at::Tensor loss = at::zeros({}, scalar_options());
     step_stats out;
     for (std::size_t i = 0; i < ctx.losses.size(); ++i) {
       const auto over = acc.global_counts.find(ctx.losses[i].name);
@@ -203,7 +206,7 @@ class parallel_model : public nn::unit_source {
     }
     if (!ctx.aux_losses.empty()) {
       // every rank computes the same aux from global statistics; each adds 1/n of it
-      at::Tensor aux = at::zeros({});
+      at::Tensor aux = at::zeros({}, scalar_options());
       for (const auto& a : ctx.aux_losses) aux = aux + a;
       aux = aux / static_cast<double>(ctx.aux_losses.size());
       loss = loss + acc.aux_scale * exec_.opts().aux_weight * aux / n_data;
@@ -228,7 +231,7 @@ class parallel_model : public nn::unit_source {
       for (auto& g : u.groups)
         if (!g.empty() && g.master.grad().defined())
           local += nn::kernels::squared_norm(g.master.grad()) / g.replicas;
-    at::Tensor sq = at::full({1}, local, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor sq = at::full({1}, local, scalar_options());
     const auto norm_op = step_op(tensor_role::grad_norm);
     norm_op.all_reduce(norm_op.now(), sq).wait();
     return std::sqrt(sq.item<double>());
@@ -325,6 +328,10 @@ class parallel_model : public nn::unit_source {
     return l;
   }
 
+  // fp32 scalars (losses, statistics) on the run's device
+  at::TensorOptions scalar_options() const { return at::TensorOptions().dtype(at::kFloat).device(exec_.opts().device); }
+  bool on_accelerator() const { return !exec_.opts().device.is_cpu(); }
+
   // ---- for the autograd functions (autograd.hpp) ---------------------------------------------
   bool checkpointing() const { return exec_.opts().checkpoint; }
   std::pair<at::Tensor, at::Tensor> run_block(unit_type& u, const std::function<at::Tensor(const at::Tensor&)>& body,
@@ -334,7 +341,7 @@ class parallel_model : public nn::unit_source {
     at::Tensor y = body(x), aux;
     block_had_aux_ = ctx_->aux_losses.size() > aux_before;
     if (block_had_aux_) {
-      aux = at::zeros({});
+      aux = at::zeros({}, scalar_options());
       for (std::size_t i = aux_before; i < ctx_->aux_losses.size(); ++i) aux = aux + ctx_->aux_losses[i];
       ctx_->aux_losses.resize(aux_before);
     }
@@ -368,7 +375,10 @@ class parallel_model : public nn::unit_source {
       node_handle<exec_type> n(exec_, I, veomni::detail::step_policy, node_hooks_[I]);
       const auto f = n.op(layer_kind::moe, phase::forward, tensor_role::router_stats);
       const auto b = n.op(layer_kind::moe, phase::backward, tensor_role::router_stats);
-      node_hooks_[I].reduce_router_stats = [f, b](const at::Tensor& t) { return sum_over(f, b, t); };
+      // in fp32 (at least) whatever the compute dtype (the plan's statistics are fp32: run_dtype)
+      node_hooks_[I].reduce_router_stats = [f, b](const at::Tensor& t) {
+        return sum_over(f, b, t.to(at::promote_types(t.scalar_type(), at::kFloat)));
+      };
     }
   }
 
@@ -447,7 +457,8 @@ class parallel_model : public nn::unit_source {
   dims_t d_;
   exec_type exec_;
   std::vector<nn::hooks> node_hooks_;  // one per node, at stable addresses (the runtime halves refer to them)
-  at::Tensor dummy_ = torch::zeros({}, torch::requires_grad());  // makes gather and block functions differentiable
+  // makes gather and block functions differentiable
+  at::Tensor dummy_ = torch::zeros({}, scalar_options().requires_grad(true));
   nn::tensors current_block_params_;
   nn::context* ctx_ = nullptr;
   nn::context* hook_ctx_ = nullptr;

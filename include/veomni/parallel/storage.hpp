@@ -48,6 +48,7 @@
 #include "../core/schedule.hpp"
 #include "../nn/init.hpp"
 #include "../nn/model.hpp"
+#include "options.hpp"
 
 namespace veomni::parallel {
 
@@ -234,9 +235,9 @@ class storage_builder {
   using comm_type = typename Mesh::communicator;
   using unit_type = unit_state<comm_type>;
 
-  storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, bool checkpoint, uint64_t seed,
-                  adapter_settings adapters = {})
-      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(checkpoint), seed_(seed), adapters_(adapters) {}
+  storage_builder(const typename G::dims& d, Mesh& mesh, const step_schedule& sched, const options& opt)
+      : d_(d), mesh_(mesh), sched_(sched), checkpoint_(opt.checkpoint), seed_(opt.seed), adapters_(opt.adapters.sizes()),
+        prec_(opt.prec), device_(opt.device) {}
 
   // Units in model order (each node's root, then its blocks); first[node]:
   // the index of the node's root.
@@ -333,11 +334,16 @@ class storage_builder {
         if (o.node_index != I || !o.target.is_unit || (o.target.unit == scope::block) != (block >= 0) ||
             group_of(o.tensor) != gi)
           continue;
-        if (classify(P::ops[i]) == unit_op_kind::gather) g.compute = scalar_type(o.dt);
+        if (classify(P::ops[i]) == unit_op_kind::gather) g.compute = scalar_type(run_dtype(o, prec_));
         if (classify(P::ops[i]) == unit_op_kind::reduce_scatter || classify(P::ops[i]) == unit_op_kind::all_reduce)
-          g.reduce_type = scalar_type(o.dt);
+          g.reduce_type = scalar_type(run_dtype(o, prec_));
         if (classify(P::ops[i]) == unit_op_kind::all_reduce_shard) g.replica_reduce = true;
       }
+      if (gi < 2 && !g.empty() && g.how != holding::flat_shard && prec_.param_bytes != 4)
+        throw std::invalid_argument("veomni::parallel: node '" + node + "' holds its parameters whole (DDP, ZeRO, or no Shard<> "
+                                    "policy), so they compute in their fp32 masters: the run's precision with " +
+                                    std::to_string(prec_.param_bytes) + "-byte parameters needs them gathered "
+                                    "(Shard<FSDP>, Shard<HSDP>), or fix the dtype in the recipe's policy");
       const bool gathered = has_entry(I, block, gi, unit_op_kind::gather);
       if (g.how == holding::flat_shard && !gathered && !g.empty())
         throw std::invalid_argument("veomni::parallel: node '" + node + "': its placements shard parameters over " +
@@ -350,18 +356,20 @@ class storage_builder {
       comm_type* by_rows = gi == 1 ? rows : gi == 3 ? adapter_rows : nullptr;
       const long split = (by_rows ? by_rows->size() : 1) * (g.how == holding::whole ? 1 : g.split_size());
       g.replicas = static_cast<double>(ss) / static_cast<double>(split);
-      // each rank materialises only the elements it holds
+      // each rank materialises only the elements it holds (drawn on the CPU: the
+      // same values on any device), then keeps them on the run's device
       const int64_t a = g.how == holding::whole ? 0 : g.split->rank() * g.per();
       if (g.how == holding::whole_split) {
-        g.whole = materialize_segments(g.segs, seed_, 0, g.padded());
+        g.whole = materialize_segments(g.segs, seed_, 0, g.padded()).to(device_);
         g.master = g.whole.narrow(0, a, g.per());
         g.master.set_requires_grad(!g.frozen);
       } else {
         g.master = materialize_segments(g.segs, seed_, a, a + (g.how == holding::whole ? g.numel : g.per()))
+                       .to(device_)
                        .set_requires_grad(!g.frozen);
         if (g.how == holding::whole) g.whole = g.master;
       }
-      g.decay = decay_mask(g.segs, a, a + g.master.numel());
+      g.decay = decay_mask(g.segs, a, a + g.master.numel()).to(device_);
     }
     u.wrapped = block >= 0 && (checkpoint_ || u.flat_sharded());
     return u;
@@ -457,6 +465,8 @@ class storage_builder {
   bool checkpoint_;
   uint64_t seed_;
   adapter_settings adapters_;
+  precision prec_;
+  at::Device device_;
   std::vector<unit_type> out_;
   std::array<std::size_t, G::size + 1>* first_ = nullptr;
 };
@@ -465,7 +475,16 @@ namespace detail {
 // Frees (or re-allocates) the memory behind a tensor while autograd keeps
 // referring to its storage: FSDP's reshard after forward.
 inline void resize_storage(const at::Tensor& t, size_t bytes) {
-  if (t.is_cpu()) at::native::resize_bytes_cpu(t.storage().unsafeGetStorageImpl(), bytes);
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  if (t.is_cpu()) {
+    at::native::resize_bytes_cpu(s, bytes);
+    return;
+  }
+  // another device (CUDA): drop the memory, or take new memory from the storage's own
+  // allocator (the gather rewrites every byte); without an allocator the memory stays
+  if (s->nbytes() == bytes || s->allocator() == nullptr) return;
+  s->set_data_ptr_noswap(bytes > 0 ? s->allocator()->allocate(bytes) : at::DataPtr(nullptr, t.device()));
+  s->set_nbytes(bytes);
 }
 // A tensor over `base`'s storage with its own version counter, to write the
 // re-gathered parameters without tripping autograd's saved-tensor checks.

@@ -132,7 +132,7 @@ inline file_sum write_safetensors(const std::string& path, const std::vector<std
   std::vector<at::Tensor> data;
   uint64_t off = 0;
   for (const auto& [name, t0] : tensors) {
-    at::Tensor t = t0.detach().contiguous();
+    at::Tensor t = t0.detach().cpu().contiguous();  // written from the host (a no-op on the CPU)
     const char* dtype = t.scalar_type() == at::kFloat ? "F32" : t.scalar_type() == at::kLong ? "I64" : nullptr;
     if (!dtype) throw checkpoint_error("write_safetensors: '" + name + "' is neither float32 nor int64");
     const uint64_t n = static_cast<uint64_t>(t.numel() * t.element_size());
@@ -612,7 +612,13 @@ void load_hf_weights(const hf_checkpoint& ck, M& model, const std::map<std::stri
   for (const piece& p : model.pieces(held::base)) {
     at::Tensor dst = params[p.tensor].detach().narrow(0, p.offset, p.end - p.begin);
     TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat, "load_hf_weights: float32 masters expected");
-    names.at(p.name).read(ck, p.begin, p.end, dst.data_ptr<float>());
+    if (dst.is_cpu()) {  // read straight into the master: no staging copy
+      names.at(p.name).read(ck, p.begin, p.end, dst.data_ptr<float>());
+    } else {  // a GPU master: read on the host, then copy
+      at::Tensor host = at::empty({p.end - p.begin}, at::kFloat);
+      names.at(p.name).read(ck, p.begin, p.end, host.data_ptr<float>());
+      dst.copy_(host);
+    }
   }
   model.after_load();
 }
@@ -627,7 +633,7 @@ struct hf_export {
 template <Model G>
 hf_export hf_tensors(const typename G::dims& d, const std::vector<std::pair<nn::param_spec, at::Tensor>>& all) {
   std::map<std::string, at::Tensor> by_name;
-  for (const auto& [s, t] : all) by_name[s.name] = t.detach().to(at::kFloat).contiguous();
+  for (const auto& [s, t] : all) by_name[s.name] = t.detach().to(at::kCPU, at::kFloat).contiguous();
   hf_export out;
   for (const auto& [s, src] : hf_layout<G>(d)) {
     const at::Tensor& t = out.values.emplace_back(by_name.at(s.name));
@@ -656,14 +662,16 @@ std::vector<std::pair<nn::param_spec, at::Tensor>> gather_whole(const std::vecto
     total += s.numel();
     out.push_back({s, at::Tensor()});
   }
-  at::Tensor values = at::zeros({total}), owner = at::zeros({total});
+  // on the masters' device (the mesh's communicators need it there)
+  const auto on = at::TensorOptions().dtype(at::kFloat).device(held.empty() ? at::Device(at::kCPU) : held[0].device());
+  at::Tensor values = at::zeros({total}, on), owner = at::zeros({total}, on);
   const float me = static_cast<float>(mesh.rank() + 1);
   for (const piece& p : pieces) owner.narrow(0, offset.at(p.name) + p.begin, p.end - p.begin).fill_(me);
   mesh.world().all_reduce(owner, comm::reduce_op::max).wait();
   for (const piece& p : pieces) {
     const int64_t at0 = offset.at(p.name) + p.begin, n = p.end - p.begin;
     const at::Tensor mine = owner.narrow(0, at0, n).eq(me);
-    values.narrow(0, at0, n).copy_(at::where(mine, held[p.tensor].detach().narrow(0, p.offset, n), at::zeros({n})));
+    values.narrow(0, at0, n).copy_(at::where(mine, held[p.tensor].detach().narrow(0, p.offset, n), at::zeros({n}, on)));
   }
   mesh.world().all_reduce(values, comm::reduce_op::sum).wait();
   for (auto& [s, t] : out) t = values.narrow(0, offset.at(s.name), s.numel()).view(s.shape);

@@ -88,6 +88,9 @@ struct config {
     long threads = 0;                        // intra-op threads per rank; 0: OMP_NUM_THREADS if the user set it, else
                                              // the CPUs of the rank's affinity mask over the local ranks sharing them
     accelerator_config accelerator;
+    std::string device = "cpu";              // cpu | cuda (cuda:LOCAL_RANK): where parameters, batches and compute live
+    std::string comm_backend;                // gloo | nccl; "": nccl on cuda, gloo on cpu
+    std::string mixed_precision = "fp32";    // fp32 | bf16: bf16 gathers and compute, fp32 reduction, fp32 masters
     // LoRA fine-tuning (Adapt<LoRA> on the language model; dense_lm): only
     // the adapters train, the model stays as loaded. Outputs adapter/ (PEFT's
     // format) and, with merge_on_export, hf/ holds the merged model.
@@ -181,6 +184,9 @@ inline std::vector<field> schema(config& c) {
       make_field("train.accelerator.dp_shard_size", K::integer, c.train.accelerator.dp_shard_size),
       make_field("train.accelerator.ulysses_size", K::integer, c.train.accelerator.ulysses_size),
       make_field("train.accelerator.ep_size", K::integer, c.train.accelerator.ep_size),
+      make_field("train.device", K::string, c.train.device, {"cpu", "cuda"}),
+      make_field("train.comm_backend", K::string, c.train.comm_backend, {"", "gloo", "nccl"}),
+      make_field("train.mixed_precision", K::string, c.train.mixed_precision, {"fp32", "bf16"}),
       make_field("train.lora.rank", K::integer, c.train.lora.rank),
       make_field("train.lora.alpha", K::number, c.train.lora.alpha),
       make_field("train.lora.dropout", K::number, c.train.lora.dropout),

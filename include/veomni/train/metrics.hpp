@@ -106,16 +106,21 @@ inline double peak_resident_mib() { return proc_status_mib("VmHWM:"); }
 // fp32 GEMM FLOP/s of this process on the intra-op threads it uses now
 // (at::get_num_threads): the best of a few 384^3 matmuls after a warm-up.
 // MFU divides by the sum of every rank's.
-inline double measure_peak_flops() {
-  const int64_t n = 384;
-  const at::Tensor a = at::randn({n, n}), b = at::randn({n, n});
+inline double measure_peak_flops(const at::Device& device = at::kCPU, at::ScalarType type = at::kFloat) {
+  // the CPU: fp32, the size the model's GEMMs have here; a GPU: the run's dtype, large enough to fill it
+  const bool cpu = device.is_cpu();
+  const int64_t n = cpu ? 384 : 8192;
+  const auto on = at::TensorOptions().device(device).dtype(cpu ? at::kFloat : type);
+  const at::Tensor a = at::randn({n, n}, on), b = at::randn({n, n}, on);
   at::Tensor c = at::matmul(a, b);
+  (void)c.sum().item<double>();  // a GPU's queue drained before timing (item() waits)
   double best = 0;
   for (int i = 0; i < 5; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     c = at::matmul(a, b);
+    if (!cpu) (void)c.sum().item<double>();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 2.0 * n * n * n / std::max(s, 1e-9));
+    best = std::max(best, 2.0 * static_cast<double>(n * n * n) / std::max(s, 1e-9));
   }
   return best;
 }

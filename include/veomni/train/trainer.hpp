@@ -51,7 +51,22 @@
 #include "threads.hpp"
 #include "vocabulary.hpp"
 
+#if defined(VEOMNI_WITH_NCCL) && defined(VEOMNI_TORCH_CUDA)
+#include "../comm/nccl.hpp"
+#define VEOMNI_TRAIN_NCCL 1
+#else
+#define VEOMNI_TRAIN_NCCL 0
+#endif
+
 namespace veomni::train {
+
+// What this build can run: train.device: cuda needs a CUDA LibTorch, train.comm_backend: nccl the NCCL mesh too.
+#if defined(VEOMNI_TORCH_CUDA)
+inline constexpr bool torch_has_cuda = true;
+#else
+inline constexpr bool torch_has_cuda = false;
+#endif
+inline constexpr bool trainer_has_nccl = VEOMNI_TRAIN_NCCL != 0;
 
 // ---- the recipes ---------------------------------------------------------------------------
 
@@ -300,7 +315,8 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
   for (size_t a = 0; a < data.samples.size(); a += chunk) {
     std::vector<const parallel::sample*> part;
     for (size_t i = a; i < std::min(data.samples.size(), a + chunk); ++i) part.push_back(&data.samples[i]);
-    const nn::batch b = parallel::pack(part, 1, v.image, v.audio);
+    const nn::batch hb = parallel::pack(part, 1, v.image, v.audio);
+    const nn::batch b = lm_head.device().is_cpu() ? hb : nn::to_device(hb, lm_head.device());  // where the weights are
     nn::context ctx;
     ctx.data = &b;
     const nn::port_map outs = nn::forward<G>(d, params, ctx);
@@ -317,7 +333,7 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
       code_count += cm.sum().item<double>();
     }
     // per sample exact match over its answer tokens (and codes)
-    const int64_t* cu = b.cu_seqlens.data_ptr<int64_t>();
+    const int64_t* cu = hb.cu_seqlens.data_ptr<int64_t>();
     for (size_t s = 0; s < part.size(); ++s) {
       const int64_t lo = cu[s], n = cu[s + 1] - cu[s];
       const long wrong = (mask.narrow(0, lo, n) & ~ok.narrow(0, lo, n)).sum().item<long>();
@@ -465,11 +481,25 @@ inline thread_choice choose_threads_or_config_error(const thread_inputs& in) {
   }
 }
 
+// All-reduces a host tensor through a communicator whose tensors live on
+// `device` (NCCL: the GPU), leaving the result in `t`.
+template <class Comm>
+void all_reduce_host(Comm& world, at::Tensor& t, const at::Device& device) {
+  if (device.is_cpu()) {
+    world.all_reduce(t).wait();
+    return;
+  }
+  at::Tensor on = t.to(device);
+  world.all_reduce(on).wait();
+  t.copy_(on.cpu());
+}
+
 // This rank's intra-op threads (threads.hpp): every rank tells the world its
 // host and affinity mask (one all_reduce at start-up), and counts the ranks
 // on its host whose masks overlap its own.
 template <class Comm>
-thread_choice rank_threads(const config& c, const comm::launch_env& env, Comm& world) {
+thread_choice rank_threads(const config& c, const comm::launch_env& env, Comm& world,
+                           const at::Device& device = at::kCPU) {
   constexpr int64_t words = 64;  // masks of up to 4,096 CPUs
   const std::vector<std::uint64_t> mine = affinity_words();
   char host[256] = {};
@@ -479,7 +509,7 @@ thread_choice rank_threads(const config& c, const comm::launch_env& env, Comm& w
   all[env.rank][0] = host_id;
   for (size_t w = 0; w < mine.size() && w < static_cast<size_t>(words); ++w)
     all[env.rank][static_cast<int64_t>(1 + w)] = static_cast<int64_t>(mine[w]);
-  if (env.world_size > 1) world.all_reduce(all).wait();
+  if (env.world_size > 1) all_reduce_host(world, all, device);
   long sharing = 0;
   const auto* a = all.data_ptr<int64_t>();
   for (int64_t r = 0; r < env.world_size; ++r) {
@@ -613,8 +643,60 @@ prepared<G> prepare(config& c, long world) {
   return p;
 }
 
+// ---- device, communication backend, precision ------------------------------------------------
+
+// What train.device, train.comm_backend and train.mixed_precision choose.
+struct run_device {
+  at::Device device = at::kCPU;
+  bool nccl = false;
+  precision prec = precisions::fp32;
+  std::string describe() const {
+    return std::string(device.is_cpu() ? "cpu" : "cuda:" + std::to_string(device.index())) + ", " +
+           (nccl ? "nccl" : "gloo") + ", " + (prec.param_bytes == 2 ? "bf16" : "fp32");
+  }
+};
+
+// Checked on each rank before its mesh exists: a choice this build or
+// machine cannot run is a config_error, and no rank connects.
+inline run_device resolve_device(const config& c, const comm::launch_env& env) {
+  run_device r;
+  const bool cuda = c.train.device == "cuda";
+  const std::string backend = c.train.comm_backend.empty() ? (cuda ? "nccl" : "gloo") : c.train.comm_backend;
+  if (cuda) {
+    if (!torch::cuda::is_available())
+      throw config_error(std::string("train.device: cuda, but ") +
+                         (torch_has_cuda ? "no CUDA device is visible to this process (the driver, CUDA_VISIBLE_DEVICES)"
+                                         : "this build's LibTorch has no CUDA (a CPU build; build veomni against a CUDA "
+                                           "LibTorch: docs/gpu.md)"));
+    const auto n = static_cast<int>(torch::cuda::device_count());
+    r.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % n));
+  }
+  if (backend == "gloo" && cuda)
+    throw config_error("train.comm_backend: gloo exchanges CPU tensors; train.device: cuda needs nccl (or leave it unset)");
+  if (backend == "nccl" && !cuda) throw config_error("train.comm_backend: nccl needs train.device: cuda");
+  if (backend == "nccl" && !trainer_has_nccl)
+    throw config_error("train.comm_backend: nccl, but this veomni-train was built without it (it needs a CUDA LibTorch "
+                       "and NCCL found by CMake: docs/gpu.md)");
+  r.nccl = backend == "nccl";
+  r.prec = c.train.mixed_precision == "bf16" ? precisions::bf16 : precisions::fp32;
+  return r;
+}
+
+template <Model G, Recipe R, class Mesh>
+int train_on(config c, const comm::launch_env& env, prepared<G> prep, const run_options& ro, const run_device& dev);
+
+// Trains model G with recipe R on this rank's device and backend (resolve_device).
 template <Model G, Recipe R>
 int train_model(config c, const comm::launch_env& env, prepared<G> prep, const run_options& ro = {}) {
+  const run_device dev = resolve_device(c, env);
+#if VEOMNI_TRAIN_NCCL
+  if (dev.nccl) return train_on<G, R, comm::nccl_mesh>(std::move(c), env, std::move(prep), ro, dev);
+#endif
+  return train_on<G, R, comm::gloo_mesh>(std::move(c), env, std::move(prep), ro, dev);
+}
+
+template <Model G, Recipe R, class Mesh>
+int train_on(config c, const comm::launch_env& env, prepared<G> prep, const run_options& ro, const run_device& dev) {
   using clock = std::chrono::steady_clock;
   const auto& acc = c.train.accelerator;
   const mesh_shape shape{.dp_replicate = acc.dp_replicate_size, .dp_shard = acc.dp_shard_size, .sp = acc.ulysses_size,
@@ -624,8 +706,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   const std::string ckpt_dir = out.file("checkpoints").string();
   const std::string& resume = prep.resume;  // chosen and verified before any rank could write (resume_point)
 
-  comm::gloo_mesh mesh(shape, env);
-  const thread_choice threads = rank_threads(c, env, mesh.world());
+  Mesh mesh(shape, env);
+  const thread_choice threads = rank_threads(c, env, mesh.world(), dev.device);
   at::set_num_threads(threads.threads);
   ro.log("veomni-train: rank " + std::to_string(env.rank) + " uses " + std::to_string(threads.threads) +
          (threads.threads == 1 ? " thread (" : " threads (") + threads.why + ")");
@@ -633,6 +715,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.checkpoint = c.train.activation_checkpointing;
   popt.aux_weight = c.train.aux_weight;
   popt.seed = static_cast<uint64_t>(c.train.seed);
+  popt.prec = dev.prec;
+  popt.device = dev.device;
   // LoRA (a recipe with Adapt<LoRA>): the base frozen, only the adapters train
   constexpr bool lora = plan<G, R>::count_if([](const plan_op& o) { return is_adapter_grad_role(o.tensor); }) > 0;
   if (lora != (c.train.lora.rank > 0))
@@ -644,7 +728,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   popt.adapters = {.rank = c.train.lora.rank, .targets = targets, .alpha = c.train.lora.alpha, .dropout = c.train.lora.dropout};
   const double lora_scale = lora ? c.train.lora.alpha / static_cast<double>(c.train.lora.rank) : 0.0;
   const double rss_before_model = resident_mib();
-  parallel::parallel_model<G, R, comm::gloo_mesh> model(prep.dims, mesh, popt);
+  parallel::parallel_model<G, R, Mesh> model(prep.dims, mesh, popt);
   adamw optim(model.parameters(), model.decay_masks(), {.lr = c.train.lr, .weight_decay = c.train.weight_decay});
   const lr_schedule sched{c.train.lr, c.train.lr_min, c.train.lr_warmup_steps, c.train.max_steps, c.train.lr_decay_style};
 
@@ -714,8 +798,8 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
   // MFU's yardstick: the sum over ranks of each rank's fp32 GEMM rate on the threads it uses
   double peak_sum = c.train.peak_flops_per_rank * static_cast<double>(env.world_size);
   if (c.train.peak_flops_per_rank <= 0) {
-    at::Tensor p = at::full({1}, measure_peak_flops(), at::kDouble);
-    if (env.world_size > 1) mesh.world().all_reduce(p).wait();
+    at::Tensor p = at::full({1}, measure_peak_flops(dev.device, dev.prec.param_bytes == 2 ? at::kBFloat16 : at::kFloat), at::kDouble);
+    if (env.world_size > 1) all_reduce_host(mesh.world(), p, dev.device);
     peak_sum = p.item<double>();
   }
   const double peak = peak_sum / static_cast<double>(env.world_size);
@@ -724,8 +808,13 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     std::string plan_line = "veomni-train: " + c.model.name + " on " + std::to_string(env.world_size) + " rank(s), mesh dp_replicate " +
                             std::to_string(shape.dp_replicate) + " x dp_shard " + std::to_string(shape.dp_shard) + " x ulysses " +
                             std::to_string(shape.sp) + ", ep " + std::to_string(shape.ep) + "; " + std::to_string(model.local_numel()) +
-                            " parameter elements on rank 0";
+                            " parameter elements on rank 0; " + dev.describe();
     ro.log(plan_line);
+    // the plan in the run's precision (dtypes and bytes per op), for a micro-batch of max_seq_len tokens
+    workload w;
+    w.default_tokens = std::max(1L, (prep.synthetic ? c.data.synthetic_seq_len : c.data.max_seq_len) / shape.sp);
+    w.adapters = popt.adapters.sizes();
+    std::ofstream(out.file("plan.txt")) << describe<plan<G, R>>(prep.dims, shape, w, dev.prec);
     if (!prep.synthetic)
       ro.log("veomni-train: " + std::to_string(prep.train.samples.size()) + " training samples" +
              (prep.train.skipped.empty() ? "" : " (bad lines skipped: " + describe_skipped(prep.train.skipped) + ")") + ", " +
@@ -753,7 +842,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
     at::Tensor sums = at::zeros({2 * static_cast<int64_t>(env.world_size)}, at::kLong);
     sums[2 * env.rank] = static_cast<int64_t>(mine.bytes);
     sums[2 * env.rank + 1] = static_cast<int64_t>(mine.crc32);
-    mesh.world().all_reduce(sums).wait();
+    all_reduce_host(mesh.world(), sums, dev.device);
     if (lead) {
       std::vector<file_sum> files(static_cast<size_t>(env.world_size));
       for (size_t r = 0; r < files.size(); ++r)
@@ -803,7 +892,7 @@ int train_model(config c, const comm::launch_env& env, prepared<G> prep, const r
         batch.push_back(&prep.train.samples[static_cast<size_t>(order.at(st.data_cursor + i))]);
     }
     st.data_cursor += c.train.global_batch_size;
-    typename parallel::parallel_model<G, R, comm::gloo_mesh>::accumulation accum;
+    typename parallel::parallel_model<G, R, Mesh>::accumulation accum;
     accum.global_counts = target_counts(batch);
     const auto micro = micro_batches(batch, dc.data_index, dc.data_size, c.train.micro_batch_size, c.data.token_budget);
     double data_secs = std::chrono::duration<double>(clock::now() - t0).count();

@@ -30,10 +30,13 @@ at::Tensor expert_parallel(const H& dispatch, const H& dispatch_back, const H& c
   for (int64_t i = 0; i < e; ++i) send[static_cast<size_t>(i / el)] += d.counts[static_cast<size_t>(i)];
   // per-expert counts, so each rank knows how many rows of each local expert come from whom
   const op_instance di = dispatch.now();
-  at::Tensor counts = at::tensor(d.counts, at::kLong);
-  at::Tensor recv_counts = at::empty({e}, at::kLong);
+  // (on x's device, as the communicator needs; the split sizes are read on the host)
+  const auto on = at::TensorOptions().dtype(at::kLong).device(x.device());
+  at::Tensor counts = at::tensor(d.counts, at::kLong).to(x.device());
+  at::Tensor recv_counts = at::empty({e}, on);
   dispatch.all_to_all_counts(di, recv_counts, counts).wait();
-  const int64_t* rc = recv_counts.data_ptr<int64_t>();  // rc[s * el + j]: rows from rank s for local expert j
+  const at::Tensor rc_host = recv_counts.cpu();
+  const int64_t* rc = rc_host.data_ptr<int64_t>();  // rc[s * el + j]: rows from rank s for local expert j
   std::vector<int64_t> recv(static_cast<size_t>(p), 0), local_counts(static_cast<size_t>(el), 0);
   for (int64_t s = 0; s < p; ++s)
     for (int64_t j = 0; j < el; ++j) {
@@ -50,7 +53,7 @@ at::Tensor expert_parallel(const H& dispatch, const H& dispatch_back, const H& c
   for (int64_t j = 0; j < el; ++j)
     for (int64_t s = 0; s < p; ++s)
       for (int64_t k = 0; k < rc[s * el + j]; ++k) perm.push_back(start[static_cast<size_t>(s * el + j)] + k);
-  const at::Tensor perm_t = at::tensor(perm, at::kLong);
+  const at::Tensor perm_t = at::tensor(perm, at::kLong).to(x.device());
   const at::Tensor yg = nn::grouped_experts(xr.index_select(0, perm_t), local_counts, w);
   const at::Tensor yr = at::zeros_like(yg).index_add(0, perm_t, yg);                 // back to arrival order
   const at::Tensor ys = exchange_rows(combine, combine_back, combine.now(), yr, recv, send);  // back to xs order
