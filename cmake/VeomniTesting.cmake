@@ -41,14 +41,30 @@ endfunction()
 
 # A compile-fail case is one source compiled twice: as is it must compile
 # (so the failure is caused by the one guarded line, not a typo elsewhere),
-# and with VEOMNI_COMPILE_FAIL defined it must fail with a diagnostic that
-# contains each of MESSAGES (plain substrings). GCC_MESSAGES are checked too
-# when the compiler is GCC, which prints string template arguments readably
-# (the node's name, say).
-#   veomni_add_compile_fail(NAME n SOURCE f.cpp LABEL l MESSAGES m... [GCC_MESSAGES m...] [LIBS ...])
+# and with VEOMNI_COMPILE_FAIL defined it must fail with exactly one error
+# whose diagnostic contains each of MESSAGES (plain substrings). GCC_MESSAGES
+# are checked too when the compiler is GCC, which prints string template
+# arguments readably (the node's name, say).
+# SECOND_COMPILER (torch-free sources only): the case also runs under the
+# second compiler, VEOMNI_DIAGNOSTICS_CLANG (clang++ when the build's is GCC),
+# as the test <label>.compile_fail_clang.<name>: one error, MESSAGES and
+# CLANG_MESSAGES.
+#   veomni_add_compile_fail(NAME n SOURCE f.cpp LABEL l MESSAGES m... [GCC_MESSAGES m...]
+#                           [CLANG_MESSAGES m...] [SECOND_COMPILER] [LIBS ...])
 set(VEOMNI_COMPILE_FAIL_SCRIPT ${CMAKE_CURRENT_LIST_DIR}/compile_fail.cmake)
+set(veomni_second_compiler "")
+if(VEOMNI_DIAGNOSTICS_CLANG)
+  set(veomni_second_compiler "${VEOMNI_DIAGNOSTICS_CLANG}")
+elseif(NOT DEFINED CACHE{VEOMNI_DIAGNOSTICS_CLANG} OR VEOMNI_DIAGNOSTICS_CLANG STREQUAL "")
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    find_program(VEOMNI_CLANG_FOUND NAMES clang++-14 clang++ DOC "clang++ for the second-compiler compile-fail tests")
+    if(VEOMNI_CLANG_FOUND)
+      set(veomni_second_compiler "${VEOMNI_CLANG_FOUND}")
+    endif()
+  endif()
+endif()
 function(veomni_add_compile_fail)
-  cmake_parse_arguments(T "" "NAME;SOURCE;LABEL" "MESSAGES;GCC_MESSAGES;LIBS" ${ARGN})
+  cmake_parse_arguments(T "SECOND_COMPILER" "NAME;SOURCE;LABEL" "MESSAGES;GCC_MESSAGES;CLANG_MESSAGES;LIBS" ${ARGN})
   add_library(${T_NAME}_ok OBJECT ${T_SOURCE})
   target_link_libraries(${T_NAME}_ok PRIVATE ${T_LIBS})
   add_library(${T_NAME}_fail OBJECT EXCLUDE_FROM_ALL ${T_SOURCE})
@@ -57,20 +73,27 @@ function(veomni_add_compile_fail)
   set(patterns ${T_MESSAGES})
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
     list(APPEND patterns ${T_GCC_MESSAGES})
+  elseif(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    list(APPEND patterns ${T_CLANG_MESSAGES})
   endif()
   string(REPLACE ";" "|" patterns "${patterns}")
-  # GCC: exactly one "error:" line (a user's mistake is one error, not a cascade)
-  set(one_error OFF)
-  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
-    set(one_error ON)
-  endif()
   add_test(NAME ${T_LABEL}.compile_fail.${T_NAME}
     COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${CMAKE_BINARY_DIR} -DTARGET=${T_NAME}_fail
-            "-DPATTERNS=${patterns}" -DONE_ERROR=${one_error} -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
+            "-DPATTERNS=${patterns}" -DONE_ERROR=ON -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
   set_tests_properties(${T_LABEL}.compile_fail.${T_NAME} PROPERTIES
     LABELS "${T_LABEL};compile_fail"
     # compile-fail builds share the build tree's ninja lock
     RESOURCE_LOCK veomni_build_tree)
+  if(T_SECOND_COMPILER AND veomni_second_compiler)
+    set(second ${T_MESSAGES} ${T_CLANG_MESSAGES})
+    string(REPLACE ";" "|" second "${second}")
+    add_test(NAME ${T_LABEL}.compile_fail_clang.${T_NAME}
+      COMMAND ${CMAKE_COMMAND} "-DCOMPILER=${veomni_second_compiler}"
+              -DSOURCE=${CMAKE_CURRENT_SOURCE_DIR}/${T_SOURCE} -DTARGET=${T_NAME}
+              "-DFLAGS=-I${PROJECT_SOURCE_DIR}/include|-I${PROJECT_SOURCE_DIR}"
+              "-DPATTERNS=${second}" -P ${VEOMNI_COMPILE_FAIL_SCRIPT})
+    set_tests_properties(${T_LABEL}.compile_fail_clang.${T_NAME} PROPERTIES LABELS "${T_LABEL};compile_fail")
+  endif()
 endfunction()
 
 # Torch translation units cost ~10 s and 1 GB each: targets that include

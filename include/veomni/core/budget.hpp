@@ -126,17 +126,18 @@ namespace detail {
 constexpr long mib(long bytes) { return (bytes + (1L << 20) - 1) >> 20; }
 }  // namespace detail
 
-// Instantiated with the numbers, so that the compiler prints them.
+// Instantiated with the numbers, so that the compiler prints them. True
+// either way: when it does not fit, its assertion has already failed the
+// build, and the user's static_assert(fits_memory_budget<...>) must not add a
+// second error (a function, not a class: clang would mark a class whose
+// assertion failed invalid, and every read of it an error too).
 template <long predicted_MiB, long budget_MiB, long states_MiB, long activations_MiB, long buffers_MiB>
-struct memory_budget_exceeded {
+constexpr bool memory_budget_exceeded() {
   static_assert(predicted_MiB <= budget_MiB,
                 "veomni::fits_memory_budget<P, Launch>: the predicted memory per GPU exceeds the budget "
                 "(memory_budget_exceeded<predicted, budget, states, activations, buffers>, in MiB)");
-  // true either way: when it does not fit, the assertion above has already
-  // failed the build, and the user's static_assert(fits_memory_budget<...>)
-  // must not add a second error
-  static constexpr bool value = true;
-};
+  return true;
+}
 
 template <class L>
 concept LaunchSpec = requires {
@@ -152,7 +153,7 @@ struct memory_budget {
   static constexpr bool value =
       memory_budget_exceeded<detail::mib(predicted.total()), (L::budget_bytes >> 20),
                              detail::mib(predicted.states.total()), detail::mib(predicted.activations.total()),
-                             detail::mib(predicted.buffers)>::value;
+                             detail::mib(predicted.buffers)>();
 };
 
 template <class P, class L>

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "component.hpp"
+#include "diagnostics.hpp"
 #include "fixed_string.hpp"
 
 namespace veomni {
@@ -121,6 +122,34 @@ struct model_dims : std::tuple<typename N::component::dims...> {
 namespace detail {
 // One check per edge, instantiated with the edge's type so that the compiler's
 // "required from" context names the offending edge.
+// The edge's fault, reported with both its ends spelled out (see diagnostics.hpp).
+template <edge_fault F, class From, class To>
+constexpr bool report_edge() {
+  static_assert(F != edge_fault::no_from_node, "veomni::graph: an edge starts at a node the model does not have");
+  static_assert(F != edge_fault::no_to_node, "veomni::graph: an edge ends at a node the model does not have");
+  static_assert(F != edge_fault::no_from_port,
+                "veomni::graph: an edge starts at a port that is not an output of its node");
+  static_assert(F != edge_fault::no_to_port, "veomni::graph: an edge ends at a port that is not an input of its node");
+  static_assert(F != edge_fault::kind_mismatch,
+                "veomni::graph: incompatible ports on an edge (the output's tensor kind differs from the input's)");
+  return F == edge_fault::none;
+}
+template <class Node>
+constexpr bool report_duplicate_node() {
+  static_assert(sizeof(Node) == 0, "veomni::graph: two nodes have the same name");
+  return false;
+}
+template <class Port>
+constexpr bool report_fan_in() {
+  static_assert(sizeof(Port) == 0, "veomni::graph: two edges end at the same input port (an input takes one producer)");
+  return false;
+}
+template <class Node>
+constexpr bool report_cycle() {
+  static_assert(sizeof(Node) == 0, "veomni::graph: the model graph has a cycle (through the node named here)");
+  return false;
+}
+
 template <class G, class E>
 struct check_edge {
   static constexpr std::size_t fi = G::index_of(E::from_node);
@@ -137,17 +166,7 @@ struct check_edge {
     if (from_c::outputs::kinds[fp] != to_c::inputs::kinds[tp]) return edge_fault::kind_mismatch;
     return edge_fault::none;
   }();
-  static_assert(fault != edge_fault::no_from_node,
-                "veomni::graph: an edge starts at a node the model does not have");
-  static_assert(fault != edge_fault::no_to_node,
-                "veomni::graph: an edge ends at a node the model does not have");
-  static_assert(fault != edge_fault::no_from_port,
-                "veomni::graph: an edge starts at a port that is not an output of its node");
-  static_assert(fault != edge_fault::no_to_port,
-                "veomni::graph: an edge ends at a port that is not an input of its node");
-  static_assert(fault != edge_fault::kind_mismatch,
-                "veomni::graph: incompatible ports on an edge (the output's tensor kind differs from the input's)");
-  static constexpr bool ok = fault == edge_fault::none;
+  static constexpr bool ok = report_edge<fault, diag::port_named<E::from>, diag::port_named<E::to>>();
 };
 }  // namespace detail
 
@@ -179,13 +198,19 @@ struct graph<nodes<N...>, edges<E...>> {
                                   std::type_identity<node<"", detail::absent_component>>>::type::component;
 
  private:
-  static constexpr bool unique_names = [] {
-    for (std::size_t i = 0; i < size; ++i)
-      for (std::size_t j = i + 1; j < size; ++j)
-        if (hashes[i] == hashes[j] && names[i] == names[j]) return false;
-    return true;
+  // the second node of the first pair sharing a name, or size
+  static constexpr std::size_t first_duplicate = [] {
+    for (std::size_t j = 0; j < size; ++j)
+      for (std::size_t i = 0; i < j; ++i)
+        if (hashes[i] == hashes[j] && names[i] == names[j]) return j;
+    return size;
   }();
-  static_assert(unique_names, "veomni::graph: two nodes have the same name");
+  static constexpr bool unique_names = [] {
+    if constexpr (first_duplicate < size)
+      return detail::report_duplicate_node<diag::node_named<node_at<first_duplicate>::name>>();
+    else
+      return true;
+  }();
 
  public:
   static constexpr std::size_t edge_count = sizeof...(E);
@@ -197,15 +222,21 @@ struct graph<nodes<N...>, edges<E...>> {
   // template naming the edge: that cost a 128-node graph 45 % more compiler
   // memory, benchmarks/bench_plan_compile.py. The graph's type in the
   // error lists the edges.)
-  static constexpr bool one_producer_each = [] {
+  // the second of the first two edges into one input, or the edge count
+  static constexpr std::size_t first_fan_in = [] {
     std::array<std::uint64_t, sizeof...(E)> h{};
     for (std::size_t i = 0; i < sizeof...(E); ++i) h[i] = detail::name_hash(edge_to[i]);
     for (std::size_t i = 0; i < sizeof...(E); ++i)
       for (std::size_t j = 0; j < i; ++j)
-        if (h[j] == h[i] && edge_to[j] == edge_to[i]) return false;
-    return true;
+        if (h[j] == h[i] && edge_to[j] == edge_to[i]) return i;
+    return sizeof...(E);
   }();
-  static_assert(one_producer_each, "veomni::graph: two edges end at the same input port (an input takes one producer)");
+  static constexpr bool one_producer_each = [] {
+    if constexpr (first_fan_in < sizeof...(E))
+      return detail::report_fan_in<diag::port_named<std::tuple_element_t<first_fan_in, std::tuple<E...>>::to>>();
+    else
+      return true;
+  }();
 
   // The edges split into node and port names, computed once for all of them
   // (not as members of each edge<> type).
@@ -303,8 +334,55 @@ struct graph<nodes<N...>, edges<E...>> {
   }
 
  public:
+  // A node on the cycle that stopped topo(): every node it left has a
+  // predecessor it also left, so walking back size steps from one ends on
+  // the cycle.
+  static constexpr std::size_t node_on_cycle() {
+    std::array<std::size_t, size> ordered{};
+    for (std::size_t i = 0; i < size; ++i) ordered[i] = size;
+    std::array<bool, size> left{};
+    for (std::size_t i = 0; i < size; ++i) left[i] = true;
+    // the nodes Kahn's algorithm can order, again
+    std::array<std::size_t, size> indeg{};
+    for (auto [f, t] : links) ++indeg[t];
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (std::size_t i = 0; i < size; ++i)
+        if (left[i] && indeg[i] == 0) {
+          left[i] = false;
+          moved = true;
+          for (auto [f, t] : links)
+            if (f == i) --indeg[t];
+        }
+    }
+    std::size_t at = 0;
+    while (at < size && !left[at]) ++at;
+    for (std::size_t step = 0; step < size; ++step)
+      for (auto [f, t] : links)
+        if (t == at && left[f]) {
+          at = f;
+          break;
+        }
+    return at;
+  }
+
+ public:
   static constexpr std::array<std::size_t, size> order = topo();
-  static_assert(size == 0 || order[0] <= size, "veomni::graph: the model graph has a cycle");
+
+ private:
+  static constexpr bool acyclic = [] {
+    if constexpr (size > 0 && order[0] > size)
+      return detail::report_cycle<diag::node_named<node_at<node_on_cycle()>::name>>();
+    else
+      return true;
+  }();
+
+ public:
+  // Whether every check passed. One that failed has stopped the build with
+  // its own error (diagnostics.hpp); the assertion reads them, so that they
+  // run whenever the graph is instantiated, and fails on none of them.
+  static constexpr bool valid = unique_names && edges_ok && acyclic;
+  static_assert(valid || !valid);
 };
 
 template <class T>

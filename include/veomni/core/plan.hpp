@@ -133,34 +133,61 @@ constexpr bool placements_conflict_free() {
   return true;
 }
 
+// The recipe's checks, reported with the node's name spelled out and the
+// policy (see diagnostics.hpp): one error each, and no check after a failed one.
+template <bool Touches, bool EveryKind, bool HasDuals, class Node, class Policy>
+constexpr bool report_policy_on_node() {
+  static_assert(Touches,
+                "veomni::recipe: the policy touches no layer of its node "
+                "(for example Experts<EP> on a node that has no moe layer, or Adapt<LoRA> on a node with no "
+                "attention or MLP layer to adapt)");
+  static_assert(!Touches || EveryKind,
+                "veomni::recipe: the policy targets a layer kind that its node does not have "
+                "(for example Adapt<LoRA> targeting mlp on a node whose component has no mlp layer)");
+  static_assert(!Touches || !EveryKind || HasDuals,
+                "veomni::recipe: a forward collective of the policy has no backward dual "
+                "(all_gather needs reduce_scatter of its gradient, all_to_all its inverse all_to_all)");
+  return Touches && EveryKind && HasDuals;
+}
+template <class Node, class... Policies>
+constexpr bool report_placement_conflict() {
+  static_assert(sizeof(Node) == 0,
+                "veomni::recipe: two policies on one node place the same tensor over the same mesh axis "
+                "(for example both shard dim 0 of params over dp_shard)");
+  return false;
+}
+template <bool Known, bool Unique, class Node>
+constexpr bool report_apply() {
+  static_assert(Known, "veomni::recipe: the recipe names a node that the model does not have");
+  static_assert(!Known || Unique,
+                "veomni::recipe: a node is named by more than one apply<>; list all its policies in one");
+  return Known && Unique;
+}
+
 // Checks of one policy on one node; instantiated with the apply<> and the
 // policy so that the compiler's context names both.
 template <class A, class P, class C, class Ctx>
 struct check_policy_on_node {
-  static_assert(touches_component<P, C>(),
-                "veomni::recipe: the policy touches no layer of its node "
-                "(for example Experts<EP> on a node that has no moe layer, or Adapt<LoRA> on a node with no "
-                "attention or MLP layer to adapt)");
-  static constexpr bool every_kind = !touches_component<P, C>() || has_every_touched_kind<P, C>();
-  static_assert(every_kind,
-                "veomni::recipe: the policy targets a layer kind that its node does not have "
-                "(for example Adapt<LoRA> targeting mlp on a node whose component has no mlp layer)");
-  static constexpr bool has_duals = !touches_component<P, C>() || !every_kind || has_backward_duals<P, Ctx>();
-  static_assert(has_duals,
-                "veomni::recipe: a forward collective of the policy has no backward dual "
-                "(all_gather needs reduce_scatter of its gradient, all_to_all its inverse all_to_all)");
-  static constexpr bool ok = touches_component<P, C>() && every_kind && has_duals;
+  static constexpr bool touches = touches_component<P, C>();
+  static constexpr bool every_kind = [] {
+    if constexpr (touches) return has_every_touched_kind<P, C>();
+    else return true;
+  }();
+  static constexpr bool has_duals = [] {
+    if constexpr (touches && every_kind) return has_backward_duals<P, Ctx>();
+    else return true;
+  }();
+  static constexpr bool ok = report_policy_on_node<touches, every_kind, has_duals, diag::node_named<A::node>, P>();
 };
 
 template <class A, class C, class Ctx, class Tuple>
 struct check_placements;
 template <class A, class C, class Ctx, class... P>
 struct check_placements<A, C, Ctx, std::tuple<P...>> {
-  static constexpr bool conflict_free = placements_conflict_free<Ctx, P...>();
-  static_assert(conflict_free,
-                "veomni::recipe: two policies on one node place the same tensor over the same mesh axis "
-                "(for example both shard dim 0 of params over dp_shard)");
-  static constexpr bool ok = conflict_free;
+  static constexpr bool ok = [] {
+    if constexpr (placements_conflict_free<Ctx, P...>()) return true;
+    else return report_placement_conflict<diag::node_named<A::node>, P...>();
+  }();
 };
 
 // The checks of one apply<> of recipe R, with their errors. plan_tables finds
@@ -169,26 +196,38 @@ struct check_placements<A, C, Ctx, std::tuple<P...>> {
 template <Model G, Recipe R, class A>
 struct check_apply {
   static constexpr std::size_t ni = G::index_of(A::node);
-  static_assert(ni < G::size, "veomni::recipe: the recipe names a node that the model does not have");
   static constexpr bool unique = [] {
     std::size_t n = 0;
     for (auto x : R::nodes) n += x == A::node;
     return n == 1;
   }();
-  static_assert(unique, "veomni::recipe: a node is named by more than one apply<>; list all its policies in one");
+  static constexpr bool names_ok = report_apply<(ni < G::size), unique, diag::node_named<A::node>>();
 
   template <class Tuple>
   struct each;
   template <class... P>
   struct each<std::tuple<P...>> {
-    using C = typename G::template component_at<(ni < G::size ? ni : 0)>;
-    using Ctx = typename node_ctx<G, R, (ni < G::size ? ni : 0)>::type;
-    static constexpr bool value =
-        (check_policy_on_node<A, P, C, Ctx>::ok && ... && true) && check_placements<A, C, Ctx, std::tuple<P...>>::ok;
+    using C = typename G::template component_at<ni>;
+    using Ctx = typename node_ctx<G, R, ni>::type;
+    // the next policy's checks only when this one's pass; then the placements
+    template <class Q, class... Rest>
+    static constexpr bool policies() {
+      if constexpr (!check_policy_on_node<A, Q, C, Ctx>::ok)
+        return false;
+      else if constexpr (sizeof...(Rest) > 0)
+        return policies<Rest...>();
+      else
+        return true;
+    }
+    static constexpr bool value = [] {
+      if constexpr (sizeof...(P) == 0) return check_placements<A, C, Ctx, std::tuple<P...>>::ok;
+      else if constexpr (policies<P...>()) return check_placements<A, C, Ctx, std::tuple<P...>>::ok;
+      else return false;
+    }();
   };
   // Later checks run only when the earlier ones pass: one error, not a cascade.
   static constexpr bool ok = [] {
-    if constexpr (ni < G::size && unique && A::policies_ok)
+    if constexpr (names_ok && A::policies_ok)
       return each<typename A::policies>::value;
     else
       return false;

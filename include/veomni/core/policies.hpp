@@ -229,13 +229,24 @@ constexpr auto kinds_of() {
 }
 }  // namespace detail
 
-template <lora_options O = lora_options{}>
-struct lora {
+namespace detail {
+template <lora_options O>
+constexpr bool report_lora_options() {
+  constexpr bool adaptable =
+      (O.targets & ~layer_kinds({layer_kind::attention, layer_kind::mlp, layer_kind::moe})) == 0;
   static_assert(O.rank > 0, "veomni::lora: rank must be positive");
   static_assert(O.targets != 0, "veomni::lora: targets must name at least one layer kind (layer_kinds({...}))");
-  static_assert((O.targets & ~layer_kinds({layer_kind::attention, layer_kind::mlp, layer_kind::moe})) == 0,
+  static_assert(adaptable,
                 "veomni::lora: LoRA adapts attention, mlp and moe layers (their linear maps; on moe, every "
                 "expert's projections); embeddings, heads, norms and other kinds are not adapted");
+  return O.rank > 0 && O.targets != 0 && adaptable;
+}
+}  // namespace detail
+
+template <lora_options O = lora_options{}>
+struct lora {
+  // read by Adapt<> when a recipe uses it (one error each, diagnostics.hpp)
+  static constexpr bool checks_ok = detail::report_lora_options<O>();
   static constexpr std::string_view name = "LoRA";
   static constexpr lora_options options = O;
   static constexpr auto touches = detail::kinds_of<O.targets>();

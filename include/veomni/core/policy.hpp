@@ -207,29 +207,92 @@ constexpr bool touches_component() {
 // ---- categories -----------------------------------------------------------
 
 namespace detail {
-template <class Impl>
-constexpr bool places_only(std::initializer_list<placed_tensor> allowed) {
-  const auto pl = Impl::template placements<node_context<probe_component, true>>();
-  for (const auto& d : pl) {
-    bool ok = false;
-    for (auto a : allowed) ok = ok || d.tensor == a;
-    if (!ok) return false;
+// A policy's own checks (its options, say), when it has any: P::checks_ok.
+// Context: the node the recipe applies it to (a diag::node_name), which only
+// makes the compiler's "required from" name it.
+template <class P, class... Context>
+constexpr bool self_checks_ok() {
+  if constexpr (requires { P::checks_ok; })
+    return P::checks_ok;
+  else
+    return true;
+}
+
+enum class policy_category { shard, split, experts, adapt };
+
+// The checks of a category around its implementation, one error each (see
+// diagnostics.hpp); Places is whether Impl places only what the category may.
+template <policy_category K, bool IsPolicy, bool Places, class Impl>
+constexpr bool report_category() {
+  static_assert(IsPolicy,
+                "veomni: the implementation inside Shard<>/Split<>/Experts<>/Adapt<> must model veomni::Policy "
+                "(name, touches, placements<Ctx>(), ops<Ctx>())");
+  static_assert(!IsPolicy || K != policy_category::shard || Places,
+                "veomni::Shard<Impl>: a Shard policy may place only params, expert_params, grads and "
+                "optimizer_state");
+  static_assert(!IsPolicy || K != policy_category::split || Places,
+                "veomni::Split<Impl>: a Split policy may place only activations");
+  static_assert(!IsPolicy || K != policy_category::experts || Places,
+                "veomni::Experts<Impl>: an Experts policy may place only expert_params");
+  static_assert(!IsPolicy || K != policy_category::adapt || Places,
+                "veomni::Adapt<Impl>: an Adapt policy may place only adapters and expert_adapters");
+  return IsPolicy && Places;
+}
+
+template <policy_category K>
+constexpr bool category_places(placed_tensor t) {
+  switch (K) {
+    case policy_category::shard:
+      return t == placed_tensor::params || t == placed_tensor::expert_params || t == placed_tensor::grads ||
+             t == placed_tensor::optimizer_state;
+    case policy_category::split: return t == placed_tensor::activations;
+    case policy_category::experts: return t == placed_tensor::expert_params;
+    case policy_category::adapt: return t == placed_tensor::adapters || t == placed_tensor::expert_adapters;
   }
+  return false;
+}
+
+template <class Impl, policy_category K>
+constexpr bool places_only_what_category_may() {
+  for (const auto& d : Impl::template placements<node_context<probe_component, true>>())
+    if (!category_places<K>(d.tensor)) return false;
   return true;
 }
 
 template <class Impl, const std::string_view& Category>
+constexpr std::string_view category_name() {
+  if constexpr (Policy<Impl>)
+    return concat<Category, lt, Impl::name, gt>::value;
+  else
+    return Category;
+}
+template <class Impl>
+constexpr auto touches_of() {
+  if constexpr (Policy<Impl>)
+    return Impl::touches;
+  else
+    return std::array<layer_kind, 0>{};
+}
+
+// What Shard<>, Split<>, Experts<> and Adapt<> share. Their checks run when a
+// recipe reads checks_ok (apply<> does), not when the type is named.
+template <class Impl, const std::string_view& Category, policy_category K>
 struct category_base {
-  static_assert(Policy<Impl>,
-                "veomni: the implementation inside Shard<>/Split<>/Experts<> must model veomni::Policy "
-                "(name, touches, placements<Ctx>(), ops<Ctx>())");
-  static constexpr std::string_view name = concat<Category, lt, Impl::name, gt>::value;
-  static constexpr auto touches = Impl::touches;
+  static constexpr std::string_view name = category_name<Impl, Category>();
+  static constexpr auto touches = touches_of<Impl>();
   template <class Ctx>
   static constexpr placement_list placements() { return Impl::template placements<Ctx>(); }
   template <class Ctx>
   static constexpr op_list ops() { return Impl::template ops<Ctx>(); }
   using implementation = Impl;
+  static constexpr bool checks_ok = [] {
+    if constexpr (!Policy<Impl>)
+      return report_category<K, false, false, Impl>();
+    else if constexpr (!self_checks_ok<Impl>())
+      return false;  // Impl's own check has reported
+    else
+      return report_category<K, true, places_only_what_category_may<Impl, K>(), Impl>();
+  }();
 };
 inline constexpr std::string_view shard_name = "Shard";
 inline constexpr std::string_view split_name = "Split";
@@ -237,34 +300,25 @@ inline constexpr std::string_view experts_name = "Experts";
 inline constexpr std::string_view adapt_name = "Adapt";
 }  // namespace detail
 
-// Shard<Impl>: shards or replicates parameters (FSDP, HSDP, DDP).
+// Shard<Impl>: shards or replicates parameters (FSDP, HSDP, DDP); it may place
+// params, expert_params, grads and optimizer_state.
 template <class Impl>
-struct Shard : detail::category_base<Impl, detail::shard_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::params, placed_tensor::expert_params,
-                                           placed_tensor::grads, placed_tensor::optimizer_state}),
-                "veomni::Shard<Impl>: a Shard policy may place only params, expert_params, grads and "
-                "optimizer_state");
-};
+struct Shard : detail::category_base<Impl, detail::shard_name, detail::policy_category::shard> {};
 
-// Split<Impl>: splits activations along the sequence (Ulysses, Ring).
+// Split<Impl>: splits activations along the sequence (Ulysses, Ring); it may
+// place only activations.
 template <class Impl>
-struct Split : detail::category_base<Impl, detail::split_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::activations}),
-                "veomni::Split<Impl>: a Split policy may place only activations");
-};
+struct Split : detail::category_base<Impl, detail::split_name, detail::policy_category::split> {};
 
-// Experts<Impl>: distributes the experts of MoE layers (EP).
+// Experts<Impl>: distributes the experts of MoE layers (EP); it may place only
+// expert_params.
 template <class Impl>
-struct Experts : detail::category_base<Impl, detail::experts_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::expert_params}),
-                "veomni::Experts<Impl>: an Experts policy may place only expert_params");
-};
+struct Experts : detail::category_base<Impl, detail::experts_name, detail::policy_category::experts> {};
 
-// Adapt<Impl>: trains adapters beside the node's frozen parameters (LoRA).
+// Adapt<Impl>: trains adapters beside the node's frozen parameters (LoRA); it
+// may place only adapters and expert_adapters.
 template <class Impl>
-struct Adapt : detail::category_base<Impl, detail::adapt_name> {
-  static_assert(detail::places_only<Impl>({placed_tensor::adapters, placed_tensor::expert_adapters}),
-                "veomni::Adapt<Impl>: an Adapt policy may place only adapters and expert_adapters");
+struct Adapt : detail::category_base<Impl, detail::adapt_name, detail::policy_category::adapt> {
   static constexpr bool touches_all = detail::wants_every_kind<Impl>();
 };
 

@@ -14,25 +14,42 @@
 #include <tuple>
 #include <type_traits>
 
+#include "diagnostics.hpp"
 #include "fixed_string.hpp"
 #include "policy.hpp"
 
 namespace veomni {
 
 namespace detail {
-template <fixed_string Node, class P>
-struct check_is_policy {
-  static_assert(Policy<P>,
+template <bool IsPolicy, class Node, class P>
+constexpr bool report_is_policy() {
+  static_assert(IsPolicy,
                 "veomni::apply<Node, P...>: P does not model veomni::Policy "
                 "(it needs name, touches, placements<Ctx>() and ops<Ctx>())");
-  static constexpr bool value = Policy<P>;
-};
+  return IsPolicy;
+}
+// Each policy models Policy and passes its own checks (self_checks_ok: a
+// category's, an option's); the first that fails reports, the rest are not
+// looked at.
+template <const std::string_view& Node, class P, class... Rest>
+constexpr bool check_policies() {
+  if constexpr (!report_is_policy<Policy<P>, diag::node_named<Node>, P>() ||
+                !self_checks_ok<P, diag::node_named<Node>>())
+    return false;
+  else if constexpr (sizeof...(Rest) > 0)
+    return check_policies<Node, Rest...>();
+  else
+    return true;
+}
 }  // namespace detail
 
 template <fixed_string Node, class... P>
 struct apply {
   static constexpr std::string_view node = Node.view();
-  static constexpr bool policies_ok = (detail::check_is_policy<Node, P>::value && ... && true);
+  static constexpr bool policies_ok = [] {
+    if constexpr (sizeof...(P) == 0) return true;
+    else return detail::check_policies<node, P...>();
+  }();
   using policies = std::tuple<P...>;
   static constexpr std::size_t size = sizeof...(P);
 };

@@ -263,17 +263,23 @@ constexpr bool unit_ops_standard() {
   return true;
 }
 
-template <class P, class Ctx, class H>
-struct check_contract {
-  static_assert(!has_layer_ops<P, Ctx>() || has_runtime<P, H>,
+// One error each, naming the node and the policy (core/diagnostics.hpp).
+template <bool HasRuntimeIfNeeded, bool UnitOpsStandard, class Node, class P>
+constexpr bool report_contract() {
+  static_assert(HasRuntimeIfNeeded,
                 "veomni::parallel: the policy adds collectives on layers (activations), which only its runtime half "
                 "can carry out: give its implementation a nested `template <class Node> struct runtime` "
                 "(parallel/contract.hpp, docs/extending.md)");
-  static_assert(unit_ops_standard<P, Ctx>(),
+  static_assert(!HasRuntimeIfNeeded || UnitOpsStandard,
                 "veomni::parallel: the policy adds an op on a unit that has no standard meaning (a unit's ops are "
                 "forward/backward/optimizer all_gather of params, backward reduce_scatter or all_reduce of grads; "
                 "core/schedule.hpp, unit_op_kind)");
-  static constexpr bool ok = true;
-};
+  return HasRuntimeIfNeeded && UnitOpsStandard;
+}
+template <class P, class Ctx, class H, const std::string_view& Node>
+constexpr bool check_contract() {
+  return report_contract<!has_layer_ops<P, Ctx>() || has_runtime<P, H>, unit_ops_standard<P, Ctx>(),
+                         veomni::diag::node_named<Node>, P>();
+}
 
 }  // namespace veomni::parallel

@@ -88,9 +88,10 @@ struct node_runtimes<Exec, I, std::tuple<Ps...>> {
   }
   template <class Pol>
   static typename runtime_slot<Pol, handle>::type make_one(Exec& e, nn::hooks& h) {
-    (void)check_contract<Pol, typename veomni::detail::node_ctx<typename Exec::G, typename Exec::plan_type::recipe_type,
-                                                                I>::type,
-                         handle>::ok;
+    (void)check_contract<Pol,
+                         typename veomni::detail::node_ctx<typename Exec::G, typename Exec::plan_type::recipe_type,
+                                                           I>::type,
+                         handle, Exec::G::template node_at<I>::name>();
     handle n(e, I, Pol::name, h);
     return typename runtime_slot<Pol, handle>::type(n);
   }
