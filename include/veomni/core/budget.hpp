@@ -46,19 +46,23 @@ template <class P>
 constexpr long fsdp_buffers(const typename P::model::dims& d, const mesh_shape& m, const training_step& st) {
   using G = typename P::model;
   const workload w = st.template micro_workload<G>(m);
+  // every op's cost once, and each node's ops through the plan's grouping by node
+  const auto costs = detail::op_costs<P>(d, m, w, st.prec);
+  const auto by = detail::group_by_node<G::size>(P::ops);
   long worst = 0;
-  for_each_node<G>([&](auto I) {
+  for (std::size_t node = 0; node < G::size; ++node) {
     long gathered_root = 0, gathered_block = 0, grad_unit = 0;
-    for (const auto& o : P::ops) {
-      if (o.node_index != I.value || !o.target.is_unit) continue;
-      const op_cost c = cost_of<P>(o, d, m, w, st.prec);
+    for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k) {
+      const plan_op& o = P::ops[by.op[k]];
+      if (!o.target.is_unit) continue;
+      const op_cost& c = costs[by.op[k]];
       if (c.group <= 1) continue;
       if (o.ph == phase::forward && o.coll == collective::all_gather)
         (o.repeat == scope::block ? gathered_block : gathered_root) += c.elements * st.prec.param_bytes;
       if (o.coll == collective::reduce_scatter) grad_unit = std::max(grad_unit, c.elements * st.prec.grad_bytes);
     }
     worst = std::max(worst, gathered_root + 2 * gathered_block + grad_unit);
-  });
+  }
   return worst;
 }
 

@@ -144,15 +144,17 @@ struct comps_info<comps<C...>> {
   // f(std::type_identity<C>{}, dims of node i) for node i only
   template <class D, class F>
   static constexpr void one(std::size_t i, const D& d, F&& f) {
+    const std::tuple<typename C::dims...>& t = d;  // std::get on the tuple, not on a class derived from it
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ((I == i ? (f(std::type_identity<C>{}, std::get<I>(d)), 0) : 0), ...);
+      ((I == i ? (f(std::type_identity<C>{}, std::get<I>(t)), 0) : 0), ...);
     }(std::index_sequence_for<C...>{});
   }
   // f(std::type_identity<C>{}, i, dims of node i) for every node i
   template <class D, class F>
   static constexpr void all(const D& d, F&& f) {
+    const std::tuple<typename C::dims...>& t = d;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (f(std::type_identity<C>{}, I, std::get<I>(d)), ...);
+      (f(std::type_identity<C>{}, I, std::get<I>(t)), ...);
     }(std::index_sequence_for<C...>{});
   }
 };
@@ -190,25 +192,84 @@ constexpr dtype run_dtype(const plan_op& o, const precision& prec) {
   return detail::element_bytes(o.tensor, prec) == 2 ? dtype::bf16 : dtype::f32;
 }
 
+namespace detail {
+// The parts of cost_of: the op's group (and a step-level op's calls and
+// elements), a node's op's calls and elements, then the bytes.
+template <Model G>
+constexpr op_cost cost_start(const plan_op& o, const mesh_shape& m, const workload& w) {
+  op_cost c;
+  c.group = m.size(o.over);
+  if (o.node_index == G::size) {  // step-level: loss statistics, gradient norm
+    // optimizer-phase ops run once per step, the others once per micro-batch
+    const long per_step = o.ph == phase::optimizer ? 1 : w.micro_batches;
+    c.calls = c.group > 1 ? per_step : 0;
+    c.elements = o.tensor == tensor_role::loss_stats ? 2 * loss_heads<G>() : 1;
+  }
+  return c;
+}
+template <Component C>
+constexpr void cost_in_node(op_cost& c, const plan_op& o, const typename C::dims& nd, const mesh_shape& m,
+                            const workload& w) {
+  const long per_step = o.ph == phase::optimizer ? 1 : w.micro_batches;
+  c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
+  c.elements = op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapters);
+}
+constexpr void cost_finish(op_cost& c, const plan_op& o, const precision& prec);
+
+// The plan's ops grouped by node, in plan order within a node: node i's are
+// op[first[i]] .. op[first[i + 1]] (the step's under i = NodeCount). So that
+// a walk over the nodes visits each op once, not every op per node.
+template <std::size_t Size, std::size_t NodeCount>
+struct ops_by_node {
+  std::size_t first[NodeCount + 2]{};
+  std::size_t op[Size + 1]{};
+};
+template <std::size_t NodeCount, std::size_t Size>
+constexpr ops_by_node<Size, NodeCount> group_by_node(const std::array<plan_op, Size>& ops) {
+  ops_by_node<Size, NodeCount> r{};
+  for (std::size_t i = 0; i < Size; ++i) ++r.first[ops[i].node_index + 1];
+  for (std::size_t n = 0; n <= NodeCount; ++n) r.first[n + 1] += r.first[n];
+  std::size_t fill[NodeCount + 1]{};
+  for (std::size_t n = 0; n <= NodeCount; ++n) fill[n] = r.first[n];
+  for (std::size_t i = 0; i < Size; ++i) r.op[fill[ops[i].node_index]++] = i;
+  return r;
+}
+
+// cost_of for every op of plan P, indexed like P::ops: one walk over the
+// nodes (each node's dims read once), not a walk over the nodes per op.
+template <class P>
+constexpr std::array<op_cost, P::size> op_costs(const typename P::model::dims& d, const mesh_shape& m,
+                                                const workload& w, const precision& prec) {
+  using G = typename P::model;
+  std::array<op_cost, P::size> c{};
+  for (std::size_t i = 0; i < P::size; ++i) c[i] = cost_start<G>(P::ops[i], m, w);
+  const auto by = group_by_node<G::size>(P::ops);
+  comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
+    using C = typename decltype(component)::type;
+    for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k)
+      cost_in_node<C>(c[by.op[k]], P::ops[by.op[k]], nd, m, w);
+  });
+  for (std::size_t i = 0; i < P::size; ++i) cost_finish(c[i], P::ops[i], prec);
+  return c;
+}
+}  // namespace detail
+
 // Cost of one plan op of plan P.
 template <class P>
 constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, const mesh_shape& m,
                           const workload& w, const precision& prec = {}) {
   using G = typename P::model;
-  op_cost c;
-  c.group = m.size(o.over);
-  // optimizer-phase ops run once per step, the others once per micro-batch
-  const long per_step = o.ph == phase::optimizer ? 1 : w.micro_batches;
-  if (o.node_index == G::size) {  // step-level: loss statistics, gradient norm
-    c.calls = c.group > 1 ? per_step : 0;
-    c.elements = o.tensor == tensor_role::loss_stats ? 2 * detail::loss_heads<G>() : 1;
-  }
+  op_cost c = detail::cost_start<G>(o, m, w);
   if (o.node_index < G::size)
     detail::comps_info<typename G::components>::one(o.node_index, d, [&](auto component, const auto& nd) {
-      using C = typename decltype(component)::type;
-      c.calls = c.group > 1 ? repeats<C>(o, nd) * per_step : 0;
-      c.elements = detail::op_elements<C>(o, nd, m, w.tokens_for(o.node), w.adapters);
+      detail::cost_in_node<typename decltype(component)::type>(c, o, nd, m, w);
     });
+  detail::cost_finish(c, o, prec);
+  return c;
+}
+
+namespace detail {
+constexpr void cost_finish(op_cost& c, const plan_op& o, const precision& prec) {
   const long b = bytes_of(run_dtype(o, prec));
   const long n = c.group;
   const long shard = ceil_div(c.elements, n);
@@ -231,8 +292,8 @@ constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, co
       break;
   }
   if (n <= 1) c.payload_bytes = 0, c.wire_bytes = 0;
-  return c;
 }
+}  // namespace detail
 
 struct axis_traffic {
   axis_set over;
@@ -259,11 +320,13 @@ template <class P>
 constexpr step_traffic traffic(const typename P::model::dims& d, const mesh_shape& m, const workload& w,
                                const precision& prec = {}) {
   step_traffic t;
-  for (const auto& o : P::ops) {
-    const op_cost c = cost_of<P>(o, d, m, w, prec);
+  const auto costs = detail::op_costs<P>(d, m, w, prec);
+  for (std::size_t i = 0; i < P::size; ++i) {
+    const plan_op& o = P::ops[i];
+    const op_cost& c = costs[i];
     axis_traffic* slot = nullptr;
-    for (std::size_t i = 0; i < t.by_axis.size(); ++i)
-      if (t.by_axis[i].over == o.over) slot = &t.by_axis[i];
+    for (std::size_t a = 0; a < t.by_axis.size(); ++a)
+      if (t.by_axis[a].over == o.over) slot = &t.by_axis[a];
     if (!slot) {
       t.by_axis.push_back({o.over, 0, 0, 0});
       slot = &t.by_axis[t.by_axis.size() - 1];
@@ -303,12 +366,13 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
                                  const adapter_settings& adapters = {}) {
   using G = typename P::model;
   long param_el = 0, grad_el = 0, opt_el = 0, adapter_el = 0;
+  const auto by = detail::group_by_node<G::size>(P::ops);
   detail::comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
     using C = typename decltype(component)::type;
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
     bool experts_separate = false, frozen = false;
-    for (const auto& o : P::ops)
-      if (o.node_index == node && is_adapter_grad_role(o.tensor))
+    for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k)
+      if (const plan_op& o = P::ops[by.op[k]]; is_adapter_grad_role(o.tensor))
         adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
                       adapter_elements<C>(o.adapter, nd, o.target.unit, adapters) /
                       (o.tensor == tensor_role::expert_adapter_grads ? m[axis::ep::name] : 1);

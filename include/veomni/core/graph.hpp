@@ -97,6 +97,7 @@ constexpr std::uint64_t name_hash(std::string_view s) {
 // or by node index, as a tuple: std::get<I>(d).
 template <class... N>
 struct model_dims : std::tuple<typename N::component::dims...> {
+  using tuple_type = std::tuple<typename N::component::dims...>;
   static constexpr std::array<std::string_view, sizeof...(N)> names{N::name...};
   static constexpr std::array<std::uint64_t, sizeof...(N)> hashes{detail::name_hash(N::name)...};
   // by hash first: one string compare per lookup, not one per node
@@ -107,15 +108,17 @@ struct model_dims : std::tuple<typename N::component::dims...> {
       if (hashes[i] == h && names[i] == Name.view()) return i;
     return sizeof...(N);
   }
+  // std::get on the tuple itself: on a class derived from it, its deduction
+  // walks every base of the tuple's implementation, for each overload
   template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr auto& at() {
     static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
-    return std::get<(I < sizeof...(N) ? I : 0)>(*this);  // one error, not a cascade
+    return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<tuple_type&>(*this));  // one error, not a cascade
   }
   template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr const auto& at() const {
     static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
-    return std::get<(I < sizeof...(N) ? I : 0)>(*this);  // one error, not a cascade
+    return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<const tuple_type&>(*this));
   }
 };
 
@@ -170,6 +173,152 @@ struct check_edge {
 };
 }  // namespace detail
 
+namespace detail {
+// A node's port table, as values.
+struct port_table {
+  const std::string_view* names;
+  const std::string_view* kinds;
+  std::size_t size;
+  constexpr std::size_t find(std::string_view n) const {
+    for (std::size_t i = 0; i < size; ++i)
+      if (names[i] == n) return i;
+    return size;
+  }
+};
+
+// Stable bottom-up merge sort of the indices idx[0..n) by key[idx[i]].
+constexpr void sort_by_key(std::size_t* idx, std::size_t* tmp, const std::uint64_t* key, std::size_t n) {
+  for (std::size_t w = 1; w < n; w *= 2) {
+    for (std::size_t lo = 0; lo < n; lo += 2 * w) {
+      const std::size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+      std::size_t a = lo, b = mid, t = lo;
+      while (a < mid && b < hi) tmp[t++] = key[idx[b]] < key[idx[a]] ? idx[b++] : idx[a++];
+      while (a < mid) tmp[t++] = idx[a++];
+      while (b < hi) tmp[t++] = idx[b++];
+    }
+    for (std::size_t i = 0; i < n; ++i) idx[i] = tmp[i];
+  }
+}
+
+// The smallest j whose string equals that of some i < j, or n. `by` holds the
+// indices sorted (stably) by hash: equal strings sit in one run of equal hashes.
+constexpr std::size_t first_repeat(const std::string_view* s, const std::uint64_t* h, const std::size_t* by,
+                                   std::size_t n) {
+  std::size_t first = n;
+  for (std::size_t r = 0; r < n;) {
+    std::size_t e = r + 1;
+    while (e < n && h[by[e]] == h[by[r]]) ++e;
+    for (std::size_t b = r + 1; b < e; ++b)
+      for (std::size_t a = r; a < b; ++a)
+        if (s[by[a]] == s[by[b]] && by[b] < first) first = by[b];
+    r = e;
+  }
+  return first;
+}
+
+// What graph<> computes of its nodes and edges, in one constant evaluation
+// keyed on the counts only (not on the graph's type, whose name carries
+// every node and edge name): the name lookup table, the first fault of each
+// check, the edges as node indices, and the topological order.
+template <std::size_t NN, std::size_t NE>
+struct graph_facts {
+  std::uint64_t hash[NN + 1]{};
+  std::size_t by_hash[NN + 1]{};  // node indices sorted by name hash
+  std::size_t first_duplicate = NN;
+  std::size_t first_fan_in = NE;
+  std::size_t first_bad_edge = NE;
+  std::size_t link_from[NE + 1]{}, link_to[NE + 1]{};
+  std::array<std::size_t, NN> order{};  // order[0] == NN + 1: a cycle
+
+  // by hash, then one string compare per node of that hash
+  constexpr std::size_t find(const std::string_view* names, std::string_view n) const {
+    const std::uint64_t h = name_hash(n);
+    std::size_t lo = 0, hi = NN;
+    while (lo < hi) {
+      const std::size_t mid = lo + (hi - lo) / 2;
+      if (hash[by_hash[mid]] < h) lo = mid + 1;
+      else hi = mid;
+    }
+    std::size_t best = NN;
+    for (; lo < NN && hash[by_hash[lo]] == h; ++lo)
+      if (names[by_hash[lo]] == n && by_hash[lo] < best) best = by_hash[lo];
+    return best;
+  }
+};
+
+template <std::size_t NN, std::size_t NE>
+constexpr graph_facts<NN, NE> analyze_graph(const std::string_view* names, const std::string_view* edge_from,
+                                            const std::string_view* edge_to, const port_table* in_ports,
+                                            const port_table* out_ports) {
+  graph_facts<NN, NE> r{};
+  std::size_t tmp[(NN > NE ? NN : NE) + 1]{};
+  for (std::size_t i = 0; i < NN; ++i) r.hash[i] = name_hash(names[i]), r.by_hash[i] = i;
+  sort_by_key(r.by_hash, tmp, r.hash, NN);
+  r.first_duplicate = first_repeat(names, r.hash, r.by_hash, NN);
+
+  // An input takes one producer: the second of the first two edges into one input.
+  {
+    std::uint64_t h[NE + 1]{};
+    std::size_t by[NE + 1]{};
+    for (std::size_t e = 0; e < NE; ++e) h[e] = name_hash(edge_to[e]), by[e] = e;
+    sort_by_key(by, tmp, h, NE);
+    r.first_fan_in = first_repeat(edge_to, h, by, NE);
+  }
+
+  // The edges split into node and port names and checked; the first bad one.
+  auto cut = [](std::string_view s, std::string_view& node, std::string_view& port) {
+    const std::size_t d = dot_of(s);
+    node = d == std::string_view::npos ? s : std::string_view{s.data(), d};
+    port = d == std::string_view::npos ? std::string_view{} : std::string_view{s.data() + d + 1, s.size() - d - 1};
+  };
+  for (std::size_t e = 0; e < NE; ++e) {
+    std::string_view fnode, fport, tnode, tport;
+    cut(edge_from[e], fnode, fport);
+    cut(edge_to[e], tnode, tport);
+    const std::size_t fi = r.find(names, fnode), ti = r.find(names, tnode);
+    r.link_from[e] = fi;
+    r.link_to[e] = ti;
+    if (r.first_bad_edge < NE) continue;
+    if (fi == NN || ti == NN) {
+      r.first_bad_edge = e;
+      continue;
+    }
+    const std::size_t fp = out_ports[fi].find(fport), tp = in_ports[ti].find(tport);
+    if (fp == out_ports[fi].size || tp == in_ports[ti].size || out_ports[fi].kinds[fp] != in_ports[ti].kinds[tp])
+      r.first_bad_edge = e;
+  }
+
+  // Kahn's algorithm, taking the lowest-index ready node each time; a bad edge
+  // (already reported) keeps the declared order, to avoid a second error.
+  if (r.first_bad_edge < NE || r.first_fan_in < NE) {
+    for (std::size_t i = 0; i < NN; ++i) r.order[i] = i;
+    return r;
+  }
+  std::size_t indeg[NN + 1]{}, first[NN + 2]{}, dst[NE + 1]{};
+  for (std::size_t e = 0; e < NE; ++e) ++indeg[r.link_to[e]], ++first[r.link_from[e] + 1];
+  for (std::size_t i = 0; i < NN; ++i) first[i + 1] += first[i];
+  for (std::size_t i = 0; i <= NN; ++i) tmp[i] = first[i];
+  for (std::size_t e = 0; e < NE; ++e) dst[tmp[r.link_from[e]]++] = r.link_to[e];
+  bool done[NN + 1]{};
+  // every node below `from` is done or waits on a predecessor
+  std::size_t from = 0;
+  for (std::size_t n = 0; n < NN; ++n) {
+    std::size_t pick = from;
+    while (pick < NN && (done[pick] || indeg[pick] != 0)) ++pick;
+    if (pick == NN) {
+      r.order[0] = NN + 1;
+      return r;
+    }
+    done[pick] = true;
+    r.order[n] = pick;
+    from = pick + 1;
+    for (std::size_t k = first[pick]; k < first[pick + 1]; ++k)
+      if (--indeg[dst[k]] == 0 && dst[k] < from) from = dst[k];
+  }
+  return r;
+}
+}  // namespace detail
+
 template <class... N, class... E>
 struct graph<nodes<N...>, edges<E...>> {
   static constexpr std::size_t size = sizeof...(N);
@@ -177,17 +326,32 @@ struct graph<nodes<N...>, edges<E...>> {
   using node_list = std::tuple<N...>;
   using dims = model_dims<N...>;
   using components = comps<typename N::component...>;
+  static constexpr std::size_t edge_count = sizeof...(E);
+  static constexpr std::array<std::string_view, sizeof...(E)> edge_from{E::from...};
+  static constexpr std::array<std::string_view, sizeof...(E)> edge_to{E::to...};
 
  private:
-  static constexpr std::array<std::uint64_t, size> hashes{detail::name_hash(N::name)...};
+  // Every check in one constant evaluation (detail::analyze_graph), given
+  // the nodes' port tables as values. The templates whose errors name a
+  // node, an edge or a port are instantiated only for the first fault (one
+  // template per edge cost a 128-node graph most of its compile time), and
+  // this class has few static members: each is a symbol whose mangled name
+  // spells every node and edge name.
+  static constexpr detail::graph_facts<size, sizeof...(E)> facts = detail::analyze_graph<size, sizeof...(E)>(
+      names.data(), edge_from.data(), edge_to.data(),
+      std::array<detail::port_table, size + 1>{
+          detail::port_table{N::component::inputs::names.data(), N::component::inputs::kinds.data(),
+                             N::component::inputs::size}...,
+          detail::port_table{nullptr, nullptr, 0}}
+          .data(),
+      std::array<detail::port_table, size + 1>{
+          detail::port_table{N::component::outputs::names.data(), N::component::outputs::kinds.data(),
+                             N::component::outputs::size}...,
+          detail::port_table{nullptr, nullptr, 0}}
+          .data());
 
  public:
-  static constexpr std::size_t index_of(std::string_view n) {
-    const std::uint64_t h = detail::name_hash(n);
-    for (std::size_t i = 0; i < size; ++i)
-      if (hashes[i] == h && names[i] == n) return i;
-    return size;
-  }
+  static constexpr std::size_t index_of(std::string_view n) { return facts.find(names.data(), n); }
   template <std::size_t I>
   using node_at = std::tuple_element_t<I, node_list>;
   template <std::size_t I>
@@ -197,191 +361,56 @@ struct graph<nodes<N...>, edges<E...>> {
       typename std::conditional_t<(I < size), std::tuple_element<(I < size ? I : 0), node_list>,
                                   std::type_identity<node<"", detail::absent_component>>>::type::component;
 
- private:
-  // the second node of the first pair sharing a name, or size
-  static constexpr std::size_t first_duplicate = [] {
-    for (std::size_t j = 0; j < size; ++j)
-      for (std::size_t i = 0; i < j; ++i)
-        if (hashes[i] == hashes[j] && names[i] == names[j]) return j;
-    return size;
-  }();
-  static constexpr bool unique_names = [] {
-    if constexpr (first_duplicate < size)
-      return detail::report_duplicate_node<diag::node_named<node_at<first_duplicate>::name>>();
-    else
-      return true;
-  }();
-
- public:
-  static constexpr std::size_t edge_count = sizeof...(E);
-  static constexpr std::array<std::string_view, sizeof...(E)> edge_from{E::from...};
-  static constexpr std::array<std::string_view, sizeof...(E)> edge_to{E::to...};
-
- private:
-  // An input takes one producer. (Checked here, in the graph, not in a
-  // template naming the edge: that cost a 128-node graph 45 % more compiler
-  // memory, benchmarks/bench_plan_compile.py. The graph's type in the
-  // error lists the edges.)
-  // the second of the first two edges into one input, or the edge count
-  static constexpr std::size_t first_fan_in = [] {
-    std::array<std::uint64_t, sizeof...(E)> h{};
-    for (std::size_t i = 0; i < sizeof...(E); ++i) h[i] = detail::name_hash(edge_to[i]);
-    for (std::size_t i = 0; i < sizeof...(E); ++i)
-      for (std::size_t j = 0; j < i; ++j)
-        if (h[j] == h[i] && edge_to[j] == edge_to[i]) return i;
-    return sizeof...(E);
-  }();
-  static constexpr bool one_producer_each = [] {
-    if constexpr (first_fan_in < sizeof...(E))
-      return detail::report_fan_in<diag::port_named<std::tuple_element_t<first_fan_in, std::tuple<E...>>::to>>();
-    else
-      return true;
-  }();
-
-  // The edges split into node and port names, computed once for all of them
-  // (not as members of each edge<> type).
-  struct edge_ends {
-    std::array<std::string_view, sizeof...(E) + 1> from_node, from_port, to_node, to_port;
-  };
-  static constexpr edge_ends ends = [] {
-    edge_ends r{};
-    auto cut = [](std::string_view s, std::string_view& node, std::string_view& port) {
-      const std::size_t d = detail::dot_of(s);
-      node = d == std::string_view::npos ? s : std::string_view{s.data(), d};
-      port = d == std::string_view::npos ? std::string_view{} : std::string_view{s.data() + d + 1, s.size() - d - 1};
-    };
-    for (std::size_t e = 0; e < sizeof...(E); ++e) {
-      cut(edge_from[e], r.from_node[e], r.from_port[e]);
-      cut(edge_to[e], r.to_node[e], r.to_port[e]);
-    }
-    return r;
-  }();
-
-  // The nodes' port tables, as values.
-  struct port_table {
-    const std::string_view* names;
-    const std::string_view* kinds;
-    std::size_t size;
-    constexpr std::size_t find(std::string_view n) const {
-      for (std::size_t i = 0; i < size; ++i)
-        if (names[i] == n) return i;
-      return size;
-    }
-  };
-  static constexpr std::array<port_table, size> in_ports{port_table{
-      N::component::inputs::names.data(), N::component::inputs::kinds.data(), N::component::inputs::size}...};
-  static constexpr std::array<port_table, size> out_ports{port_table{
-      N::component::outputs::names.data(), N::component::outputs::kinds.data(), N::component::outputs::size}...};
-
-  // All edges are checked in one constant evaluation; detail::check_edge,
-  // whose error names the edge, is instantiated only for the first bad one
-  // (one template per edge cost a 128-node graph most of its compile time).
-  static constexpr std::size_t first_bad_edge = [] {
-    for (std::size_t e = 0; e < sizeof...(E); ++e) {
-      const std::size_t fi = index_of(ends.from_node[e]), ti = index_of(ends.to_node[e]);
-      if (fi == size || ti == size) return e;
-      const std::size_t fp = out_ports[fi].find(ends.from_port[e]), tp = in_ports[ti].find(ends.to_port[e]);
-      if (fp == out_ports[fi].size || tp == in_ports[ti].size) return e;
-      if (out_ports[fi].kinds[fp] != in_ports[ti].kinds[tp]) return e;
-    }
-    return sizeof...(E);
-  }();
-  static constexpr bool edges_ok = [] {
-    if constexpr (first_bad_edge < sizeof...(E))
-      return detail::check_edge<graph, std::tuple_element_t<first_bad_edge, std::tuple<E...>>>::ok;
-    else
-      return one_producer_each;
-  }();
-
-  static constexpr std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> links = [] {
-    std::array<std::pair<std::size_t, std::size_t>, sizeof...(E)> l{};
-    for (std::size_t e = 0; e < sizeof...(E); ++e) l[e] = {index_of(ends.from_node[e]), index_of(ends.to_node[e])};
-    return l;
-  }();
-
-  // Kahn's algorithm; returns size+1 in slot 0 when there is a cycle.
-  static constexpr std::array<std::size_t, size> topo() {
-    std::array<std::size_t, size> indeg{}, out{};
-    if (!edges_ok) {  // already reported; keep the declared order to avoid a second error
-      for (std::size_t i = 0; i < size; ++i) out[i] = i;
-      return out;
-    }
-    for (auto [f, t] : links) ++indeg[t];
-    // the edges grouped by source node (first[i] .. first[i + 1] in dst)
-    std::array<std::size_t, size + 1> first{};
-    std::array<std::size_t, sizeof...(E) + 1> dst{};
-    for (auto [f, t] : links) ++first[f + 1];
-    for (std::size_t i = 0; i < size; ++i) first[i + 1] += first[i];
-    {
-      std::array<std::size_t, size + 1> fill = first;
-      for (auto [f, t] : links) dst[fill[f]++] = t;
-    }
-    std::array<bool, size> done{};
-    std::size_t n = 0;
-    while (n < size) {
-      std::size_t pick = size;
-      for (std::size_t i = 0; i < size && pick == size; ++i)
-        if (!done[i] && indeg[i] == 0) pick = i;
-      if (pick == size) {
-        out[0] = size + 1;
-        return out;
-      }
-      done[pick] = true;
-      out[n++] = pick;
-      for (std::size_t k = first[pick]; k < first[pick + 1]; ++k) --indeg[dst[k]];
-    }
-    return out;
-  }
-
- public:
-  // A node on the cycle that stopped topo(): every node it left has a
-  // predecessor it also left, so walking back size steps from one ends on
-  // the cycle.
+  // A node on the cycle that stopped the topological sort: every node it
+  // left has a predecessor it also left, so walking back size steps from one
+  // ends on the cycle.
   static constexpr std::size_t node_on_cycle() {
-    std::array<std::size_t, size> ordered{};
-    for (std::size_t i = 0; i < size; ++i) ordered[i] = size;
     std::array<bool, size> left{};
     for (std::size_t i = 0; i < size; ++i) left[i] = true;
     // the nodes Kahn's algorithm can order, again
     std::array<std::size_t, size> indeg{};
-    for (auto [f, t] : links) ++indeg[t];
+    for (std::size_t e = 0; e < edge_count; ++e) ++indeg[facts.link_to[e]];
     for (bool moved = true; moved;) {
       moved = false;
       for (std::size_t i = 0; i < size; ++i)
         if (left[i] && indeg[i] == 0) {
           left[i] = false;
           moved = true;
-          for (auto [f, t] : links)
-            if (f == i) --indeg[t];
+          for (std::size_t e = 0; e < edge_count; ++e)
+            if (facts.link_from[e] == i) --indeg[facts.link_to[e]];
         }
     }
     std::size_t at = 0;
     while (at < size && !left[at]) ++at;
     for (std::size_t step = 0; step < size; ++step)
-      for (auto [f, t] : links)
-        if (t == at && left[f]) {
-          at = f;
+      for (std::size_t e = 0; e < edge_count; ++e)
+        if (facts.link_to[e] == at && left[facts.link_from[e]]) {
+          at = facts.link_from[e];
           break;
         }
     return at;
   }
 
- public:
-  static constexpr std::array<std::size_t, size> order = topo();
+  static constexpr std::array<std::size_t, size> order = facts.order;
 
- private:
-  static constexpr bool acyclic = [] {
-    if constexpr (size > 0 && order[0] > size)
-      return detail::report_cycle<diag::node_named<node_at<node_on_cycle()>::name>>();
-    else
-      return true;
-  }();
-
- public:
   // Whether every check passed. One that failed has stopped the build with
-  // its own error (diagnostics.hpp); the assertion reads them, so that they
-  // run whenever the graph is instantiated, and fails on none of them.
-  static constexpr bool valid = unique_names && edges_ok && acyclic;
+  // its own error (diagnostics.hpp), the first fault of each kind only:
+  // duplicate names; a bad edge (its ends spelled out), else two edges into
+  // one input; a cycle (checked only when the edges are good).
+  static constexpr bool valid = [] {
+    bool ok = true;
+    if constexpr (facts.first_duplicate < size)
+      ok = detail::report_duplicate_node<diag::node_named<node_at<facts.first_duplicate>::name>>() && ok;
+    if constexpr (facts.first_bad_edge < edge_count)
+      ok = detail::check_edge<graph, std::tuple_element_t<facts.first_bad_edge, std::tuple<E...>>>::ok && ok;
+    else if constexpr (facts.first_fan_in < edge_count)
+      ok = detail::report_fan_in<
+               diag::port_named<std::tuple_element_t<facts.first_fan_in, std::tuple<E...>>::to>>() &&
+           ok;
+    else if constexpr (size > 0 && facts.order[0] > size)
+      ok = detail::report_cycle<diag::node_named<node_at<node_on_cycle()>::name>>() && ok;
+    return ok;
+  }();
   static_assert(valid || !valid);
 };
 

@@ -478,6 +478,53 @@ constexpr std::array<plan_op, Size> build_plan(const plan_input<NodeCount>& in) 
 // matched to the nodes in one pass; the checks that raise errors
 // (check_apply) are instantiated only for the first apply<> at fault, so a
 // mistake is still one error that names its apply<> and policy.
+// Which apply<> names each node and which node each apply<> names.
+template <std::size_t NodeCount, std::size_t ApplyCount>
+struct apply_match {
+  std::array<std::size_t, NodeCount> apply_of{};    // the apply<> naming each node (ApplyCount: none)
+  std::array<std::size_t, ApplyCount> node_of{};    // the node each apply<> names (NodeCount: none)
+  std::size_t first_bad = ApplyCount;               // the first apply<> naming no node, or a node named twice
+};
+template <Model G, std::size_t ApplyCount>
+constexpr apply_match<G::size, ApplyCount> match_applies(const std::array<std::string_view, ApplyCount>& nodes) {
+  apply_match<G::size, ApplyCount> r;
+  std::array<std::size_t, G::size + 1> times{};
+  for (std::size_t i = 0; i < G::size; ++i) r.apply_of[i] = ApplyCount;
+  for (std::size_t a = 0; a < ApplyCount; ++a) {
+    const std::size_t i = G::index_of(nodes[a]);
+    r.node_of[a] = i;
+    ++times[i];
+    if (i < G::size && r.apply_of[i] == ApplyCount) r.apply_of[i] = a;
+  }
+  for (std::size_t a = 0; a < ApplyCount && r.first_bad == ApplyCount; ++a)
+    if (r.node_of[a] == G::size || times[r.node_of[a]] != 1) r.first_bad = a;
+  return r;
+}
+
+// The first node whose kind fails the recipe's checks, or NodeCount.
+template <std::size_t NodeCount>
+constexpr std::size_t first_bad_kind(const plan_input<NodeCount>& in) {
+  for (std::size_t i = 0; i < NodeCount; ++i)
+    if (!in.kinds[i].ok) return i;
+  return NodeCount;
+}
+// The nodes' ops and the step's: loss statistics, gradient norm, and the
+// router statistics of each MoE layer in both directions.
+template <std::size_t NodeCount>
+constexpr std::size_t plan_size(const plan_input<NodeCount>& in) {
+  std::size_t n = 2;
+  for (const auto& k : in.kinds) {
+    n += k.op_count;
+    for (std::size_t l = 0; l < k.layer_count; ++l) n += 2 * (k.layers[l].kind == layer_kind::moe);
+  }
+  return n;
+}
+
+// A (model, recipe) pair's checks and build_plan's input. The recipe is
+// matched to the nodes in one pass; the checks that raise errors
+// (check_apply) are instantiated only for the first apply<> at fault, so a
+// mistake is still one error that names its apply<> and policy. Few static
+// members: each is a symbol whose name spells the whole graph and recipe.
 template <Model G, Recipe R>
 struct plan_tables;
 template <class... N, class E, class... A>
@@ -486,40 +533,9 @@ struct plan_tables<graph<nodes<N...>, E>, recipe<A...>> {
   using R = recipe<A...>;
   static constexpr std::size_t apply_count = sizeof...(A);
 
-  struct match {
-    std::array<std::size_t, G::size> apply_of{};    // the apply<> naming each node (apply_count: none)
-    std::array<std::size_t, apply_count> node_of{};  // the node each apply<> names (G::size: none)
-    std::size_t first_bad = apply_count;             // the first apply<> naming no node, or a node named twice
-  };
-  static constexpr match m = [] {
-    match r;
-    std::array<std::size_t, G::size + 1> times{};
-    for (std::size_t i = 0; i < G::size; ++i) r.apply_of[i] = apply_count;
-    for (std::size_t a = 0; a < apply_count; ++a) {
-      const std::size_t i = G::index_of(R::nodes[a]);
-      r.node_of[a] = i;
-      ++times[i];
-      if (i < G::size && r.apply_of[i] == apply_count) r.apply_of[i] = a;
-    }
-    for (std::size_t a = 0; a < apply_count && r.first_bad == apply_count; ++a)
-      if (r.node_of[a] == G::size || times[r.node_of[a]] != 1) r.first_bad = a;
-    return r;
-  }();
+  static constexpr apply_match<G::size, apply_count> m = match_applies<G>(R::nodes);
   template <std::size_t I>
   using apply_at = std::tuple_element_t<I, std::tuple<A...>>;
-
-  static constexpr bool names_ok = [] {
-    if constexpr (m.first_bad < apply_count)
-      return check_apply<G, R, apply_at<m.first_bad>>::ok;  // false, with its error
-    else
-      return true;
-  }();
-  static constexpr bool policies_ok = [] {
-    if constexpr (names_ok)
-      return (A::policies_ok && ... && true);
-    else
-      return false;
-  }();
 
   // The policies of node I (an empty tuple when no apply<> names it).
   using policy_list = indexed_list<std::make_index_sequence<apply_count + 1>, typename A::policies..., std::tuple<>>;
@@ -535,35 +551,28 @@ struct plan_tables<graph<nodes<N...>, E>, recipe<A...>> {
   };
   using per_node = nodes_of<std::make_index_sequence<G::size>>;
 
-  static constexpr std::size_t first_bad_node = [] {
-    if constexpr (policies_ok) {
-      for (std::size_t i = 0; i < G::size; ++i)
-        if (!per_node::input.kinds[i].ok) return i;
+  // The checks in order, a later one only when the earlier pass: the apply<>
+  // names, each apply<>'s policies, then each node's kind. A failed check
+  // has stopped compilation with one error; the plan is then empty.
+  struct verdict {
+    bool ok = false;
+    std::size_t size = 0;
+  };
+  static constexpr verdict checked = [] {
+    if constexpr (m.first_bad < apply_count) {
+      return verdict{check_apply<G, R, apply_at<m.first_bad>>::ok, 0};  // false, with its error
+    } else if constexpr (!(A::policies_ok && ... && true)) {
+      return verdict{};
+    } else {
+      constexpr std::size_t bad = first_bad_kind(per_node::input);
+      if constexpr (bad < G::size && m.apply_of[bad] < apply_count) {
+        constexpr bool passed = check_apply<G, R, apply_at<m.apply_of[bad]>>::ok;  // false, with its error
+        return verdict{passed, passed ? plan_size(per_node::input) : 0};
+      } else if constexpr (bad < G::size)
+        return verdict{};
+      else
+        return verdict{true, plan_size(per_node::input)};
     }
-    return G::size;
-  }();
-  // A failed check has stopped compilation with one error.
-  static constexpr bool ok = [] {
-    if constexpr (!policies_ok)
-      return false;
-    else if constexpr (first_bad_node < G::size && m.apply_of[first_bad_node] < apply_count)
-      return check_apply<G, R, apply_at<m.apply_of[first_bad_node]>>::ok;  // false, with its error
-    else
-      return first_bad_node == G::size;
-  }();
-
-  // the nodes' ops and the step's: loss statistics, gradient norm, and the
-  // router statistics of each MoE layer in both directions
-  static constexpr std::size_t size = [] {
-    std::size_t n = 0;
-    if constexpr (ok) {
-      n = 2;
-      for (const auto& k : per_node::input.kinds) {
-        n += k.op_count;
-        for (std::size_t l = 0; l < k.layer_count; ++l) n += 2 * (k.layers[l].kind == layer_kind::moe);
-      }
-    }
-    return n;
   }();
 };
 
@@ -575,8 +584,8 @@ struct plan {
   using recipe_type = R;
   // A failed check has already stopped compilation with its own message; an
   // invalid (model, recipe) then gets an empty plan instead of more errors.
-  static constexpr bool valid = detail::plan_tables<G, R>::ok;
-  static constexpr std::size_t size = detail::plan_tables<G, R>::size;
+  static constexpr bool valid = detail::plan_tables<G, R>::checked.ok;
+  static constexpr std::size_t size = detail::plan_tables<G, R>::checked.size;
   static constexpr std::array<plan_op, size> ops = [] {
     if constexpr (valid) return detail::build_plan<size>(detail::plan_tables<G, R>::per_node::input);
     else return std::array<plan_op, 0>{};
