@@ -22,12 +22,21 @@
 #include <string_view>
 #include <utility>
 
+#include "fixed_string.hpp"
+
 namespace veomni::diag {
 
 template <char... C>
 struct node_name {};
 template <char... C>
 struct port_name {};
+
+// A fixed_string template argument's text as a static string_view, for
+// node_named / port_named.
+template <fixed_string S>
+struct view_of {
+  static constexpr std::string_view value = S.view();
+};
 
 namespace detail {
 template <template <char...> class Name, const std::string_view& S, class I = std::make_index_sequence<S.size()>>

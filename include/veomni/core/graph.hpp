@@ -93,6 +93,14 @@ constexpr std::uint64_t name_hash(std::string_view s) {
 
 }  // namespace detail
 
+namespace detail {
+template <class Node>
+constexpr bool report_no_dims_node() {
+  static_assert(sizeof(Node) == 0, "model_dims::at<Name>(): the model has no node of that name (the name is here)");
+  return false;
+}
+}  // namespace detail
+
 // Node dims of a whole model, addressed by node name: d.at<"lm">().hidden = 64;
 // or by node index, as a tuple: std::get<I>(d).
 template <class... N>
@@ -112,12 +120,12 @@ struct model_dims : std::tuple<typename N::component::dims...> {
   // walks every base of the tuple's implementation, for each overload
   template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr auto& at() {
-    static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
+    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<diag::view_of<Name>::value>>();
     return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<tuple_type&>(*this));  // one error, not a cascade
   }
   template <fixed_string Name, std::size_t I = index<Name>()>
   constexpr const auto& at() const {
-    static_assert(I < sizeof...(N), "model_dims::at<Name>(): the model has no node of that name");
+    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<diag::view_of<Name>::value>>();
     return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<const tuple_type&>(*this));
   }
 };
