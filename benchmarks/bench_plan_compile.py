@@ -14,6 +14,10 @@ with static_asserts, then times the compiler on each (ccache bypassed).
 the names are template arguments, so their length is part of what the
 compiler carries (issue 23 asks for 128 nodes of 32-character names).
 
+BENCH_INCLUDE=dir compiles against the headers in dir instead of this
+checkout's include/ (an older commit's, say: `git worktree add`), so that
+old and new can be alternated in the same minutes.
+
 Prints one line per N: median wall seconds, peak RSS of the compiler, ops
 in the plan, and the growth against the smallest size.
 """
@@ -27,7 +31,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INCLUDE = os.path.join(os.path.dirname(HERE), "include")
+INCLUDE = os.environ.get("BENCH_INCLUDE", os.path.join(os.path.dirname(HERE), "include"))
 
 
 def tu(n, name_length=0):
