@@ -237,6 +237,7 @@ struct graph_facts {
   std::size_t first_bad_edge = NE;
   std::size_t link_from[NE + 1]{}, link_to[NE + 1]{};
   std::array<std::size_t, NN> order{};  // order[0] == NN + 1: a cycle
+  std::size_t cycle_node = NN;          // then a node on it
 
   // by hash, then one string compare per node of that hash
   constexpr std::size_t find(const std::string_view* names, std::string_view n) const {
@@ -315,6 +316,17 @@ constexpr graph_facts<NN, NE> analyze_graph(const std::string_view* names, const
     while (pick < NN && (done[pick] || indeg[pick] != 0)) ++pick;
     if (pick == NN) {
       r.order[0] = NN + 1;
+      // a node on the cycle: every node left has a predecessor also left, so
+      // walking back NN steps from one ends on the cycle
+      std::size_t at = 0;
+      while (done[at]) ++at;
+      for (std::size_t step = 0; step < NN; ++step)
+        for (std::size_t e = 0; e < NE; ++e)
+          if (r.link_to[e] == at && !done[r.link_from[e]]) {
+            at = r.link_from[e];
+            break;
+          }
+      r.cycle_node = at;
       return r;
     }
     done[pick] = true;
@@ -369,36 +381,6 @@ struct graph<nodes<N...>, edges<E...>> {
       typename std::conditional_t<(I < size), std::tuple_element<(I < size ? I : 0), node_list>,
                                   std::type_identity<node<"", detail::absent_component>>>::type::component;
 
-  // A node on the cycle that stopped the topological sort: every node it
-  // left has a predecessor it also left, so walking back size steps from one
-  // ends on the cycle.
-  static constexpr std::size_t node_on_cycle() {
-    std::array<bool, size> left{};
-    for (std::size_t i = 0; i < size; ++i) left[i] = true;
-    // the nodes Kahn's algorithm can order, again
-    std::array<std::size_t, size> indeg{};
-    for (std::size_t e = 0; e < edge_count; ++e) ++indeg[facts.link_to[e]];
-    for (bool moved = true; moved;) {
-      moved = false;
-      for (std::size_t i = 0; i < size; ++i)
-        if (left[i] && indeg[i] == 0) {
-          left[i] = false;
-          moved = true;
-          for (std::size_t e = 0; e < edge_count; ++e)
-            if (facts.link_from[e] == i) --indeg[facts.link_to[e]];
-        }
-    }
-    std::size_t at = 0;
-    while (at < size && !left[at]) ++at;
-    for (std::size_t step = 0; step < size; ++step)
-      for (std::size_t e = 0; e < edge_count; ++e)
-        if (facts.link_to[e] == at && left[facts.link_from[e]]) {
-          at = facts.link_from[e];
-          break;
-        }
-    return at;
-  }
-
   static constexpr std::array<std::size_t, size> order = facts.order;
 
   // Whether every check passed. One that failed has stopped the build with
@@ -416,7 +398,7 @@ struct graph<nodes<N...>, edges<E...>> {
                diag::port_named<std::tuple_element_t<facts.first_fan_in, std::tuple<E...>>::to>>() &&
            ok;
     else if constexpr (size > 0 && facts.order[0] > size)
-      ok = detail::report_cycle<diag::node_named<node_at<node_on_cycle()>::name>>() && ok;
+      ok = detail::report_cycle<diag::node_named<node_at<facts.cycle_node>::name>>() && ok;
     return ok;
   }();
   static_assert(valid || !valid);
