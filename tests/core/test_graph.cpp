@@ -41,7 +41,36 @@ TEST_CASE("graph: model dims are addressed by node name") {
   constexpr auto d = tiny_vl_dims();
   static_assert(d.at<"lm">().hidden == 64);
   static_assert(d.at<"vision">().patch == 4);
-  CHECK(std::get<2>(d).vocab == 512);
+  CHECK(veomni::get<2>(d).vocab == 512);
+  CHECK(d.get<1>().out == 64);
+}
+
+// Names of 16 characters and more are packed into 64-bit words inside
+// fixed_string (shorter ones stay one char per element): the text, the
+// lookups and the edges' node and port parts are the same either way.
+using long_names = graph<nodes<node<"an_image_encoder_with_a_long_name", vision_encoder>,
+                               node<"its_projector_0123", projector>, node<"lm", text_decoder>>,
+                         edges<edge<"an_image_encoder_with_a_long_name.embeds", "its_projector_0123.in">,
+                               edge<"its_projector_0123.out", "lm.image_embeds">>>;
+
+TEST_CASE("graph: fixed_string packs long names and gives back their text") {
+  static_assert(!fixed_string<16>::packed && fixed_string<17>::packed);
+  static_assert(text_of<"lm"> == "lm" && text_of<"fifteen_chars15"> == "fifteen_chars15");
+  static_assert(text_of<"sixteen_chars_16"> == "sixteen_chars_16");
+  static_assert(text_of<"a name of thirty-three characters"> == "a name of thirty-three characters");
+  static_assert(fixed_string("its_projector_0123")[17] == '3' && fixed_string("its_projector_0123").size() == 18);
+  static_assert(long_names::order == std::array<std::size_t, 3>{0, 1, 2});
+  static_assert(long_names::index_of("its_projector_0123") == 1);
+  static_assert(edge<"an_image_encoder_with_a_long_name.embeds", "p.in">::from_port == "embeds");
+  constexpr auto d = [] {
+    long_names::dims x;
+    x.at<"an_image_encoder_with_a_long_name">().hidden = 32;
+    x.at<"its_projector_0123">().in = 32;
+    return x;
+  }();
+  static_assert(veomni::get<0>(d).hidden == 32 && d.get<1>().in == 32);
+  CHECK(long_names::names[0] == "an_image_encoder_with_a_long_name");
+  CHECK(long_names::edge_to[0] == "its_projector_0123.in");
 }
 
 TEST_CASE("components: ports carry tensor kinds and components model the concept") {

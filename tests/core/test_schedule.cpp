@@ -49,7 +49,7 @@ std::multiset<std::tuple<std::size_t, long, bool>> plain(const typename P::model
     const plan_op& o = P::ops[i];
     long blocks = 0;
     for_each_node<G>([&](auto I) {
-      if (I.value == o.node_index) blocks = G::template component_at<I.value>::blocks(std::get<I.value>(d));
+      if (I.value == o.node_index) blocks = G::template component_at<I.value>::blocks(veomni::get<I.value>(d));
     });
     if (o.repeat != scope::block) {
       out.insert({i, -1, false});

@@ -61,7 +61,7 @@ at::Tensor training_logits(const typename G::dims& d, local_params<G>& params, c
   constexpr std::size_t lm = G::index_of("lm");
   using C = typename G::template component_at<lm>;
   const tensors root = params.unit({lm, -1});
-  return at::matmul(out.at("lm.hidden"), impl<C>::head_weight(std::get<lm>(d), root).t()).detach();
+  return at::matmul(out.at("lm.hidden"), impl<C>::head_weight(veomni::get<lm>(d), root).t()).detach();
 }
 
 std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
@@ -81,7 +81,7 @@ template <Model G, language_model C>
 double incremental_vs_training(const typename G::dims& d, uint64_t seed, int64_t len, int64_t prefix, int64_t max_length,
                                bool perturbed = false) {
   auto params = sharp_params<G>(d, seed, perturbed);
-  const auto& lm = std::get<G::index_of("lm")>(d);
+  const auto& lm = veomni::get<G::index_of("lm")>(d);
   const auto toks = random_tokens(len, lm.vocab, seed);
   const at::Tensor ref = training_logits<G>(d, params, toks);
   decoder<C> dec(lm, weights_of_units(params, G::index_of("lm"), lm.layers), max_length);
@@ -171,7 +171,7 @@ TEST_CASE("generate: the kv cache grows, or refuses past its preallocated length
 TEST_CASE("generate: greedy is deterministic, top-p near 0 is greedy, stop ids stop") {
   const auto d = models::dense_lm_tiny();
   auto params = sharp_params<models::dense_lm>(d, 7);
-  const auto& lm = std::get<0>(d);
+  const auto& lm = veomni::get<0>(d);
   decoder<text_decoder> dec(lm, weights_of_units(params, 0, lm.layers));
   const std::vector<int64_t> prompt{256, 'a', 'b', 'c'};
   generate_options o;
@@ -309,7 +309,7 @@ TEST_CASE("generate: a NaN, +inf or all -inf logit row is an error, greedy or sa
 
 TEST_CASE("generate: weights by name name what is missing or of another shape") {
   const auto d = models::dense_lm_tiny();
-  const auto& lm = std::get<0>(d);
+  const auto& lm = veomni::get<0>(d);
   std::map<std::string, at::Tensor> named;
   for (const auto& s : impl<text_decoder>::root_specs(lm, "lm.")) named[s.name] = materialize(s, 1);
   for (int64_t b = 0; b < lm.layers; ++b)

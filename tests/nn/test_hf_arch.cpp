@@ -242,7 +242,7 @@ struct differences {
 template <Model G>
 differences against_reference(const typename G::dims& d, uint64_t seed) {
   using C = typename G::template component_at<0>;
-  const auto& lm = std::get<0>(d);
+  const auto& lm = veomni::get<0>(d);
   flat_units<G> units(d, seed);
   const packed p = two_samples(lm.vocab, seed);
   context ctx;
@@ -402,7 +402,7 @@ at::Tensor attention(const at::Tensor& x, const tensors& w, int64_t heads, int64
 }
 template <Model G>
 at::Tensor hidden(const typename G::dims& d, unit_source& units, const batch& b) {
-  const auto& lm = std::get<0>(d);
+  const auto& lm = veomni::get<0>(d);
   const tensors root = units.unit({0, -1});
   const seq_layout s{b.cu_seqlens, b.position_ids, true, {}};
   at::Tensor x = root[0].index_select(0, b.tokens);

@@ -32,7 +32,7 @@ namespace user {
 // below is a user's: the all_to_alls around attention over sp.
 template <fixed_string Name>
 struct ulysses_like {
-  static constexpr std::string_view name = Name.view();
+  static constexpr std::string_view name = veomni::text_of<Name>;
   static constexpr std::array touches{layer_kind::attention};
   static constexpr axis_set over = axes<axis::sp>;
   template <class Ctx>

@@ -191,7 +191,7 @@ named hf_weights(const fs::path& dir, const std::string& model, D lm) {
           throw input_error("config mismatch: " + cfg + " says " + k + " = " + std::to_string(v.first) +
                             ", the config's model gives " + std::to_string(v.second));
       typename G::dims d;
-      std::get<0>(d) = lm;
+      veomni::get<0>(d) = lm;
       (void)train::hf_names<G>(ck, d, lm.tie_word_embeddings);  // each tensor there, with its shape, and no other
       for (const auto& [spec, src] : train::hf_layout<G>(d)) {
         at::Tensor x = at::empty(spec.shape, at::kFloat);
@@ -385,7 +385,7 @@ class text_out {
 template <Model G, nn::language_model C>
 int generate_text(const run_files& r, const options& o) {
   const auto dims = train::model_dims<G>(r.c);
-  const auto& lm = std::get<G::index_of("lm")>(dims);
+  const auto& lm = veomni::get<G::index_of("lm")>(dims);
   std::vector<nn::param_spec> specs = nn::impl<C>::root_specs(lm, "lm.");
   for (int64_t b = 0; b < lm.layers; ++b)
     for (auto& s : nn::impl<C>::block_specs(lm, b, "lm.")) specs.push_back(std::move(s));

@@ -294,7 +294,7 @@ void print_launch(const options& o, const typename G::dims& d) {
     for_each_node<G>([&](auto I) {
       using C = typename G::template component_at<I.value>;
       const auto name = G::names[I.value];
-      const flop_split f = forward_flops<C>(std::get<I.value>(d), st.context(name), causal_attention<C>());
+      const flop_split f = forward_flops<C>(veomni::get<I.value>(d), st.context(name), causal_attention<C>());
       std::printf("%s: matmuls %.2f GFLOP", std::string(name).c_str(), f.gemm / 1e9);
       if (f.experts > 0) std::printf(" (routed experts %.2f)", f.experts / 1e9);
       std::printf(", attention core %.2f GFLOP (context %ld, %s)\n", f.attention / 1e9, st.context(name),

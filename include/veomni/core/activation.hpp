@@ -119,7 +119,7 @@ constexpr activation_memory activations(const typename G::dims& d, const trainin
   activation_memory total;
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
-    const activation_memory a = activations<C>(std::get<I.value>(d), st.tokens_per_rank(G::names[I.value], m),
+    const activation_memory a = activations<C>(veomni::get<I.value>(d), st.tokens_per_rank(G::names[I.value], m),
                                                st.checkpointing, activation_bytes_of(st.prec), st.loss, st.loss_chunk);
     total.kept += a.kept;
     total.root += a.root;

@@ -60,7 +60,7 @@ concept TensorKind = requires {
 
 template <fixed_string Name, TensorKind Kind>
 struct port {
-  static constexpr std::string_view name = Name.view();
+  static constexpr std::string_view name = text_of<Name>;
   using kind = Kind;
 };
 

@@ -142,19 +142,17 @@ struct comps_info<comps<C...>> {
   }
   static constexpr long loss_heads = (heads<C>() + ... + 0);
   // f(std::type_identity<C>{}, dims of node i) for node i only
-  template <class D, class F>
-  static constexpr void one(std::size_t i, const D& d, F&& f) {
-    const std::tuple<typename C::dims...>& t = d;  // std::get on the tuple, not on a class derived from it
+  template <class F>
+  static constexpr void one(std::size_t i, const dims_of<C...>& t, F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ((I == i ? (f(std::type_identity<C>{}, std::get<I>(t)), 0) : 0), ...);
+      ((I == i ? (f(std::type_identity<C>{}, detail::slot<I>(t)), 0) : 0), ...);
     }(std::index_sequence_for<C...>{});
   }
   // f(std::type_identity<C>{}, i, dims of node i) for every node i
-  template <class D, class F>
-  static constexpr void all(const D& d, F&& f) {
-    const std::tuple<typename C::dims...>& t = d;
+  template <class F>
+  static constexpr void all(const dims_of<C...>& t, F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (f(std::type_identity<C>{}, I, std::get<I>(t)), ...);
+      (f(std::type_identity<C>{}, I, detail::slot<I>(t)), ...);
     }(std::index_sequence_for<C...>{});
   }
 };
@@ -195,15 +193,15 @@ constexpr dtype run_dtype(const plan_op& o, const precision& prec) {
 namespace detail {
 // The parts of cost_of: the op's group (and a step-level op's calls and
 // elements), a node's op's calls and elements, then the bytes.
-template <Model G>
-constexpr op_cost cost_start(const plan_op& o, const mesh_shape& m, const workload& w) {
+constexpr op_cost cost_start(const plan_op& o, const mesh_shape& m, const workload& w, std::size_t node_count,
+                             long loss_heads) {
   op_cost c;
   c.group = m.size(o.over);
-  if (o.node_index == G::size) {  // step-level: loss statistics, gradient norm
+  if (o.node_index == node_count) {  // step-level: loss statistics, gradient norm
     // optimizer-phase ops run once per step, the others once per micro-batch
     const long per_step = o.ph == phase::optimizer ? 1 : w.micro_batches;
     c.calls = c.group > 1 ? per_step : 0;
-    c.elements = o.tensor == tensor_role::loss_stats ? 2 * loss_heads<G>() : 1;
+    c.elements = o.tensor == tensor_role::loss_stats ? 2 * loss_heads : 1;
   }
   return c;
 }
@@ -235,21 +233,39 @@ constexpr ops_by_node<Size, NodeCount> group_by_node(const std::array<plan_op, S
   return r;
 }
 
-// cost_of for every op of plan P, indexed like P::ops: one walk over the
+// cost_of for every op of a plan, indexed like its ops: one walk over the
 // nodes (each node's dims read once), not a walk over the nodes per op.
+// Keyed on the components and the op count, not on the plan: the symbols
+// the compiler makes of it (and of its callback) do not spell the graph.
+template <class... C, std::size_t Size>
+constexpr std::array<op_cost, Size> op_costs(comps<C...>, const std::array<plan_op, Size>& ops, const dims_of<C...>& d,
+                                             const mesh_shape& m, const workload& w, const precision& prec) {
+  using info = comps_info<comps<C...>>;
+  std::array<op_cost, Size> c{};
+  for (std::size_t i = 0; i < Size; ++i) c[i] = cost_start(ops[i], m, w, sizeof...(C), info::loss_heads);
+  const auto by = group_by_node<sizeof...(C)>(ops);
+  info::all(d, [&](auto component, std::size_t node, const auto& nd) {
+    using Cx = typename decltype(component)::type;
+    for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k) cost_in_node<Cx>(c[by.op[k]], ops[by.op[k]], nd, m, w);
+  });
+  for (std::size_t i = 0; i < Size; ++i) cost_finish(c[i], ops[i], prec);
+  return c;
+}
 template <class P>
 constexpr std::array<op_cost, P::size> op_costs(const typename P::model::dims& d, const mesh_shape& m,
                                                 const workload& w, const precision& prec) {
-  using G = typename P::model;
-  std::array<op_cost, P::size> c{};
-  for (std::size_t i = 0; i < P::size; ++i) c[i] = cost_start<G>(P::ops[i], m, w);
-  const auto by = group_by_node<G::size>(P::ops);
-  comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
-    using C = typename decltype(component)::type;
-    for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k)
-      cost_in_node<C>(c[by.op[k]], P::ops[by.op[k]], nd, m, w);
-  });
-  for (std::size_t i = 0; i < P::size; ++i) cost_finish(c[i], P::ops[i], prec);
+  return op_costs(typename P::model::components{}, P::ops, d, m, w, prec);
+}
+template <class... C>
+constexpr op_cost cost_of(comps<C...>, const plan_op& o, const dims_of<C...>& d, const mesh_shape& m,
+                          const workload& w, const precision& prec) {
+  using info = comps_info<comps<C...>>;
+  op_cost c = cost_start(o, m, w, sizeof...(C), info::loss_heads);
+  if (o.node_index < sizeof...(C))
+    info::one(o.node_index, d, [&](auto component, const auto& nd) {
+      cost_in_node<typename decltype(component)::type>(c, o, nd, m, w);
+    });
+  cost_finish(c, o, prec);
   return c;
 }
 }  // namespace detail
@@ -258,14 +274,7 @@ constexpr std::array<op_cost, P::size> op_costs(const typename P::model::dims& d
 template <class P>
 constexpr op_cost cost_of(const plan_op& o, const typename P::model::dims& d, const mesh_shape& m,
                           const workload& w, const precision& prec = {}) {
-  using G = typename P::model;
-  op_cost c = detail::cost_start<G>(o, m, w);
-  if (o.node_index < G::size)
-    detail::comps_info<typename G::components>::one(o.node_index, d, [&](auto component, const auto& nd) {
-      detail::cost_in_node<typename decltype(component)::type>(c, o, nd, m, w);
-    });
-  detail::cost_finish(c, o, prec);
-  return c;
+  return detail::cost_of(typename P::model::components{}, o, d, m, w, prec);
 }
 
 namespace detail {
@@ -348,35 +357,25 @@ struct memory_per_rank {
   constexpr long total() const { return params + grads + optimizer; }
 };
 
-// Parameter, gradient and optimizer-state bytes one rank holds. An adapted
-// node (Adapt<LoRA>) holds its frozen parameters as its Shard policy places
-// them but no gradient or optimizer state of theirs; its adapters are whole
-// on every rank (those of experts split by EP: the local experts'), with their gradients and optimizer state, in fp32 (the
-// optimizer's moments at optimizer_state_bytes). A unit's
-// dense params are divided (with padding) by the group of the axes its
-// policies shard them over; experts first by ep (whole experts), then by the
-// axes that shard expert_params' flat dim (ep_dp). Gradients and optimizer
-// state follow the params unless a policy places them (ZeRO-1/2). Replicated
-// parameters whose optimizer state is split over n ranks are held padded to a
-// multiple of n (equal shards to update and gather), and so are their whole
-// gradients (ZeRO-1):
-//   P = 10, n = 4:  ZeRO-2 params 12, grads 3, optimizer 3;  ZeRO-1 params 12, grads 12, optimizer 3.
-template <class P>
-constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {},
-                                 const adapter_settings& adapters = {}) {
-  using G = typename P::model;
+namespace detail {
+// memory<P>'s walk, keyed on the components and the op count (see op_costs).
+template <class... C, std::size_t Size>
+constexpr memory_per_rank memory_of(comps<C...>, const std::array<plan_op, Size>& ops,
+                                    const std::array<placement_list, sizeof...(C)>& placements,
+                                    const dims_of<C...>& d, const mesh_shape& m, const precision& prec,
+                                    const adapter_settings& adapters) {
   long param_el = 0, grad_el = 0, opt_el = 0, adapter_el = 0;
-  const auto by = detail::group_by_node<G::size>(P::ops);
-  detail::comps_info<typename G::components>::all(d, [&](auto component, std::size_t node, const auto& nd) {
-    using C = typename decltype(component)::type;
+  const auto by = group_by_node<sizeof...(C)>(ops);
+  comps_info<comps<C...>>::all(d, [&](auto component, std::size_t node, const auto& nd) {
+    using Cx = typename decltype(component)::type;
     long dense = 1, grads = 0, opt = 0, ep_group = 1, expert_flat = 1;
     bool experts_separate = false, frozen = false;
     for (std::size_t k = by.first[node]; k < by.first[node + 1]; ++k)
-      if (const plan_op& o = P::ops[by.op[k]]; is_adapter_grad_role(o.tensor))
-        adapter_el += (o.target.unit == scope::block ? C::blocks(nd) : 1) *
-                      adapter_elements<C>(o.adapter, nd, o.target.unit, adapters) /
+      if (const plan_op& o = ops[by.op[k]]; is_adapter_grad_role(o.tensor))
+        adapter_el += (o.target.unit == scope::block ? Cx::blocks(nd) : 1) *
+                      adapter_elements<Cx>(o.adapter, nd, o.target.unit, adapters) /
                       (o.tensor == tensor_role::expert_adapter_grads ? m[axis::ep::name] : 1);
-    for (const auto& pl : P::placements[node]) {
+    for (const auto& pl : placements[node]) {
       experts_separate = experts_separate || pl.tensor == placed_tensor::expert_params;
       frozen = frozen || pl.tensor == placed_tensor::adapters || pl.tensor == placed_tensor::expert_adapters;
       if (pl.how.kind != placement_kind::shard) continue;
@@ -394,10 +393,10 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
     if (!grads) grads = dense;
     if (!opt) opt = dense;
     for (scope s : {scope::model, scope::block}) {
-      if (!has_scope<C>(s)) continue;
-      const long reps = s == scope::block ? C::blocks(nd) : 1;
-      const long p = unit_params<C>(nd, s, !experts_separate);
-      const long e = experts_separate ? ceil_div(unit_expert_params<C>(nd, s) / ep_group, expert_flat) : 0;
+      if (!has_scope<Cx>(s)) continue;
+      const long reps = s == scope::block ? Cx::blocks(nd) : 1;
+      const long p = unit_params<Cx>(nd, s, !experts_separate);
+      const long e = experts_separate ? ceil_div(unit_expert_params<Cx>(nd, s) / ep_group, expert_flat) : 0;
       const long whole = ceil_div(p, pad) * pad;
       param_el += reps * ((dense > 1 ? ceil_div(p, dense) : whole) + e);
       if (frozen) continue;
@@ -410,6 +409,26 @@ constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_sh
   r.grads = grad_el * prec.grad_bytes + adapter_el * 4;
   r.optimizer = opt_el * (prec.optimizer_state_bytes + prec.master_bytes) + adapter_el * prec.optimizer_state_bytes;
   return r;
+}
+}  // namespace detail
+
+// Parameter, gradient and optimizer-state bytes one rank holds. An adapted
+// node (Adapt<LoRA>) holds its frozen parameters as its Shard policy places
+// them but no gradient or optimizer state of theirs; its adapters are whole
+// on every rank (those of experts split by EP: the local experts'), with their gradients and optimizer state, in fp32 (the
+// optimizer's moments at optimizer_state_bytes). A unit's
+// dense params are divided (with padding) by the group of the axes its
+// policies shard them over; experts first by ep (whole experts), then by the
+// axes that shard expert_params' flat dim (ep_dp). Gradients and optimizer
+// state follow the params unless a policy places them (ZeRO-1/2). Replicated
+// parameters whose optimizer state is split over n ranks are held padded to a
+// multiple of n (equal shards to update and gather), and so are their whole
+// gradients (ZeRO-1):
+//   P = 10, n = 4:  ZeRO-2 params 12, grads 3, optimizer 3;  ZeRO-1 params 12, grads 12, optimizer 3.
+template <class P>
+constexpr memory_per_rank memory(const typename P::model::dims& d, const mesh_shape& m, const precision& prec = {},
+                                 const adapter_settings& adapters = {}) {
+  return detail::memory_of(typename P::model::components{}, P::ops, P::placements, d, m, prec, adapters);
 }
 
 }  // namespace veomni

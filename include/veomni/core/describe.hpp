@@ -83,7 +83,7 @@ std::string describe(const typename P::model::dims& d, const mesh_shape& m, cons
     const op_cost c = cost_of<P>(o, d, m, w, prec);
     long reps = 1;
     for_each_node<G>([&](auto I) {
-      if (I.value == o.node_index) reps = repeats<typename G::template component_at<I.value>>(o, std::get<I.value>(d));
+      if (I.value == o.node_index) reps = repeats<typename G::template component_at<I.value>>(o, veomni::get<I.value>(d));
     });
     const bool but_last = o.repeat == scope::block && o.target.skip_last_block;
     rows.push_back({std::string(o.node), std::string(o.where) + (but_last ? " but last" : ""), "x" + std::to_string(reps),

@@ -2,8 +2,10 @@
 // How the compile-time checks report a mistake: one error, naming what is
 // wrong, on GCC and on clang.
 //
-// Names. GCC prints a fixed_string template argument as "lm"; clang 14
-// prints its bytes, {{108, 109, 0}}. A pack of chars prints as characters on
+// Names. GCC prints a fixed_string template argument as "lm" (one of up to
+// 15 characters; a longer one is packed and prints as numbers, see
+// fixed_string.hpp); clang 14 prints its bytes, {{108, 109, 0}}, unless the
+// type is spelled as written. A pack of chars prints as characters on
 // both, so an error's context carries the names it is about as
 //   veomni::diag::node_name<'l', 'm'>
 //   veomni::diag::port_name<'l', 'm', '.', 't', 'o', 'k', 'e', 'n', 's'>
@@ -30,13 +32,6 @@ template <char... C>
 struct node_name {};
 template <char... C>
 struct port_name {};
-
-// A fixed_string template argument's text as a static string_view, for
-// node_named / port_named.
-template <fixed_string S>
-struct view_of {
-  static constexpr std::string_view value = S.view();
-};
 
 namespace detail {
 template <template <char...> class Name, const std::string_view& S, class I = std::make_index_sequence<S.size()>>

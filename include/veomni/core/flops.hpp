@@ -94,7 +94,7 @@ constexpr double training_flops_per_sample(const typename G::dims& d, const trai
     using C = typename G::template component_at<I.value>;
     const auto name = G::names[I.value];
     const bool causal = causal_attention<C>() && conv == flop_convention::executed;
-    const auto& nd = std::get<I.value>(d);
+    const auto& nd = veomni::get<I.value>(d);
     double f = forward_flops<C>(nd, st.context(name), causal).total();
     if (conv == flop_convention::paper)  // 6N counts the embedding table as if it were a matmul
       for (std::size_t i = 0; i < C::layers.size(); ++i)

@@ -26,7 +26,7 @@ namespace veomni {
 
 template <fixed_string Name, Component C>
 struct node {
-  static constexpr std::string_view name = Name.view();
+  static constexpr std::string_view name = text_of<Name>;
   using component = C;
 };
 
@@ -36,17 +36,29 @@ namespace detail {
 // a template parameter object against null is not a constant expression
 // (GCC PR 71962), and every graph would fail to compile.
 constexpr std::size_t dot_of(std::string_view s) {
-  for (std::size_t i = 0; i < s.size(); ++i)
-    if (s[i] == '.') return i;
+  const char* p = s.data();
+  for (std::size_t i = 0, n = s.size(); i < n; ++i)
+    if (p[i] == '.') return i;
   return std::string_view::npos;
+}
+// a == b, as a pointer loop: in constant evaluation each call (string_view's
+// operator==, char_traits, std::array's operator[]) costs the compiler far
+// more than the compare, and the graph's checks make thousands
+constexpr bool same(std::string_view a, std::string_view b) {
+  const std::size_t n = a.size();
+  if (n != b.size()) return false;
+  const char *x = a.data(), *y = b.data();
+  for (std::size_t i = 0; i < n; ++i)
+    if (x[i] != y[i]) return false;
+  return true;
 }
 }  // namespace detail
 
 // "node.port" on both sides.
 template <fixed_string From, fixed_string To>
 struct edge {
-  static constexpr std::string_view from = From.view();
-  static constexpr std::string_view to = To.view();
+  static constexpr std::string_view from = text_of<From>;
+  static constexpr std::string_view to = text_of<To>;
   static constexpr std::string_view from_node = from.substr(0, detail::dot_of(from));
   static constexpr std::string_view from_port =
       detail::dot_of(from) == std::string_view::npos ? std::string_view{} : from.substr(detail::dot_of(from) + 1);
@@ -86,8 +98,13 @@ namespace detail {
 // compare hashes first and confirm with the string, so a collision costs one
 // more compare, never a wrong node.
 constexpr std::uint64_t name_hash(std::string_view s) {
+  // a pointer loop: in constant evaluation every call (string_view's
+  // iterators, std::array's operator[]) costs the compiler far more than the
+  // arithmetic
+  const char* p = s.data();
+  const std::size_t n = s.size();
   std::uint64_t x = 1469598103934665603ull;
-  for (char c : s) x = (x ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  for (std::size_t i = 0; i < n; ++i) x = (x ^ static_cast<unsigned char>(p[i])) * 1099511628211ull;
   return x;
 }
 
@@ -101,32 +118,80 @@ constexpr bool report_no_dims_node() {
 }
 }  // namespace detail
 
+namespace detail {
+// One node's dims inside a model_dims, at its node index. The slots are
+// flat bases, one each: a std::tuple of 128 dims nests 128 implementation
+// classes whose template arguments repeat the tail (128^2 in all), and
+// std::get<I> on it deduces against that chain; this costs the compiler
+// O(N), and get<I>'s symbol names the slot, not the model.
+template <std::size_t I, class D>
+struct dims_slot {
+  D value{};
+};
+template <class Seq, class... D>
+struct dims_slots;
+template <std::size_t... I, class... D>
+struct dims_slots<std::index_sequence<I...>, D...> : dims_slot<I, D>... {};
+template <std::size_t I, class D>
+constexpr D& slot(dims_slot<I, D>& s) {
+  return s.value;
+}
+template <std::size_t I, class D>
+constexpr const D& slot(const dims_slot<I, D>& s) {
+  return s.value;
+}
+}  // namespace detail
+
+// The dims of the nodes of components C..., by node index: veomni::get<I>(d)
+// or d.get<I>(). model_dims derives from it.
+template <class... C>
+struct dims_of : detail::dims_slots<std::index_sequence_for<C...>, typename C::dims...> {
+  static constexpr std::size_t size = sizeof...(C);
+  template <std::size_t I>
+  constexpr auto& get() {
+    return detail::slot<I>(*this);
+  }
+  template <std::size_t I>
+  constexpr const auto& get() const {
+    return detail::slot<I>(*this);
+  }
+};
+template <std::size_t I, class... C>
+constexpr auto& get(dims_of<C...>& d) {
+  return detail::slot<I>(d);
+}
+template <std::size_t I, class... C>
+constexpr const auto& get(const dims_of<C...>& d) {
+  return detail::slot<I>(d);
+}
+
 // Node dims of a whole model, addressed by node name: d.at<"lm">().hidden = 64;
-// or by node index, as a tuple: std::get<I>(d).
+// or by node index: veomni::get<I>(d) (or d.get<I>()).
 template <class... N>
-struct model_dims : std::tuple<typename N::component::dims...> {
-  using tuple_type = std::tuple<typename N::component::dims...>;
+struct model_dims : dims_of<typename N::component...> {
+ private:
+  // before index(): clang reads it when at<>'s default argument is instantiated
+  static constexpr std::uint64_t hashes[sizeof...(N) + 1]{detail::name_hash(N::name)..., 0};
+
+ public:
   static constexpr std::array<std::string_view, sizeof...(N)> names{N::name...};
-  static constexpr std::array<std::uint64_t, sizeof...(N)> hashes{detail::name_hash(N::name)...};
   // by hash first: one string compare per lookup, not one per node
-  template <fixed_string Name>
-  static constexpr std::size_t index() {
-    const std::uint64_t h = detail::name_hash(Name.view());
+  static constexpr std::size_t index(std::string_view n) {
+    const std::uint64_t h = detail::name_hash(n);
+    const std::string_view* all = names.data();
     for (std::size_t i = 0; i < sizeof...(N); ++i)
-      if (hashes[i] == h && names[i] == Name.view()) return i;
+      if (hashes[i] == h && detail::same(all[i], n)) return i;
     return sizeof...(N);
   }
-  // std::get on the tuple itself: on a class derived from it, its deduction
-  // walks every base of the tuple's implementation, for each overload
-  template <fixed_string Name, std::size_t I = index<Name>()>
+  template <fixed_string Name, std::size_t I = index(text_of<Name>)>
   constexpr auto& at() {
-    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<diag::view_of<Name>::value>>();
-    return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<tuple_type&>(*this));  // one error, not a cascade
+    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<text_of<Name>>>();
+    return detail::slot<(I < sizeof...(N) ? I : 0)>(*this);  // one error, not a cascade
   }
-  template <fixed_string Name, std::size_t I = index<Name>()>
+  template <fixed_string Name, std::size_t I = index(text_of<Name>)>
   constexpr const auto& at() const {
-    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<diag::view_of<Name>::value>>();
-    return std::get<(I < sizeof...(N) ? I : 0)>(static_cast<const tuple_type&>(*this));
+    if constexpr (I == sizeof...(N)) detail::report_no_dims_node<diag::node_named<text_of<Name>>>();
+    return detail::slot<(I < sizeof...(N) ? I : 0)>(*this);
   }
 };
 
@@ -189,7 +254,7 @@ struct port_table {
   std::size_t size;
   constexpr std::size_t find(std::string_view n) const {
     for (std::size_t i = 0; i < size; ++i)
-      if (names[i] == n) return i;
+      if (same(names[i], n)) return i;
     return size;
   }
 };
@@ -250,7 +315,7 @@ struct graph_facts {
     }
     std::size_t best = NN;
     for (; lo < NN && hash[by_hash[lo]] == h; ++lo)
-      if (names[by_hash[lo]] == n && by_hash[lo] < best) best = by_hash[lo];
+      if (same(names[by_hash[lo]], n) && by_hash[lo] < best) best = by_hash[lo];
     return best;
   }
 };
@@ -293,7 +358,7 @@ constexpr graph_facts<NN, NE> analyze_graph(const std::string_view* names, const
       continue;
     }
     const std::size_t fp = out_ports[fi].find(fport), tp = in_ports[ti].find(tport);
-    if (fp == out_ports[fi].size || tp == in_ports[ti].size || out_ports[fi].kinds[fp] != in_ports[ti].kinds[tp])
+    if (fp == out_ports[fi].size || tp == in_ports[ti].size || !same(out_ports[fi].kinds[fp], in_ports[ti].kinds[tp]))
       r.first_bad_edge = e;
   }
 

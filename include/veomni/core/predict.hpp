@@ -147,7 +147,7 @@ constexpr step_prediction predict(const typename P::model::dims& d, const mesh_s
 
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
-    const auto& nd = std::get<I.value>(d);
+    const auto& nd = veomni::get<I.value>(d);
     const auto name = G::names[I.value];
     const double tokens = static_cast<double>(st.tokens_per_rank(name, m));
     const double blocks = static_cast<double>(C::blocks(nd));

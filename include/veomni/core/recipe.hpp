@@ -45,7 +45,7 @@ constexpr bool check_policies() {
 
 template <fixed_string Node, class... P>
 struct apply {
-  static constexpr std::string_view node = Node.view();
+  static constexpr std::string_view node = text_of<Node>;
   static constexpr bool policies_ok = [] {
     if constexpr (sizeof...(P) == 0) return true;
     else return detail::check_policies<node, P...>();

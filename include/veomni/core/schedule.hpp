@@ -205,7 +205,7 @@ struct schedule_builder {
   long blocks_of(std::size_t node) const {
     long b = 0;
     for_each_node<G>([&](auto I) {
-      if (I.value == node) b = G::template component_at<I.value>::blocks(std::get<I.value>(d));
+      if (I.value == node) b = G::template component_at<I.value>::blocks(veomni::get<I.value>(d));
     });
     return b;
   }

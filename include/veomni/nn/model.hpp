@@ -24,7 +24,7 @@ template <Model G, std::size_t I>
 std::vector<param_spec> unit_specs(const typename G::dims& d, int64_t block) {
   using C = typename G::template component_at<I>;
   const std::string prefix = std::string(G::names[I]) + ".";
-  return block < 0 ? impl<C>::root_specs(std::get<I>(d), prefix) : impl<C>::block_specs(std::get<I>(d), block, prefix);
+  return block < 0 ? impl<C>::root_specs(veomni::get<I>(d), prefix) : impl<C>::block_specs(veomni::get<I>(d), block, prefix);
 }
 
 // The same, with the node chosen at run time.
@@ -41,7 +41,7 @@ template <Model G>
 int64_t node_blocks(const typename G::dims& d, std::size_t node) {
   int64_t n = 0;
   for_each_node<G>([&](auto I) {
-    if (I.value == node) n = G::template component_at<I.value>::blocks(std::get<I.value>(d));
+    if (I.value == node) n = G::template component_at<I.value>::blocks(veomni::get<I.value>(d));
   });
   return n;
 }
@@ -116,7 +116,7 @@ port_map forward(const typename G::dims& d, unit_source& units, context& ctx, co
     for_each_node<G>([&](auto I) {
       if (I.value != node) return;
       using C = typename G::template component_at<I.value>;
-      const auto& nd = std::get<I.value>(d);
+      const auto& nd = veomni::get<I.value>(d);
       port_map in;
       for (std::size_t e = 0; e != G::edge_count; ++e) {  // != : no warning when a model has no edges
         const std::string_view to = G::edge_to[e];

@@ -278,7 +278,7 @@ class storage_builder {
       throw std::invalid_argument("veomni::parallel: node '" + node +
                                   "': gradients placed Shard(0) need the optimizer state placed Shard(0) over the same axes");
     (*first_)[I] = out_.size();
-    const long blocks = C::blocks(std::get<I>(d_));
+    const long blocks = C::blocks(veomni::get<I>(d_));
     for (long b = -1; b < blocks; ++b) out_.push_back(make_unit<I>(b, L));
   }
 

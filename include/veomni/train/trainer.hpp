@@ -137,9 +137,9 @@ typename G::dims model_dims(const config& c) {
           throw hf_error(c.model.path + "/config.json: architectures[0] = " + m.architecture + " loads into model.name: " +
                          (m.moe ? "moe_lm" : "dense_lm") + ", not " + c.model.name);
         if constexpr (moe)
-          std::get<0>(d) = m.moe_dims;
+          veomni::get<0>(d) = m.moe_dims;
         else
-          std::get<0>(d) = m.dims;
+          veomni::get<0>(d) = m.dims;
       } catch (const hf_error& e) {
         throw config_error(std::string("model.path: ") + e.what());
       }
@@ -152,7 +152,7 @@ typename G::dims model_dims(const config& c) {
     }
   }
   for_each_node<G>([&](auto I) {
-    for (auto& [field, ptr] : detail::dim_fields(std::get<I.value>(d))) {
+    for (auto& [field, ptr] : detail::dim_fields(veomni::get<I.value>(d))) {
       const std::string key = std::string(G::names[I.value]) + "." + field;
       if (auto it = left.find(key); it != left.end()) {
         if (it->second < 1) throw config_error("model." + key + ": must be >= 1, got " + std::to_string(it->second));
@@ -165,7 +165,7 @@ typename G::dims model_dims(const config& c) {
     throw config_error("model." + left.begin()->first + ": model " + c.model.name + " has no such dimension");
   long lm_hidden = 0, lm_heads = 0, lm_kv = 0, experts = 0;
   for_each_node<G>([&](auto I) {
-    auto& nd = std::get<I.value>(d);
+    auto& nd = veomni::get<I.value>(d);
     using D = std::decay_t<decltype(nd)>;
     if constexpr (std::is_same_v<D, text_decoder::dims> || std::is_same_v<D, moe_text_decoder::dims>) {
       lm_hidden = nd.hidden, lm_heads = nd.heads, lm_kv = nd.kv_heads;
@@ -184,16 +184,16 @@ typename G::dims model_dims(const config& c) {
   });
   // connect the widths: a projector maps its encoder's width to the lm's; image_out reads the lm's
   for_each_node<G>([&](auto I) {
-    auto& nd = std::get<I.value>(d);
+    auto& nd = veomni::get<I.value>(d);
     using D = std::decay_t<decltype(nd)>;
     if constexpr (std::is_same_v<D, projector::dims>) {
       const std::string_view name = G::names[I.value];
       for_each_node<G>([&](auto J) {
-        using E = std::decay_t<decltype(std::get<J.value>(d))>;
+        using E = std::decay_t<decltype(veomni::get<J.value>(d))>;
         if constexpr (std::is_same_v<E, vision_encoder::dims> || std::is_same_v<E, audio_encoder::dims>) {
           const bool vision = std::is_same_v<E, vision_encoder::dims>;
           if ((vision && name.find("audio") == std::string_view::npos) || (!vision && name.find("audio") != std::string_view::npos))
-            nd.in = std::get<J.value>(d).hidden;
+            nd.in = veomni::get<J.value>(d).hidden;
         }
       });
       nd.out = lm_hidden;
@@ -218,7 +218,7 @@ media_spec media_of(const typename G::dims& d, const config& c) {
   media_spec m;
   m.sample_rate = c.data.sample_rate;
   for_each_node<G>([&](auto I) {
-    const auto& nd = std::get<I.value>(d);
+    const auto& nd = veomni::get<I.value>(d);
     using D = std::decay_t<decltype(nd)>;
     if constexpr (std::is_same_v<D, vision_encoder::dims>) m.images = true, m.vision_patch = nd.patch, m.channels = nd.channels;
     if constexpr (std::is_same_v<D, audio_encoder::dims>) m.audio = true, m.mel_bins = nd.mel_bins, m.audio_kernel = nd.kernel;
@@ -232,7 +232,7 @@ long vocab_of(const typename G::dims& d) {
   long v = 0;
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
-    if constexpr (std::is_same_v<C, text_decoder> || std::is_same_v<C, moe_text_decoder>) v = std::get<I.value>(d).vocab;
+    if constexpr (std::is_same_v<C, text_decoder> || std::is_same_v<C, moe_text_decoder>) v = veomni::get<I.value>(d).vocab;
   });
   return v;
 }
@@ -253,7 +253,7 @@ double step_flops(const typename G::dims& d, const std::vector<const parallel::s
   double f = 0;
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
-    const auto& nd = std::get<I.value>(d);
+    const auto& nd = veomni::get<I.value>(d);
     const bool causal = causal_attention<C>();
     auto add = [&](long tokens, long context) {
       if (tokens > 0) f += 3.0 * forward_flops<C>(nd, context, causal).total() * static_cast<double>(tokens);
@@ -309,7 +309,7 @@ eval_result evaluate(const typename G::dims& d, named_params<G>& params, const d
   for_each_node<G>([&](auto I) {
     using C = typename G::template component_at<I.value>;
     if constexpr (C::mod == modality::text)
-      lm_head = nn::impl<C>::head_weight(std::get<I.value>(d), params.unit({I.value, -1}));
+      lm_head = nn::impl<C>::head_weight(veomni::get<I.value>(d), params.unit({I.value, -1}));
   });
   constexpr size_t chunk = 16;
   for (size_t a = 0; a < data.samples.size(); a += chunk) {
@@ -409,7 +409,7 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
                                std::filesystem::copy_options::overwrite_existing);
   nlohmann::ordered_json j;
   if constexpr (hf) {
-    const auto& lm = std::get<0>(d);
+    const auto& lm = veomni::get<0>(d);
     constexpr bool moe = std::is_same_v<G, models::moe_lm>;
     // the Hugging Face family whose math the dims are: Qwen3-MoE (q/k norms, experts), Qwen3's q/k norms, Qwen2's q/k/v biases, else Llama's
     const char* arch = moe ? "Qwen3MoeForCausalLM" : lm.qk_norm ? "Qwen3ForCausalLM" : lm.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
@@ -450,7 +450,7 @@ void export_model(const std::string& dir, const typename G::dims& d, const std::
     j["architectures"] = {"veomni_" + model_name};
     j["model_type"] = "veomni_" + model_name;
     for_each_node<G>([&](auto I) {
-      auto nd = std::get<I.value>(d);
+      auto nd = veomni::get<I.value>(d);
       nlohmann::ordered_json node;
       for (auto& [k, p] : detail::dim_fields(nd)) node[k] = *p;
       j[std::string(G::names[I.value])] = node;
@@ -590,7 +590,7 @@ prepared<G> prepare(config& c, long world) {
     if constexpr (hf_family<G>) {
       try {
         p.hf = std::make_shared<const hf_checkpoint>(c.model.path);
-        p.hf_names = hf_names<G>(*p.hf, p.dims, std::get<0>(p.dims).tie_word_embeddings);
+        p.hf_names = hf_names<G>(*p.hf, p.dims, veomni::get<0>(p.dims).tie_word_embeddings);
       } catch (const hf_error& e) {
         throw config_error(std::string("model.path: ") + e.what());
       }
