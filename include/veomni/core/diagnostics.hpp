@@ -42,6 +42,29 @@ struct spell<Name, S, std::index_sequence<I...>> {
 };
 }  // namespace detail
 
+// Check<T>::ok for each T in order, the next only when the ones before it
+// passed: a failed check has raised its one error, and the checks after it
+// are not instantiated, so they add none. (A fold over Check<T>::ok would
+// instantiate them all.)
+template <template <class> class Check, class... T>
+constexpr bool in_order();
+namespace detail {
+template <template <class> class Check, class First, class... Rest>
+constexpr bool first_then_rest() {
+  if constexpr (!Check<First>::ok)
+    return false;
+  else
+    return in_order<Check, Rest...>();
+}
+}  // namespace detail
+template <template <class> class Check, class... T>
+constexpr bool in_order() {
+  if constexpr (sizeof...(T) == 0)
+    return true;
+  else
+    return detail::first_then_rest<Check, T...>();
+}
+
 // The name S (a static constexpr std::string_view) as a type that prints it.
 template <const std::string_view& S>
 using node_named = typename detail::spell<node_name, S>::type;

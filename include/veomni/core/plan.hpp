@@ -209,19 +209,11 @@ struct check_apply {
   struct each<std::tuple<P...>> {
     using C = typename G::template component_at<ni>;
     using Ctx = typename node_ctx<G, R, ni>::type;
-    // the next policy's checks only when this one's pass; then the placements
-    template <class Q, class... Rest>
-    static constexpr bool policies() {
-      if constexpr (!check_policy_on_node<A, Q, C, Ctx>::ok)
-        return false;
-      else if constexpr (sizeof...(Rest) > 0)
-        return policies<Rest...>();
-      else
-        return true;
-    }
+    // the policies' checks in order (diag::in_order), then the placements
+    template <class Q>
+    using policy_check = check_policy_on_node<A, Q, C, Ctx>;
     static constexpr bool value = [] {
-      if constexpr (sizeof...(P) == 0) return check_placements<A, C, Ctx, std::tuple<P...>>::ok;
-      else if constexpr (policies<P...>()) return check_placements<A, C, Ctx, std::tuple<P...>>::ok;
+      if constexpr (diag::in_order<policy_check, P...>()) return check_placements<A, C, Ctx, std::tuple<P...>>::ok;
       else return false;
     }();
   };

@@ -28,28 +28,24 @@ constexpr bool report_is_policy() {
                 "(it needs name, touches, placements<Ctx>() and ops<Ctx>())");
   return IsPolicy;
 }
-// Each policy models Policy and passes its own checks (self_checks_ok: a
-// category's, an option's); the first that fails reports, the rest are not
+// A policy of apply<Node, ...> models Policy and passes its own checks
+// (self_checks_ok: a category's, an option's); apply<> runs them in order
+// (diag::in_order), so the first that fails reports and the rest are not
 // looked at.
-template <const std::string_view& Node, class P, class... Rest>
-constexpr bool check_policies() {
-  if constexpr (!report_is_policy<Policy<P>, diag::node_named<Node>, P>() ||
-                !self_checks_ok<P, diag::node_named<Node>>())
-    return false;
-  else if constexpr (sizeof...(Rest) > 0)
-    return check_policies<Node, Rest...>();
-  else
-    return true;
-}
+template <const std::string_view& Node>
+struct policy_checks {
+  template <class P>
+  struct of {
+    static constexpr bool ok = report_is_policy<Policy<P>, diag::node_named<Node>, P>() &&
+                               self_checks_ok<P, diag::node_named<Node>>();
+  };
+};
 }  // namespace detail
 
 template <fixed_string Node, class... P>
 struct apply {
   static constexpr std::string_view node = text_of<Node>;
-  static constexpr bool policies_ok = [] {
-    if constexpr (sizeof...(P) == 0) return true;
-    else return detail::check_policies<node, P...>();
-  }();
+  static constexpr bool policies_ok = diag::in_order<detail::policy_checks<node>::template of, P...>();
   using policies = std::tuple<P...>;
   static constexpr std::size_t size = sizeof...(P);
 };
