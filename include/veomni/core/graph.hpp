@@ -98,9 +98,7 @@ namespace detail {
 // compare hashes first and confirm with the string, so a collision costs one
 // more compare, never a wrong node.
 constexpr std::uint64_t name_hash(std::string_view s) {
-  // a pointer loop: in constant evaluation every call (string_view's
-  // iterators, std::array's operator[]) costs the compiler far more than the
-  // arithmetic
+  // a pointer loop, as same() above
   const char* p = s.data();
   const std::size_t n = s.size();
   std::uint64_t x = 1469598103934665603ull;
@@ -108,44 +106,43 @@ constexpr std::uint64_t name_hash(std::string_view s) {
   return x;
 }
 
-}  // namespace detail
-
-namespace detail {
 template <class Node>
 constexpr bool report_no_dims_node() {
   static_assert(sizeof(Node) == 0, "model_dims::at<Name>(): the model has no node of that name (the name is here)");
   return false;
 }
-}  // namespace detail
 
-namespace detail {
-// One node's dims inside a model_dims, at its node index. The slots are
-// flat bases, one each: a std::tuple of 128 dims nests 128 implementation
-// classes whose template arguments repeat the tail (128^2 in all), and
-// std::get<I> on it deduces against that chain; this costs the compiler
-// O(N), and get<I>'s symbol names the slot, not the model.
-template <std::size_t I, class D>
-struct dims_slot {
-  D value{};
+// The I-th of a pack as an indexed base: a class derived from indexed<I, T>
+// for each I finds one by overload resolution, in one step, where
+// std::tuple_element and std::get recurse through N nested classes whose
+// template arguments repeat the tail (N^2 in all). It holds the dims of
+// model_dims (slot<I>) and picks a node's policies in plan.hpp (pick_t).
+template <std::size_t I, class T>
+struct indexed {
+  T value{};
 };
-template <class Seq, class... D>
-struct dims_slots;
-template <std::size_t... I, class... D>
-struct dims_slots<std::index_sequence<I...>, D...> : dims_slot<I, D>... {};
-template <std::size_t I, class D>
-constexpr D& slot(dims_slot<I, D>& s) {
+template <class Seq, class... T>
+struct indexed_list;
+template <std::size_t... I, class... T>
+struct indexed_list<std::index_sequence<I...>, T...> : indexed<I, T>... {};
+template <std::size_t I, class T>
+constexpr T& slot(indexed<I, T>& s) {
   return s.value;
 }
-template <std::size_t I, class D>
-constexpr const D& slot(const dims_slot<I, D>& s) {
+template <std::size_t I, class T>
+constexpr const T& slot(const indexed<I, T>& s) {
   return s.value;
 }
+template <std::size_t I, class T>
+std::type_identity<T> pick(const indexed<I, T>*);
+template <std::size_t I, class L>
+using pick_t = typename decltype(pick<I>(static_cast<const L*>(nullptr)))::type;
 }  // namespace detail
 
 // The dims of the nodes of components C..., by node index: veomni::get<I>(d)
 // or d.get<I>(). model_dims derives from it.
 template <class... C>
-struct dims_of : detail::dims_slots<std::index_sequence_for<C...>, typename C::dims...> {
+struct dims_of : detail::indexed_list<std::index_sequence_for<C...>, typename C::dims...> {
   static constexpr std::size_t size = sizeof...(C);
   template <std::size_t I>
   constexpr auto& get() {

@@ -330,19 +330,6 @@ struct node_kind<C, std::tuple<P...>> {
                                   Ctx::experts_split, ok};
 };
 
-// The I-th of a pack of types by overload resolution against indexed bases:
-// one step, where std::tuple_element recurses.
-template <std::size_t I, class T>
-struct indexed {};
-template <class Seq, class... T>
-struct indexed_list;
-template <std::size_t... I, class... T>
-struct indexed_list<std::index_sequence<I...>, T...> : indexed<I, T>... {};
-template <std::size_t I, class T>
-std::type_identity<T> pick(const indexed<I, T>*);
-template <std::size_t I, class L>
-using pick_t = typename decltype(pick<I>(static_cast<const L*>(nullptr)))::type;
-
 // What build_plan needs of a model and recipe: per node, its name and kind,
 // and the topological order.
 template <std::size_t NodeCount>
