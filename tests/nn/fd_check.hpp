@@ -1,8 +1,8 @@
 #pragma once
 // Gradients against central finite differences (double precision): for
 // every `stride`-th parameter with a gradient, its middle element.
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <cmath>
 #include <functional>

@@ -1,7 +1,8 @@
 // Components and whole models: specs agree with the core's sizes, packing is
 // exact, and the omni model runs forward and backward on a multimodal sample.
-#include <doctest/doctest.h>
+// torch first: doctest's CHECK must replace c10's one-argument CHECK
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <veomni/models/zoo.hpp>
 #include <veomni/nn.hpp>

@@ -3,8 +3,9 @@
 // gradients match finite differences (double), and the model runs with or
 // without depth maps in the batch. Its parity under FSDP at world 2 and 4 is
 // tests/parallel's (examples/train_depth_lm.cpp).
-#include <doctest/doctest.h>
+// torch first: doctest's CHECK must replace c10's one-argument CHECK
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <veomni/nn.hpp>
 

@@ -1,7 +1,8 @@
 // Functional pieces against plain reference computations; gradients by
 // finite differences in double precision.
-#include <doctest/doctest.h>
+// torch first: doctest's CHECK must replace c10's one-argument CHECK
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <veomni/nn.hpp>
 #include <veomni/train/optimizer.hpp>

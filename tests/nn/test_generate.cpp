@@ -5,8 +5,9 @@
 // (omni_moe, text only), and both again with every Hugging Face option on
 // (q/k/v biases, q/k norms, rope_theta, rms_norm_eps, tied head, head_dim
 // apart from hidden / heads, norm_topk_prob off); and the sampling loop's promises.
-#include <doctest/doctest.h>
+// torch first: doctest's CHECK must replace c10's one-argument CHECK
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <veomni/models/zoo.hpp>
 #include <veomni/nn.hpp>

@@ -10,8 +10,9 @@
 // reading the parameters by their Hugging Face names. Loss, logits and every
 // parameter's gradient agree within 1e-5 relative. The defaults reproduce the
 // code before these options bit for bit (`before`: the old block math).
-#include <doctest/doctest.h>
+// torch first: doctest's CHECK must replace c10's one-argument CHECK
 #include <torch/torch.h>
+#include <doctest/doctest.h>
 
 #include <veomni/core/flops.hpp>
 #include <veomni/models/zoo.hpp>
