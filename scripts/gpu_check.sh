@@ -39,27 +39,8 @@ python=${PYTHON:-python3}
 results=${RESULTS:-$build/gpu_check.txt}
 mkdir -p "$build" "$(dirname "$results")"
 : >"$results"
-say() { echo "gpu_check: $*" | tee -a "$results"; }
-step() {  # step NAME LIMIT_S CMD...: runs CMD under its limit, logs it, stops the script on failure
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS rc=0
-  say "== $name (limit ${limit} s): $*"
-  if declare -F "$1" >/dev/null; then  # one of the functions below (exported): run in a bash of its own
-    timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$build/gpu_check.$name.log" 2>&1 || rc=$?
-  else
-    timeout --kill-after=10 "$limit" "$@" >"$build/gpu_check.$name.log" 2>&1 || rc=$?
-  fi
-  tail -n 40 "$build/gpu_check.$name.log" | sed 's/^/  | /' >>"$results"
-  if ((rc != 0)); then
-    say "FAILED: $name (exit $rc$( ((rc == 124 || rc == 137)) && echo ', time limit reached'), $((SECONDS - t0)) s); log: $build/gpu_check.$name.log"
-    tail -n 60 "$build/gpu_check.$name.log" >&2
-    failed+=("$name")
-    [[ ${KEEP_GOING:-0} == 1 ]] || exit 1
-    return 0
-  fi
-  say "ok: $name ($((SECONDS - t0)) s)"
-}
-failed=()
+check=gpu_check logs=$build
+source scripts/lib/steps.sh
 
 torch_info=$("$python" -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.device_count(), torch.utils.cmake_prefix_path)')
 read -r torch_version cuda_version ngpu prefix <<<"$torch_info"
@@ -78,11 +59,6 @@ step configure 240 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDeb
   ${DEPS:+-DCMAKE_PREFIX_PATH="$(realpath "$DEPS")"} \
   -DVEOMNI_BUILD_EXAMPLES=OFF -DVEOMNI_BUILD_BENCHMARKS=OFF -DVEOMNI_BUILD_TRAINER=OFF "-DVEOMNI_SKIP_TEST_AREAS=nn" \
   "${nccl_args[@]}"
-fail() {  # fail NAME WHY: a failure outside a step
-  say "FAILED: $1: $2"
-  failed+=("$1")
-  [[ ${KEEP_GOING:-0} == 1 ]] || exit 1
-}
 grep -q '^VEOMNI_NCCL_LIBRARY:.*nccl' "$build/CMakeCache.txt" || fail nccl_found "CMake found no NCCL"
 grep -q 'veomni: LibTorch .* with CUDA' "$build/gpu_check.configure.log" || fail torch_cuda "CMake found no CUDA LibTorch (see $build/gpu_check.configure.log)"
 
@@ -182,8 +158,4 @@ export peak gpu_name
 export -f throughput
 step gpu_dense_peer 40 throughput dense_peer 8192
 step gpu_qwen2_0_5b 70 throughput qwen2_0_5b 4096
-if ((${#failed[@]})); then
-  say "failed steps: ${failed[*]}"
-  exit 1
-fi
-say "all steps passed"
+steps_done

@@ -80,10 +80,28 @@ class gloo_work final : public work::state {
 // round trip, microseconds that show at 64 KiB) when it already is.
 inline at::Tensor flat(const at::Tensor& t) { return t.dim() == 1 ? t : t.view({-1}); }
 
-// c10d's Gloo (1.13) has no bf16 (nor int16): collectives that only move data
-// carry bf16 as f16 bit patterns (same size, same bytes, never computed on).
-// Reductions cannot: reduce in f32.
-inline at::Tensor movable(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
+// The element types every c10d Gloo build we met takes. The rest depend on
+// the build: 1.13 has no bf16 nor int16, Debian's 2.14 no f16 either ("Invalid
+// scalar type").
+inline bool gloo_native(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: case at::kDouble: case at::kByte: case at::kChar: case at::kInt: case at::kLong: case at::kBool:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// What a collective that only moves data hands Gloo: the tensor itself, or,
+// for another element type, its bytes with its rows (dim 0) kept, so uneven
+// row splits still count rows. Same bytes on the wire, never computed on.
+// Reductions cannot do this: they reduce in f32.
+inline at::Tensor movable(const at::Tensor& t) {
+  if (gloo_native(t.scalar_type())) return t;
+  std::int64_t row = 1;
+  for (std::int64_t d = 1; d < t.dim(); ++d) row *= t.size(d);
+  return t.view({t.dim() > 0 ? t.size(0) : 1, row}).view(at::kByte);
+}
 
 inline void copy_if_distinct(at::Tensor& out, const at::Tensor& in) {
   if (out.data_ptr() != in.data_ptr()) out.view({-1}).copy_(in.reshape({-1}));
@@ -131,7 +149,7 @@ class gloo_communicator : public detail::communicator_identity {
     trace_event_ptr ev = slots_.add(detail::counted::reduce_scatter, detail::bytes_of(in), detail::dtype_name(in));
     const std::int64_t n = size(), m = out.numel();
     at::Tensor received = scratch(n * m, in.options());
-    at::Tensor src = detail::flat(in);
+    at::Tensor src = detail::movable(detail::flat(in)), dst = detail::movable(received);
     std::vector<std::int64_t> even;
     auto finish = [received, out, n, m]() mutable {
       at::Tensor o = detail::flat(out);
@@ -140,7 +158,7 @@ class gloo_communicator : public detail::communicator_identity {
       else
         at::sum_out(o, received.view({n, m}), {0}, false, out.scalar_type());
     };
-    return issue(detail::counted::reduce_scatter, std::move(ev), [&] { return group_->alltoall_base(received, src, even, even); }, finish);
+    return issue(detail::counted::reduce_scatter, std::move(ev), [&] { return group_->alltoall_base(dst, src, even, even); }, finish);
   }
 
   work all_reduce(at::Tensor t, reduce_op op = reduce_op::sum) {
@@ -185,7 +203,7 @@ class gloo_communicator : public detail::communicator_identity {
     trace_event_ptr ev = slots_.add(detail::counted::broadcast, detail::bytes_of(t), detail::dtype_name(t));
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    std::vector<at::Tensor> ts{t};
+    std::vector<at::Tensor> ts{detail::movable(t)};
     return issue(detail::counted::broadcast, std::move(ev), [&] { return group_->broadcast(ts, o); });
   }
 
@@ -201,7 +219,7 @@ class gloo_communicator : public detail::communicator_identity {
     peer_check(chk, peer);
     if (size() == 1) return {};
     trace_event_ptr ev = slots_.add(detail::counted::send, detail::bytes_of(t), detail::dtype_name(t));
-    std::vector<at::Tensor> ts{t};
+    std::vector<at::Tensor> ts{detail::movable(t)};
     return issue(detail::counted::send, std::move(ev), [&] { return group_->send(ts, peer, tag); });
   }
 
@@ -211,7 +229,7 @@ class gloo_communicator : public detail::communicator_identity {
     peer_check(chk, peer);
     if (size() == 1) return {};
     trace_event_ptr ev = slots_.add(detail::counted::recv, detail::bytes_of(t), detail::dtype_name(t));
-    std::vector<at::Tensor> ts{t};
+    std::vector<at::Tensor> ts{detail::movable(t)};
     return issue(detail::counted::recv, std::move(ev), [&] { return group_->recv(ts, peer, tag); });
   }
 

@@ -7,8 +7,11 @@
 //   gloo headers           libgloo-dev (/usr/include)    inside the wheel
 //   reduce_scatter, flat   missing                       present since 2.1 (we
 //   all_gather on Gloo                                   use our own path on both)
-//   TCPStoreOptions        port/isServer/numWorkers/     + useLibUV (2.2+)
-//                          waitWorkers/timeout
+//   TCPStoreOptions        port/isServer/numWorkers/     + useLibUV (2.2+; a client
+//                          waitWorkers/timeout           sets it false)
+//   Gloo element types     no bf16, int16                build-dependent (Debian's
+//                                                        2.14: no f16 either); gloo.hpp
+//                                                        moves those as bytes
 //   c10d::Store::clone()   absent                        pure virtual (2.8+)
 //   CUDA current stream    (no CUDA build)               c10::cuda::getCurrentCUDAStream
 // Both declare ProcessGroupGloo only under USE_C10D_GLOO, which the wheels'
@@ -80,6 +83,11 @@ inline store_ptr make_tcp_store_client(const std::string& host, std::uint16_t po
   o.numWorkers = static_cast<std::size_t>(world_size);
   o.waitWorkers = true;  // as torch.distributed does: each rank checks in
   o.timeout = positive(timeout);
+  // libuv is the server's event loop; a client never uses it, but TCPStore asks
+  // for it by default in 2.x and refuses where LibTorch was built without it (Debian's).
+  [](auto& opts) {
+    if constexpr (requires { opts.useLibUV; }) opts.useLibUV = false;
+  }(o);
   return c10::make_intrusive<c10d::TCPStore>(host, o);
 }
 
