@@ -5,7 +5,7 @@
 # LibTorch 2.x (CPU) and the g++ it was built with; this script puts them in a
 # chroot and runs, each step stopping the script at its first failure:
 #   1. chroot      debootstrap of Debian sid with the build's packages (once;
-#                  reused while ROOT exists)
+#                  reused while ROOT exists, missing packages added)
 #   2. build       gpu_check.sh's targets (communicator, launcher, runtime
 #                  workers and suites) against LibTorch 2.x; with the CUDA
 #                  toolkit of this machine bound in, the NCCL worker too
@@ -68,6 +68,8 @@ if sys.argv and sys.argv[0].endswith("torchrun"):
     _dist.TCPStore = _tcp_store
 PY
 bind /dev "$root/dev"
+# a ROOT made earlier gets what this list has gained since (quick when nothing is missing)
+step packages 900 in_root "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages//,/ }"
 if [[ -n $cuda && -f $cuda/include/nccl.h ]]; then
   bind "$cuda" "$root/usr/local/cuda" ro
   say "CUDA toolkit $cuda bound in: the NCCL communicator is built too"
